@@ -1,0 +1,532 @@
+//! Command-line flags and the commands they run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use nanoclass::data::decode::is_image_extension;
+use nanoclass::eval::metrics::{EvalReport, softmax, top_k};
+use nanoclass::eval::predict::Predictor;
+use nanoclass::model::{Arch, registry};
+use nanoclass::run::{Mode, OptimizerKind, Schedule};
+use nanoclass::train::{Event, TrainOptions, train};
+
+/// Transfer learning for image classification: fine-tune an ImageNet-pretrained backbone on
+/// a folder of labelled images, then evaluate and predict.
+#[derive(Parser, Debug)]
+#[command(name = "nanoclass", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Fine-tune a backbone on an ImageFolder dataset (`DATA/<class>/<image>`, optional
+    /// `train/ val/ test/`) and write a run directory.
+    Train(TrainArgs),
+    /// Held-out top-1, per-class precision/recall/F1 and the confusion matrix of a run.
+    Eval(EvalArgs),
+    /// Classify image files or folders with a run's model.
+    Predict(PredictArgs),
+    /// Pretrained weights: list the registry, download, or add a file you have.
+    #[command(subcommand)]
+    Weights(WeightsCommand),
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ArchArg {
+    Resnet18,
+    Resnet34,
+    Resnet50,
+    #[value(name = "efficientnet_lite0")]
+    EfficientnetLite0,
+}
+
+impl From<ArchArg> for Arch {
+    fn from(a: ArchArg) -> Arch {
+        match a {
+            ArchArg::Resnet18 => Arch::Resnet18,
+            ArchArg::Resnet34 => Arch::Resnet34,
+            ArchArg::Resnet50 => Arch::Resnet50,
+            ArchArg::EfficientnetLite0 => Arch::EfficientnetLite0,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ModeArg {
+    Frozen,
+    Full,
+    Finetune,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum OptimizerArg {
+    Adam,
+    Sgd,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum ScheduleArg {
+    Cosine,
+    Step,
+    None,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// Dataset root: ImageFolder (`<class>/<image>` or `train/ val/` splits) or a DLI course
+    /// folder.
+    data: PathBuf,
+    /// Backbone.
+    #[arg(long, value_enum, default_value = "resnet18")]
+    arch: ArchArg,
+    /// Starting weights: a registry name (see `nanoclass weights list`), a .pth/.safetensors
+    /// path, or `none` for random init. Default: the registry entry named like --arch.
+    #[arg(long)]
+    weights: Option<String>,
+    /// frozen: train the head on cached backbone features; full: train every layer;
+    /// finetune: head first, then every layer with a lower backbone learning rate.
+    #[arg(long, value_enum, default_value = "frozen")]
+    mode: ModeArg,
+    /// Epochs (finetune: full-network epochs after the head epochs). Default: 30 frozen, 10
+    /// full, 5 finetune.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Head-only epochs before the full phase in finetune mode.
+    #[arg(long, default_value_t = 10)]
+    head_epochs: usize,
+    /// Images per batch (at least 2).
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Learning rate (Adam default 1e-3, the course's; SGD default 1e-2).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Backbone learning rate as a fraction of --lr in finetune's full phase.
+    #[arg(long, default_value_t = 0.1)]
+    body_lr_factor: f64,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value = "adam")]
+    optimizer: OptimizerArg,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cosine")]
+    schedule: ScheduleArg,
+    /// Seed for the split, shuffling, augmentation and initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Fraction of each class held out when DATA has no val/ folder.
+    #[arg(long, default_value_t = 0.2)]
+    val_fraction: f32,
+    /// Run directory to write (default: runs/<data name>-<arch>-<mode>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Run directory written by `nanoclass train`.
+    run: PathBuf,
+    /// Dataset to evaluate on (default: the run's dataset, with its held-out split).
+    data: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Folder for confusion.png and eval.json (default: RUN/eval).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+#[derive(Args, Debug)]
+struct PredictArgs {
+    /// Run directory written by `nanoclass train`.
+    run: PathBuf,
+    /// Image files or folders (searched recursively; hidden entries are skipped).
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Classes to show per image.
+    #[arg(long, default_value_t = 1)]
+    top_k: usize,
+    /// JSON lines on stdout: path, top-k labels with probabilities, and the logits.
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// CSV on stdout: path,rank,label,probability.
+    #[arg(long)]
+    csv: bool,
+    /// Images per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum WeightsCommand {
+    /// The registry: name, architecture, file, format, source, and whether it is cached.
+    List,
+    /// Download NAME into the cache (verified by SHA-256, written atomically).
+    Fetch {
+        /// Registry name, e.g. resnet18.
+        name: String,
+        /// Download from this URL instead of the registry's (a mirror); the hash is still checked.
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Put a weights file you already have into the cache, after checking its SHA-256 against
+    /// the registry.
+    Add {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Eval(a) => cmd_eval(a),
+        Command::Predict(a) => cmd_predict(a),
+        Command::Weights(w) => cmd_weights(w),
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
+    let arch: Arch = a.arch.into();
+    let mode = match a.mode {
+        ModeArg::Frozen => Mode::Frozen,
+        ModeArg::Full => Mode::Full,
+        ModeArg::Finetune => Mode::Finetune,
+    };
+    let optimizer = match a.optimizer {
+        OptimizerArg::Adam => OptimizerKind::Adam,
+        OptimizerArg::Sgd => OptimizerKind::Sgd,
+    };
+    let epochs = a.epochs.unwrap_or(match mode {
+        Mode::Frozen => 30,
+        Mode::Full => 10,
+        Mode::Finetune => 5,
+    });
+    let lr = a.lr.unwrap_or(match optimizer {
+        OptimizerKind::Adam => 1e-3,
+        OptimizerKind::Sgd => 1e-2,
+    });
+    if !(lr > 0.0 && lr.is_finite()) {
+        bail!("--lr must be a positive number, got {lr}");
+    }
+    if !(0.0..1.0).contains(&a.val_fraction) {
+        bail!("--val-fraction must be in [0, 1), got {}", a.val_fraction);
+    }
+    let name = a
+        .data
+        .canonicalize()
+        .with_context(|| format!("dataset {}", a.data.display()))?
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("{name}-{arch}-{}", mode_name(mode)))
+    });
+    let opts = TrainOptions {
+        data: a.data,
+        arch,
+        weights: a.weights.unwrap_or_else(|| arch.name().to_string()),
+        mode,
+        epochs,
+        head_epochs: a.head_epochs,
+        batch_size: a.batch_size,
+        lr,
+        body_lr_factor: a.body_lr_factor,
+        optimizer,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        schedule: match a.schedule {
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::Step => Schedule::Step,
+            ScheduleArg::None => Schedule::None,
+        },
+        seed: a.seed,
+        val_fraction: a.val_fraction,
+        out,
+    };
+    let mut bar: Option<ProgressBar> = None;
+    let mut on_event = |ev: Event| match ev {
+        Event::Info(s) => eprintln!("{s}"),
+        Event::Warn(s) => eprintln!("warning: {s}"),
+        Event::Features { done, total } => {
+            let b = bar.get_or_insert_with(|| new_bar(total as u64, "features"));
+            b.set_position(done as u64);
+            if done >= total {
+                b.finish_and_clear();
+                bar = None;
+            }
+        }
+        Event::Phase {
+            phase,
+            epochs,
+            steps,
+        } => {
+            eprintln!("{phase} phase: {epochs} epochs of {steps} steps");
+        }
+        Event::Step {
+            epoch,
+            step,
+            steps,
+            loss,
+            top1,
+        } => {
+            let b = bar.get_or_insert_with(|| new_bar(steps as u64, &format!("epoch {epoch}")));
+            b.set_length(steps as u64);
+            b.set_position(step as u64);
+            b.set_message(format!("loss {loss:.4} train top-1 {top1:.3}"));
+        }
+        Event::Epoch(m) => {
+            if let Some(b) = bar.take() {
+                b.finish_and_clear();
+            }
+            let val = match (m.val_loss, m.val_top1) {
+                (Some(l), Some(t)) => format!("val loss {l:.4} val top-1 {t:.4}"),
+                _ => "no held-out set".to_string(),
+            };
+            eprintln!(
+                "epoch {:>3} [{}] train loss {:.4} top-1 {:.3} | {} | lr {:.2e} | {:.1} s",
+                m.epoch, m.phase, m.train_loss, m.train_top1, val, m.lr, m.seconds
+            );
+        }
+    };
+    let summary = train(&opts, &mut on_event)?;
+    match summary.best_val_top1 {
+        Some(t) => println!(
+            "best held-out top-1 {:.4} at epoch {} ({} held-out images); run {} ({:.1} s)",
+            t,
+            summary.best_epoch,
+            summary.val_images,
+            summary.run_dir.display(),
+            summary.seconds
+        ),
+        None => println!(
+            "trained without a held-out set; run {} ({:.1} s)",
+            summary.run_dir.display(),
+            summary.seconds
+        ),
+    }
+    if !summary.skipped.is_empty() {
+        println!("{} files skipped", summary.skipped.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Frozen => "frozen",
+        Mode::Full => "full",
+        Mode::Finetune => "finetune",
+    }
+}
+
+fn new_bar(len: u64, prefix: &str) -> ProgressBar {
+    let b = ProgressBar::new(len);
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>10} [{bar:30}] {pos}/{len} {msg} ({elapsed})")
+    {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_prefix(prefix.to_string());
+    b.enable_steady_tick(Duration::from_millis(200));
+    b
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let predictor = Predictor::open(&a.run)?;
+    let data = a
+        .data
+        .clone()
+        .unwrap_or_else(|| predictor.run.config.data.clone());
+    let samples = predictor.held_out(&data)?;
+    if samples.is_empty() {
+        bail!(
+            "{}: no held-out images (no val/ folder and no recorded split): no accuracy figure can be given",
+            data.display()
+        );
+    }
+    let (report, skipped) = predictor.evaluate(&samples, a.batch_size);
+    for s in &skipped {
+        eprintln!("warning: {s}");
+    }
+    let out_dir = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let png = out_dir.join("confusion.png");
+    report.confusion.write_png(
+        &png,
+        &format!(
+            "{} on {} held-out images: top-1 {}",
+            predictor.run.config.arch,
+            report.n,
+            report.top1.map(|t| format!("{t:.4}")).unwrap_or("-".into())
+        ),
+    )?;
+    report.write_json(&out_dir.join("eval.json"))?;
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(out, "{}", report.to_text())?;
+        writeln!(out, "confusion matrix PNG: {}", png.display())?;
+    }
+    if !skipped.is_empty() {
+        eprintln!("{} files skipped", skipped.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out).with_context(|| format!("reading {}", p.display()))?;
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            bail!("{}: no such file or folder", p.display());
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out)?;
+        } else if is_image_extension(&p) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let predictor = Predictor::open(&a.run)?;
+    let files = collect_images(&a.paths)?;
+    let (rows, skipped) = predictor.logits_for_files(&files, a.batch_size);
+    let labels = predictor.labels();
+    let k = a.top_k.clamp(1, labels.len());
+    if a.csv {
+        writeln!(out, "path,rank,label,probability")?;
+    }
+    for r in &rows {
+        let probs = softmax(&r.logits);
+        let top = top_k(&probs, k);
+        if a.json {
+            let top: Vec<_> = top
+                .iter()
+                .map(
+                    |(i, p)| serde_json::json!({"index": i, "label": labels[*i], "probability": p}),
+                )
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"path": r.path, "top": top, "logits": r.logits})
+            )?;
+        } else if a.csv {
+            for (rank, (i, p)) in top.iter().enumerate() {
+                writeln!(
+                    out,
+                    "{},{},{},{:.6}",
+                    csv_field(&r.path.display().to_string()),
+                    rank + 1,
+                    csv_field(&labels[*i]),
+                    p
+                )?;
+            }
+        } else {
+            let shown: Vec<String> = top
+                .iter()
+                .map(|(i, p)| format!("{} {:.3}", labels[*i], p))
+                .collect();
+            writeln!(out, "{}\t{}", r.path.display(), shown.join("\t"))?;
+        }
+    }
+    for s in &skipped {
+        eprintln!("warning: {s}");
+    }
+    if !skipped.is_empty() {
+        eprintln!("{} files skipped", skipped.len());
+    }
+    if rows.is_empty() {
+        bail!("no image could be classified");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn cmd_weights(w: WeightsCommand) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match w {
+        WeightsCommand::List => {
+            let cache = registry::cache_dir()?;
+            writeln!(out, "cache: {}", cache.display())?;
+            for e in registry::registry() {
+                let cached = registry::cached_path(e)
+                    .map(|p| p.exists())
+                    .unwrap_or(false);
+                writeln!(
+                    out,
+                    "{:<20} {:<20} {:<36} {:<12} {}\n{:<20} source: {}",
+                    e.name,
+                    e.arch,
+                    e.file_name,
+                    e.format.as_str(),
+                    if cached { "cached" } else { "not cached" },
+                    "",
+                    e.url
+                )?;
+            }
+        }
+        WeightsCommand::Fetch { name, url } => {
+            let entry = registry::find(&name).with_context(|| {
+                let names: Vec<&str> = registry::registry().iter().map(|e| e.name).collect();
+                format!("no registry entry `{name}` (known: {})", names.join(", "))
+            })?;
+            let path = registry::fetch(entry, url.as_deref())?;
+            writeln!(out, "{}", path.display())?;
+        }
+        WeightsCommand::Add { file } => {
+            let (entry, path) = registry::add(&file)?;
+            writeln!(
+                out,
+                "added {} as {} -> {}",
+                file.display(),
+                entry.name,
+                path.display()
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

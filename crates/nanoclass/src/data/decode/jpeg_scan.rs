@@ -1,0 +1,779 @@
+//! A walk over a JPEG's markers and entropy-coded data that checks every scan holds data for
+//! every MCU the frame header announces.
+//!
+//! Why this exists: when a scan's entropy-coded data ends early (an `EOI` or other marker comes
+//! before the last MCU, e.g. a frame header (SOF) that claims a larger image than the scan
+//! encodes, or a file cut short and re-terminated), both jpeg-decoder 0.3 and zune-jpeg 0.5
+//! (even in strict mode) pad the missing bits with zeros and return `Ok` with a garbage lower part
+//! of the image. A classifier must not train on such pixels, so `decode_bytes` runs this check
+//! first and reports the file instead.
+//!
+//! The walk decodes Huffman symbols only (no dequantisation, no IDCT), so it costs a fraction of a
+//! full decode. It checks sequential (baseline and extended) scans, and the DC scans and first AC
+//! scans of progressive frames. AC refinement scans of progressive frames need the coefficient
+//! history to be parsed and are skipped (their data is stepped over). Anything the walk does not
+//! understand (lossless or arithmetic coding, hierarchical frames, invalid Huffman tables or
+//! codes) yields [`ScanCheck::Unchecked`], and the decoder's own verdict stands.
+//!
+//! Marker and segment layout: ITU-T T.81 (the JPEG standard), Annex B; Huffman decoding: F.2.2.3;
+//! progressive scans: G.1.2.
+
+/// What the frame header (SOF segment) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    /// Width in pixels, as stored (before any EXIF orientation).
+    pub width: u16,
+    /// Height in pixels, as stored.
+    pub height: u16,
+    /// Sample precision in bits (8 for almost every file; 2..=16 for lossless).
+    pub precision: u8,
+    /// Number of colour components (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK).
+    pub components: u8,
+}
+
+/// The verdict of [`check_scans`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScanCheck {
+    /// Every scan that was checked holds data for all of its MCUs.
+    Complete,
+    /// Scan number `scan` (1-based) holds data for only `mcus_done` of its `mcus_total` MCUs.
+    /// `at_eof` is true when the file itself ended, false when a marker came too early.
+    Short {
+        scan: usize,
+        mcus_done: u64,
+        mcus_total: u64,
+        at_eof: bool,
+    },
+    /// The walk cannot judge this file; rely on the decoder.
+    Unchecked,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Component {
+    id: u8,
+    h: u8,
+    v: u8,
+}
+
+#[derive(Clone, Debug)]
+struct Frame {
+    header: FrameHeader,
+    progressive: bool,
+    components: Vec<Component>,
+    h_max: u8,
+    v_max: u8,
+}
+
+/// Number of leading code bits resolved by one table look-up.
+const LOOKUP_BITS: u32 = 9;
+
+/// A Huffman table in the canonical form of T.81 F.2.2.3, plus a look-up table for short codes.
+#[derive(Clone, Debug)]
+struct Huffman {
+    /// `lookup[prefix]` = `(code length << 8) | symbol` for codes of at most `LOOKUP_BITS` bits;
+    /// 0 when the prefix does not start such a code.
+    lookup: Vec<u16>,
+    /// Largest code of each length 1..=16 (index = length), -1 when there is none.
+    maxcode: [i32; 17],
+    /// Smallest code of each length.
+    mincode: [i32; 17],
+    /// Index into `values` of the first symbol of each length.
+    valptr: [i32; 17],
+    values: Vec<u8>,
+}
+
+impl Huffman {
+    /// Builds the table from the 16 code-length counts and the symbols of a DHT segment.
+    /// `None` when the counts describe more codes than fit (an invalid table).
+    fn new(counts: &[u8; 16], values: &[u8]) -> Option<Self> {
+        let mut maxcode = [-1i32; 17];
+        let mut mincode = [0i32; 17];
+        let mut valptr = [0i32; 17];
+        let mut lookup = vec![0u16; 1 << LOOKUP_BITS];
+        let mut code: i32 = 0;
+        let mut k: i32 = 0;
+        for len in 1..=16usize {
+            let n = i32::from(counts[len - 1]);
+            valptr[len] = k;
+            mincode[len] = code;
+            if n > 0 {
+                if code + n > (1 << len) {
+                    return None;
+                }
+                for c in code..code + n {
+                    if len as u32 <= LOOKUP_BITS {
+                        let symbol = *values.get((k + c - code) as usize)?;
+                        let shift = LOOKUP_BITS - len as u32;
+                        let first = (c as usize) << shift;
+                        for entry in &mut lookup[first..first + (1usize << shift)] {
+                            *entry = ((len as u16) << 8) | u16::from(symbol);
+                        }
+                    }
+                }
+                maxcode[len] = code + n - 1;
+            }
+            code = (code + n) << 1;
+            k += n;
+        }
+        if values.len() < k as usize {
+            return None;
+        }
+        Some(Huffman {
+            lookup,
+            maxcode,
+            mincode,
+            valptr,
+            values: values.to_vec(),
+        })
+    }
+
+    /// Decodes one symbol; `None` for a bit pattern that is no code of this table.
+    fn decode(&self, bits: &mut BitReader<'_>) -> Option<u8> {
+        let peek = bits.peek(16);
+        let entry = self.lookup[(peek >> (16 - LOOKUP_BITS)) as usize];
+        if entry != 0 {
+            bits.consume((entry >> 8) as u32);
+            return Some((entry & 0xFF) as u8);
+        }
+        for len in (LOOKUP_BITS as usize + 1)..=16 {
+            let code = (peek >> (16 - len)) as i32;
+            if self.maxcode[len] >= 0 && code <= self.maxcode[len] && code >= self.mincode[len] {
+                bits.consume(len as u32);
+                let index = self.valptr[len] + code - self.mincode[len];
+                return self.values.get(index as usize).copied();
+            }
+        }
+        None
+    }
+}
+
+/// Reads entropy-coded bits (T.81 F.2.2.5), removing stuffed zero bytes, and stops at the first
+/// marker or at the end of the file. Bits asked for beyond that point read as 1 and set `overrun`
+/// once they are consumed.
+struct BitReader<'a> {
+    data: &'a [u8],
+    /// Index of the next byte to load.
+    pos: usize,
+    acc: u64,
+    /// Bits held in `acc` (from the top), real data plus padding.
+    nbits: u32,
+    /// How many of the last `nbits` are padding.
+    pad: u32,
+    /// A marker or the end of the file was reached; `pos` points at the marker's 0xFF.
+    hit_end: bool,
+    at_eof: bool,
+    /// Padding bits were consumed: the data ran out.
+    overrun: bool,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(data: &'a [u8], pos: usize) -> Self {
+        BitReader {
+            data,
+            pos,
+            acc: 0,
+            nbits: 0,
+            pad: 0,
+            hit_end: false,
+            at_eof: false,
+            overrun: false,
+        }
+    }
+
+    fn fill(&mut self) {
+        while self.nbits <= 56 {
+            let byte = if self.hit_end {
+                self.pad += 8;
+                0xFF
+            } else {
+                match self.data.get(self.pos) {
+                    None => {
+                        self.hit_end = true;
+                        self.at_eof = true;
+                        continue;
+                    }
+                    Some(&0xFF) => match self.data.get(self.pos + 1) {
+                        Some(&0x00) => {
+                            self.pos += 2;
+                            0xFF
+                        }
+                        None => {
+                            self.hit_end = true;
+                            self.at_eof = true;
+                            continue;
+                        }
+                        Some(_) => {
+                            self.hit_end = true;
+                            continue;
+                        }
+                    },
+                    Some(&b) => {
+                        self.pos += 1;
+                        b
+                    }
+                }
+            };
+            self.acc |= u64::from(byte) << (56 - self.nbits);
+            self.nbits += 8;
+        }
+    }
+
+    /// The next `n` (1..=16) bits, without consuming them.
+    fn peek(&mut self, n: u32) -> u32 {
+        if self.nbits < n {
+            self.fill();
+        }
+        (self.acc >> (64 - n)) as u32
+    }
+
+    fn consume(&mut self, n: u32) {
+        if self.nbits < n {
+            self.fill();
+        }
+        self.acc <<= n;
+        self.nbits -= n;
+        if self.nbits < self.pad {
+            self.overrun = true;
+            self.pad = self.nbits;
+        }
+    }
+
+    /// Skips `n` (0..=16) bits, e.g. the magnitude bits that follow a Huffman symbol.
+    fn skip(&mut self, n: u32) {
+        if n > 0 {
+            self.consume(n);
+        }
+    }
+
+    /// Drops the buffered bits and resumes reading right after a restart marker, if one comes
+    /// next. Returns false when the next marker is not RSTn (the scan ended) or the file ended.
+    fn restart(&mut self) -> bool {
+        if !self.hit_end {
+            // The interval held more data than its MCUs needed: step over it to the marker.
+            self.pos = next_marker(self.data, self.pos);
+        }
+        self.acc = 0;
+        self.nbits = 0;
+        self.pad = 0;
+        self.hit_end = false;
+        let mut p = self.pos;
+        while self.data.get(p) == Some(&0xFF) && self.data.get(p + 1) == Some(&0xFF) {
+            p += 1;
+        }
+        match (self.data.get(p), self.data.get(p + 1)) {
+            (Some(&0xFF), Some(&m)) if (0xD0..=0xD7).contains(&m) => {
+                self.pos = p + 2;
+                true
+            }
+            (Some(_), Some(_)) => {
+                self.pos = p;
+                false
+            }
+            _ => {
+                self.at_eof = true;
+                self.pos = self.data.len();
+                false
+            }
+        }
+    }
+}
+
+/// Index of the next marker (0xFF followed by a byte that is neither 0x00 nor RSTn) at or after
+/// `pos`, or the file length.
+fn next_marker(data: &[u8], mut pos: usize) -> usize {
+    while pos + 1 < data.len() {
+        if data[pos] == 0xFF {
+            let m = data[pos + 1];
+            if m != 0x00 && m != 0xFF && !(0xD0..=0xD7).contains(&m) {
+                return pos;
+            }
+        }
+        pos += 1;
+    }
+    data.len()
+}
+
+fn be16(data: &[u8], pos: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*data.get(pos)?, *data.get(pos + 1)?]))
+}
+
+fn parse_sof(segment: &[u8], marker: u8) -> Option<Frame> {
+    let precision = *segment.first()?;
+    let height = be16(segment, 1)?;
+    let width = be16(segment, 3)?;
+    let count = *segment.get(5)?;
+    let mut components = Vec::with_capacity(usize::from(count));
+    for i in 0..usize::from(count) {
+        let base = 6 + 3 * i;
+        let id = *segment.get(base)?;
+        let sampling = *segment.get(base + 1)?;
+        let (h, v) = (sampling >> 4, sampling & 0x0F);
+        if !(1..=4).contains(&h) || !(1..=4).contains(&v) {
+            return None;
+        }
+        components.push(Component { id, h, v });
+    }
+    if components.is_empty() {
+        return None;
+    }
+    let h_max = components.iter().map(|c| c.h).max()?;
+    let v_max = components.iter().map(|c| c.v).max()?;
+    Some(Frame {
+        header: FrameHeader {
+            width,
+            height,
+            precision,
+            components: count,
+        },
+        progressive: marker == 0xC2,
+        components,
+        h_max,
+        v_max,
+    })
+}
+
+/// Parses a DHT segment into the table slots (`0..4` DC, `4..8` AC).
+fn parse_dht(segment: &[u8], tables: &mut [Option<Huffman>; 8]) -> Option<()> {
+    let mut p = 0;
+    while p < segment.len() {
+        let tc_th = *segment.get(p)?;
+        let (class, id) = (tc_th >> 4, tc_th & 0x0F);
+        if class > 1 || id > 3 {
+            return None;
+        }
+        let counts: [u8; 16] = segment.get(p + 1..p + 17)?.try_into().ok()?;
+        let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
+        let values = segment.get(p + 17..p + 17 + total)?;
+        tables[usize::from(class) * 4 + usize::from(id)] = Some(Huffman::new(&counts, values)?);
+        p += 17 + total;
+    }
+    Some(())
+}
+
+fn is_sof(marker: u8) -> bool {
+    (0xC0..=0xCF).contains(&marker) && marker != 0xC4 && marker != 0xC8 && marker != 0xCC
+}
+
+struct ScanSpec<'f> {
+    /// Components of the scan with their (DC, AC) table indices.
+    components: Vec<(&'f Component, usize, usize)>,
+    ss: u8,
+    se: u8,
+    ah: u8,
+}
+
+enum WalkEnd {
+    /// All MCUs decoded; `pos` is where the walk stopped (inside or after the scan data).
+    Done,
+    Short {
+        mcus_done: u64,
+        mcus_total: u64,
+        at_eof: bool,
+    },
+    Unchecked,
+}
+
+/// Walks the whole file and checks every scan. Returns the frame header (when one was found)
+/// and the verdict.
+pub(crate) fn check_scans(data: &[u8]) -> (Option<FrameHeader>, ScanCheck) {
+    let mut tables: [Option<Huffman>; 8] = Default::default();
+    let mut frame: Option<Frame> = None;
+    let mut restart_interval: u16 = 0;
+    let mut scan_index = 0usize;
+    let mut pos = 2;
+    let header = |frame: &Option<Frame>| frame.as_ref().map(|f| f.header);
+    loop {
+        while data.get(pos) == Some(&0xFF) && data.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if data.get(pos) != Some(&0xFF) {
+            return (header(&frame), ScanCheck::Unchecked);
+        }
+        let Some(&marker) = data.get(pos + 1) else {
+            return (header(&frame), ScanCheck::Unchecked);
+        };
+        pos += 2;
+        match marker {
+            0x01 | 0xD0..=0xD7 => continue,
+            0xD8 => return (header(&frame), ScanCheck::Unchecked),
+            0xD9 => {
+                let verdict = if scan_index > 0 {
+                    ScanCheck::Complete
+                } else {
+                    ScanCheck::Unchecked
+                };
+                return (header(&frame), verdict);
+            }
+            _ => {}
+        }
+        let Some(len) = be16(data, pos).map(usize::from) else {
+            return (header(&frame), ScanCheck::Unchecked);
+        };
+        // `len` counts its own 2 bytes; a length below 2 gives an empty range and stops here.
+        let Some(segment) = data.get(pos + 2..pos + len) else {
+            return (header(&frame), ScanCheck::Unchecked);
+        };
+        match marker {
+            0xC4 => {
+                let parsed = parse_dht(segment, &mut tables);
+                if parsed.is_none() {
+                    return (header(&frame), ScanCheck::Unchecked);
+                }
+            }
+            0xDD => match be16(segment, 0) {
+                Some(ri) => restart_interval = ri,
+                None => return (header(&frame), ScanCheck::Unchecked),
+            },
+            m if is_sof(m) => {
+                if frame.is_some() {
+                    return (header(&frame), ScanCheck::Unchecked);
+                }
+                frame = parse_sof(segment, m);
+                let checkable = matches!(m, 0xC0..=0xC2);
+                if frame.is_none() || !checkable {
+                    return (header(&frame), ScanCheck::Unchecked);
+                }
+            }
+            0xDA => {
+                let Some(f) = frame.as_ref() else {
+                    return (None, ScanCheck::Unchecked);
+                };
+                scan_index += 1;
+                let scan_start = pos + len;
+                let end = match parse_sos(segment, f) {
+                    Some(spec) if !(f.progressive && spec.ss > 0 && spec.ah > 0) => {
+                        walk_scan(data, scan_start, f, &spec, &tables, restart_interval)
+                    }
+                    Some(_) => WalkEnd::Done, // AC refinement: not checked, stepped over below
+                    None => WalkEnd::Unchecked,
+                };
+                match end {
+                    WalkEnd::Done => {}
+                    WalkEnd::Short {
+                        mcus_done,
+                        mcus_total,
+                        at_eof,
+                    } => {
+                        let verdict = ScanCheck::Short {
+                            scan: scan_index,
+                            mcus_done,
+                            mcus_total,
+                            at_eof,
+                        };
+                        return (header(&frame), verdict);
+                    }
+                    WalkEnd::Unchecked => return (header(&frame), ScanCheck::Unchecked),
+                }
+                pos = next_marker(data, scan_start);
+                continue;
+            }
+            _ => {}
+        }
+        pos += len;
+    }
+}
+
+fn parse_sos<'f>(segment: &[u8], frame: &'f Frame) -> Option<ScanSpec<'f>> {
+    let count = usize::from(*segment.first()?);
+    let mut components = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = *segment.get(1 + 2 * i)?;
+        let tables = *segment.get(2 + 2 * i)?;
+        let (dc, ac) = (usize::from(tables >> 4), usize::from(tables & 0x0F));
+        if dc > 3 || ac > 3 {
+            return None;
+        }
+        let component = frame.components.iter().find(|c| c.id == id)?;
+        components.push((component, dc, 4 + ac));
+    }
+    let base = 1 + 2 * count;
+    let ss = *segment.get(base)?;
+    let se = *segment.get(base + 1)?;
+    let ah = *segment.get(base + 2)? >> 4;
+    if components.is_empty() || se > 63 || ss > se {
+        return None;
+    }
+    Some(ScanSpec {
+        components,
+        ss,
+        se,
+        ah,
+    })
+}
+
+fn div_ceil(a: u64, b: u64) -> u64 {
+    a.div_ceil(b)
+}
+
+/// Decodes the Huffman symbols of one scan and counts the MCUs it holds data for.
+fn walk_scan(
+    data: &[u8],
+    start: usize,
+    frame: &Frame,
+    spec: &ScanSpec<'_>,
+    tables: &[Option<Huffman>; 8],
+    restart_interval: u16,
+) -> WalkEnd {
+    let (width, height) = (
+        u64::from(frame.header.width),
+        u64::from(frame.header.height),
+    );
+    if width == 0 || height == 0 {
+        return WalkEnd::Unchecked;
+    }
+    let (h_max, v_max) = (u64::from(frame.h_max), u64::from(frame.v_max));
+    let interleaved = spec.components.len() > 1;
+    // MCUs of the scan, and the blocks of each component in one MCU (T.81 A.2).
+    let (mcus_total, blocks_per_mcu): (u64, Vec<u64>) = if interleaved {
+        let mcux = div_ceil(width, 8 * h_max);
+        let mcuy = div_ceil(height, 8 * v_max);
+        let blocks = spec
+            .components
+            .iter()
+            .map(|(c, _, _)| u64::from(c.h) * u64::from(c.v));
+        (mcux * mcuy, blocks.collect())
+    } else {
+        let c = spec.components[0].0;
+        let cw = div_ceil(width * u64::from(c.h), h_max);
+        let ch = div_ceil(height * u64::from(c.v), v_max);
+        (div_ceil(cw, 8) * div_ceil(ch, 8), vec![1])
+    };
+    let dc_scan = spec.ss == 0;
+    let progressive = frame.progressive;
+    for (_, dc, ac) in &spec.components {
+        let needs_dc = dc_scan && !(progressive && spec.ah > 0);
+        let needs_ac = !progressive || !dc_scan;
+        if (needs_dc && tables[*dc].is_none()) || (needs_ac && spec.se > 0 && tables[*ac].is_none())
+        {
+            return WalkEnd::Unchecked;
+        }
+    }
+    let mut bits = BitReader::new(data, start);
+    let mut eobrun: u32 = 0;
+    let mut left_in_interval = restart_interval;
+    for mcu in 0..mcus_total {
+        if restart_interval > 0 {
+            if left_in_interval == 0 {
+                if !bits.restart() {
+                    return short(mcu, mcus_total, bits.at_eof);
+                }
+                eobrun = 0;
+                left_in_interval = restart_interval;
+            }
+            left_in_interval -= 1;
+        }
+        for (i, (_, dc, ac)) in spec.components.iter().enumerate() {
+            for _ in 0..blocks_per_mcu[i] {
+                let ok = if !progressive {
+                    sequential_block(&mut bits, tables[*dc].as_ref(), tables[*ac].as_ref())
+                } else if dc_scan && spec.ah == 0 {
+                    dc_first_block(&mut bits, tables[*dc].as_ref())
+                } else if dc_scan {
+                    bits.skip(1);
+                    true
+                } else {
+                    ac_first_block(&mut bits, tables[*ac].as_ref(), spec, &mut eobrun)
+                };
+                if !ok {
+                    // An invalid code: data that ran out reads as padding, which is no code.
+                    return if bits.hit_end && bits.nbits.saturating_sub(bits.pad) < 16 {
+                        short(mcu, mcus_total, bits.at_eof)
+                    } else {
+                        WalkEnd::Unchecked
+                    };
+                }
+            }
+        }
+        if bits.overrun {
+            return short(mcu, mcus_total, bits.at_eof);
+        }
+    }
+    WalkEnd::Done
+}
+
+/// A shortfall in the last MCU of a scan is tolerated (some encoders drop its final padding
+/// bits); an earlier one is reported.
+fn short(mcus_done: u64, mcus_total: u64, at_eof: bool) -> WalkEnd {
+    if mcus_done + 1 >= mcus_total {
+        WalkEnd::Done
+    } else {
+        WalkEnd::Short {
+            mcus_done,
+            mcus_total,
+            at_eof,
+        }
+    }
+}
+
+fn sequential_block(bits: &mut BitReader<'_>, dc: Option<&Huffman>, ac: Option<&Huffman>) -> bool {
+    let (Some(dc), Some(ac)) = (dc, ac) else {
+        return false;
+    };
+    let Some(s) = dc.decode(bits) else {
+        return false;
+    };
+    if s > 16 {
+        return false;
+    }
+    bits.skip(u32::from(s));
+    let mut k = 1u32;
+    while k < 64 {
+        let Some(rs) = ac.decode(bits) else {
+            return false;
+        };
+        let (r, s) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
+        if s == 0 {
+            if r == 15 {
+                k += 16;
+                continue;
+            }
+            break;
+        }
+        k += r;
+        bits.skip(s);
+        k += 1;
+    }
+    k <= 64
+}
+
+fn dc_first_block(bits: &mut BitReader<'_>, dc: Option<&Huffman>) -> bool {
+    let Some(dc) = dc else { return false };
+    let Some(s) = dc.decode(bits) else {
+        return false;
+    };
+    if s > 16 {
+        return false;
+    }
+    bits.skip(u32::from(s));
+    true
+}
+
+fn ac_first_block(
+    bits: &mut BitReader<'_>,
+    ac: Option<&Huffman>,
+    spec: &ScanSpec<'_>,
+    eobrun: &mut u32,
+) -> bool {
+    if *eobrun > 0 {
+        *eobrun -= 1;
+        return true;
+    }
+    let Some(ac) = ac else { return false };
+    let mut k = u32::from(spec.ss);
+    let end = u32::from(spec.se);
+    while k <= end {
+        let Some(rs) = ac.decode(bits) else {
+            return false;
+        };
+        let (r, s) = (u32::from(rs >> 4), u32::from(rs & 0x0F));
+        if s == 0 {
+            if r < 15 {
+                // EOBRUN (G.1.2.2): 2^r + r extra bits, this block included.
+                let extra = if r > 0 { bits.peek(r) } else { 0 };
+                bits.skip(r);
+                *eobrun = (1u32 << r) + extra - 1;
+                break;
+            }
+            k += 16;
+            continue;
+        }
+        k += r;
+        bits.skip(s);
+        k += 1;
+    }
+    k <= end + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode_jpeg(width: u32, height: u32) -> Vec<u8> {
+        let img = image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([
+                (x * 7 % 256) as u8,
+                (y * 5 % 256) as u8,
+                ((x + y) % 256) as u8,
+            ])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .encode_image(&img)
+            .expect("encoding to memory cannot fail");
+        out
+    }
+
+    fn sof_offset(data: &[u8]) -> usize {
+        data.windows(2)
+            .position(|w| w == [0xFF, 0xC0])
+            .expect("baseline SOF0 present")
+    }
+
+    #[test]
+    fn complete_file_is_complete() {
+        let data = encode_jpeg(64, 48);
+        let (header, verdict) = check_scans(&data);
+        assert_eq!(verdict, ScanCheck::Complete);
+        let header = header.expect("frame header");
+        assert_eq!(
+            (header.width, header.height, header.components),
+            (64, 48, 3)
+        );
+    }
+
+    #[test]
+    fn taller_sof_than_scan_is_short() {
+        let mut data = encode_jpeg(64, 64);
+        let sof = sof_offset(&data);
+        // SOF0: FF C0 len(2) precision(1) height(2) width(2)
+        data[sof + 5..sof + 7].copy_from_slice(&128u16.to_be_bytes());
+        match check_scans(&data).1 {
+            ScanCheck::Short {
+                mcus_total,
+                mcus_done,
+                at_eof,
+                ..
+            } => {
+                // The image crate's encoder samples 1x1 (MCUs of 8x8 pixels): the scan holds
+                // 8 x 8 MCUs, the header announces 8 x 16.
+                assert_eq!(mcus_total, 128);
+                assert_eq!(mcus_done, 64);
+                assert!(!at_eof);
+            }
+            other => panic!("expected Short, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cut_file_is_short_at_eof() {
+        let data = encode_jpeg(64, 64);
+        let cut = &data[..data.len() / 2];
+        match check_scans(cut).1 {
+            ScanCheck::Short {
+                at_eof,
+                mcus_done,
+                mcus_total,
+                ..
+            } => {
+                assert!(at_eof);
+                assert!(mcus_done < mcus_total);
+            }
+            other => panic!("expected Short, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn huffman_canonical_codes() {
+        // Two codes of length 2 (00, 01) and one of length 3 (100).
+        let mut counts = [0u8; 16];
+        counts[1] = 2;
+        counts[2] = 1;
+        let table = Huffman::new(&counts, &[7, 9, 11]).expect("valid table");
+        let data = [0b0110_0001, 0b1111_1111, 0x00];
+        let mut bits = BitReader::new(&data, 0);
+        assert_eq!(table.decode(&mut bits), Some(9)); // 01
+        assert_eq!(table.decode(&mut bits), Some(11)); // 100
+        assert_eq!(table.decode(&mut bits), Some(7)); // 00
+        assert!(!bits.overrun);
+    }
+}

@@ -1,0 +1,8 @@
+//! Data handling: one decoder, dataset scanning, splits, presets and batch loading.
+
+pub mod decode;
+pub mod folder;
+pub mod labels;
+pub mod loader;
+pub mod presets;
+pub mod split;

@@ -1,0 +1,734 @@
+//! The one preprocessing definition: the training preset and the evaluation preset side by side,
+//! after torchvision's `references/classification/presets.py`.
+//!
+//! Both turn a decoded RGB image ([`crate::data::decode`]) into the model input of one image:
+//! a `Vec<f32>` of length `3 * crop * crop` in CHW order (`[3, crop, crop]`, channels R, G, B),
+//! normalised as `x = (pixel / 255 - mean[c]) / std[c]` (torchvision `ToTensor` + `Normalize`).
+//! A batch is these vectors stacked to `[N, 3, crop, crop]`.
+//!
+//! - [`EvalPreset`] (evaluation, prediction, export, live camera): resize the shorter side to
+//!   `resize` (aspect ratio kept), centre-crop `crop x crop`. torchvision `Resize(256)` +
+//!   `CenterCrop(224)`.
+//! - [`TrainPreset`]: torchvision `RandomResizedCrop(crop, scale, ratio)` +
+//!   `RandomHorizontalFlip(p)` + `ColorJitter(brightness, contrast, saturation, hue)` (the DLI
+//!   course's jitter, 0.2 each).
+//!
+//! Resizing is bilinear with antialiasing when shrinking: the `image` crate's
+//! `imageops::resize` with `FilterType::Triangle` (a triangle kernel widened by the scale factor
+//! when downscaling, like Pillow's `BILINEAR`, which torchvision uses on PIL images).
+//! Policy 5: an image smaller than the target is upscaled by the same rule (the shorter side goes
+//! to `resize`, then the centre crop; `RandomResizedCrop` always resizes its box to
+//! `crop x crop`), so no padding ever appears.
+//!
+//! The colour jitter works on f32 values in 0..=1 with the definitions of torchvision's tensor
+//! functional (`_blend`, `rgb_to_grayscale`, `_rgb2hsv`, `_hsv2rgb`), in a random order of the four
+//! operations, like `ColorJitter.forward`.
+
+use image::RgbImage;
+use image::imageops::{self, FilterType};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// Per-channel normalisation: `x = (pixel / 255 - mean[c]) / std[c]`, channels in RGB order.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Normalization {
+    /// Per-channel mean of `pixel / 255` (R, G, B), in 0..=1.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation of `pixel / 255` (R, G, B), > 0.
+    pub std: [f32; 3],
+}
+
+impl Normalization {
+    /// ImageNet statistics used by every torchvision classification model (ResNet-18/34/50):
+    /// mean `[0.485, 0.456, 0.406]`, std `[0.229, 0.224, 0.225]`.
+    pub const IMAGENET: Self = Self {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
+
+    /// EfficientNet-Lite: `x = (pixel - 127) / 128` (TensorFlow's `efficientnet_lite` builder:
+    /// MEAN_RGB = 127.0, STDDEV_RGB = 128.0), written as mean `127/255`, std `128/255` on
+    /// `pixel / 255`.
+    pub const EFFICIENTNET_LITE: Self = Self {
+        mean: [127.0 / 255.0; 3],
+        std: [128.0 / 255.0; 3],
+    };
+
+    /// Normalises one value already scaled to 0..=1, for channel `c` (0 = R, 1 = G, 2 = B).
+    #[inline]
+    pub fn apply(&self, c: usize, value: f32) -> f32 {
+        (value - self.mean[c]) / self.std[c]
+    }
+}
+
+/// The box a preset took from the source image, so that a regression target (a point) can be
+/// moved the same way as the pixels. Coordinates are continuous pixel coordinates of the decoded
+/// source image (`0..width`, `0..height`; pixel `i` covers `[i, i + 1)`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct Crop {
+    /// Left edge of the box, in source pixels.
+    pub x: f32,
+    /// Top edge of the box, in source pixels.
+    pub y: f32,
+    /// Width of the box, in source pixels.
+    pub w: f32,
+    /// Height of the box, in source pixels.
+    pub h: f32,
+    /// The output was mirrored left-right after resizing.
+    pub flipped: bool,
+}
+
+impl Crop {
+    /// Maps a point `[x, y]` of the source image (continuous pixel coordinates) into the
+    /// `out_size x out_size` model input: `x' = (x - self.x) * out_size / self.w` (then
+    /// `out_size - x'` when flipped), `y' = (y - self.y) * out_size / self.h`. Points outside the
+    /// box map outside `0..out_size`.
+    pub fn map_point(&self, point: [f32; 2], out_size: u32) -> [f32; 2] {
+        let size = out_size as f32;
+        let mut x = (point[0] - self.x) * size / self.w;
+        let y = (point[1] - self.y) * size / self.h;
+        if self.flipped {
+            x = size - x;
+        }
+        [x, y]
+    }
+}
+
+/// The evaluation transform: resize the shorter side to `resize` (bilinear, aspect kept, small
+/// images are upscaled), centre-crop `crop x crop`, normalise. Default: 256 / 224 with ImageNet
+/// statistics (torchvision's ImageNet evaluation preset).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct EvalPreset {
+    /// Target of the shorter side, in pixels, before the crop (256 for a 224 input). If it is
+    /// smaller than `crop`, `crop` is used instead (no padding).
+    pub resize: u32,
+    /// Side of the square model input, in pixels (224 for ResNet and EfficientNet-Lite0).
+    pub crop: u32,
+    /// Normalisation of the model.
+    pub norm: Normalization,
+}
+
+impl Default for EvalPreset {
+    fn default() -> Self {
+        EvalPreset {
+            resize: 256,
+            crop: 224,
+            norm: Normalization::IMAGENET,
+        }
+    }
+}
+
+/// torchvision `Resize(size)` with an int size: the shorter side becomes `size`, the longer side
+/// `int(size * long / short)` (truncated). Returns (new width, new height).
+fn shorter_side_size(width: u32, height: u32, size: u32) -> (u32, u32) {
+    let long_of = |long: u32, short: u32| {
+        ((u64::from(size) * u64::from(long)) / u64::from(short.max(1))).max(1) as u32
+    };
+    if width <= height {
+        (size, long_of(height, width))
+    } else {
+        (long_of(width, height), size)
+    }
+}
+
+/// Python's `round()`: to the nearest integer, ties to even (torchvision computes crop offsets and
+/// box sizes with it).
+fn round_half_even(v: f64) -> f64 {
+    let r = v.round();
+    if (v - v.trunc()).abs() == 0.5 {
+        2.0 * (v / 2.0).round()
+    } else {
+        r
+    }
+}
+
+fn resize(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    if img.width() == width && img.height() == height {
+        img.clone()
+    } else {
+        imageops::resize(img, width, height, FilterType::Triangle)
+    }
+}
+
+impl EvalPreset {
+    /// The evaluation transform of one image: `[3, crop, crop]` CHW, RGB, normalised, as a
+    /// `Vec<f32>` of length `3 * crop * crop`. An empty image (never returned by the decoder)
+    /// gives the normalised value of black everywhere.
+    pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
+        let crop = self.crop;
+        if img.width() == 0 || img.height() == 0 {
+            return black(crop, &self.norm);
+        }
+        let target = self.resize.max(crop);
+        let (w, h) = shorter_side_size(img.width(), img.height(), target);
+        let resized = resize(img, w, h);
+        let (left, top) = centre_offsets(w, h, crop);
+        to_chw(&resized, left, top, crop, &self.norm)
+    }
+
+    /// The shorter side to ask of the decoder ([`crate::data::decode::DecodeOptions::min_side`]):
+    /// `max(resize, crop)`, so that a JPEG decoded at reduced size is still only ever shrunk.
+    pub fn decode_min_side(&self) -> u32 {
+        self.resize.max(self.crop)
+    }
+
+    /// The box of a `width x height` source image that [`EvalPreset::apply`] keeps, in source
+    /// pixels (never flipped), for moving regression targets.
+    pub fn crop_box(&self, width: u32, height: u32) -> Crop {
+        let target = self.resize.max(self.crop);
+        let (w, h) = shorter_side_size(width, height, target);
+        let (left, top) = centre_offsets(w, h, self.crop);
+        let (sx, sy) = (
+            w as f32 / width.max(1) as f32,
+            h as f32 / height.max(1) as f32,
+        );
+        Crop {
+            x: left as f32 / sx,
+            y: top as f32 / sy,
+            w: self.crop as f32 / sx,
+            h: self.crop as f32 / sy,
+            flipped: false,
+        }
+    }
+}
+
+/// torchvision `CenterCrop`: `top = round((h - crop) / 2)`, `left = round((w - crop) / 2)`.
+fn centre_offsets(w: u32, h: u32, crop: u32) -> (u32, u32) {
+    let offset = |len: u32| round_half_even(f64::from(len.saturating_sub(crop)) / 2.0) as u32;
+    (offset(w), offset(h))
+}
+
+fn black(crop: u32, norm: &Normalization) -> Vec<f32> {
+    let plane = (crop * crop) as usize;
+    (0..3)
+        .flat_map(|c| std::iter::repeat_n(norm.apply(c, 0.0), plane))
+        .collect()
+}
+
+/// `crop x crop` pixels of `img` from `(left, top)`, as normalised CHW f32.
+fn to_chw(img: &RgbImage, left: u32, top: u32, crop: u32, norm: &Normalization) -> Vec<f32> {
+    let plane = (crop * crop) as usize;
+    let mut out = vec![0.0f32; 3 * plane];
+    for y in 0..crop {
+        for x in 0..crop {
+            let px = img.get_pixel(left + x, top + y).0;
+            let i = (y * crop + x) as usize;
+            for c in 0..3 {
+                out[c * plane + i] = norm.apply(c, f32::from(px[c]) / 255.0);
+            }
+        }
+    }
+    out
+}
+
+/// Colour jitter strengths (torchvision `ColorJitter`). Each is drawn per image: brightness,
+/// contrast and saturation factors uniformly from `[max(0, 1 - v), 1 + v]`, the hue shift
+/// uniformly from `[-hue, hue]` (a fraction of the hue circle; `hue <= 0.5`). 0 turns an
+/// operation off. The DLI course uses 0.2 for all four.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct ColorJitter {
+    /// Brightness strength, >= 0.
+    pub brightness: f32,
+    /// Contrast strength, >= 0.
+    pub contrast: f32,
+    /// Saturation strength, >= 0.
+    pub saturation: f32,
+    /// Hue strength, in 0..=0.5.
+    pub hue: f32,
+}
+
+impl ColorJitter {
+    /// The DLI course's `ColorJitter(0.2, 0.2, 0.2, 0.2)`.
+    pub const COURSE: Self = Self {
+        brightness: 0.2,
+        contrast: 0.2,
+        saturation: 0.2,
+        hue: 0.2,
+    };
+    /// No jitter.
+    pub const NONE: Self = Self {
+        brightness: 0.0,
+        contrast: 0.0,
+        saturation: 0.0,
+        hue: 0.0,
+    };
+}
+
+/// One colour operation of [`ColorJitter`] with its drawn factor.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ColorOp {
+    /// Multiply by the factor (torchvision `adjust_brightness`).
+    Brightness(f32),
+    /// Blend with the mean gray level of the image (`adjust_contrast`).
+    Contrast(f32),
+    /// Blend with the per-pixel gray level (`adjust_saturation`).
+    Saturation(f32),
+    /// Rotate the hue by this fraction of the circle, in -0.5..=0.5 (`adjust_hue`).
+    Hue(f32),
+}
+
+/// Draws the jitter operations for one image: a random order of the four operations (like
+/// torchvision's `randperm(4)`), each with its factor; disabled operations are left out.
+pub fn draw_color_ops(jitter: &ColorJitter, rng: &mut impl Rng) -> Vec<ColorOp> {
+    let mut order = [0usize, 1, 2, 3];
+    order.shuffle(rng);
+    let mut factor = |strength: f32| {
+        let s = if strength.is_finite() {
+            strength.max(0.0)
+        } else {
+            0.0
+        };
+        (s > 0.0).then(|| rng.random_range((1.0 - s).max(0.0)..=1.0 + s))
+    };
+    let brightness = factor(jitter.brightness);
+    let contrast = factor(jitter.contrast);
+    let saturation = factor(jitter.saturation);
+    let hue_strength = if jitter.hue.is_finite() {
+        jitter.hue.clamp(0.0, 0.5)
+    } else {
+        0.0
+    };
+    let hue = (hue_strength > 0.0).then(|| rng.random_range(-hue_strength..=hue_strength));
+    order
+        .iter()
+        .filter_map(|&op| match op {
+            0 => brightness.map(ColorOp::Brightness),
+            1 => contrast.map(ColorOp::Contrast),
+            2 => saturation.map(ColorOp::Saturation),
+            _ => hue.map(ColorOp::Hue),
+        })
+        .collect()
+}
+
+/// Gray level of torchvision `rgb_to_grayscale`: `0.2989 R + 0.587 G + 0.114 B`.
+#[inline]
+fn gray(r: f32, g: f32, b: f32) -> f32 {
+    0.2989 * r + 0.587 * g + 0.114 * b
+}
+
+/// Applies colour operations in order to a CHW image (`[3, H*W]` planes, values in 0..=1,
+/// results clamped to 0..=1), with torchvision's tensor definitions:
+/// brightness `clamp(f * x)`; contrast `clamp(f * x + (1 - f) * mean(gray(image)))`;
+/// saturation `clamp(f * x + (1 - f) * gray(pixel))`; hue: RGB -> HSV, `h = (h + f) mod 1`,
+/// back to RGB.
+pub fn apply_color_ops(chw: &mut [f32], ops: &[ColorOp]) {
+    let plane = chw.len() / 3;
+    if plane == 0 {
+        return;
+    }
+    let (r, rest) = chw.split_at_mut(plane);
+    let (g, b) = rest.split_at_mut(plane);
+    let b = &mut b[..plane];
+    for op in ops {
+        match *op {
+            ColorOp::Brightness(f) => {
+                for v in r.iter_mut().chain(g.iter_mut()).chain(b.iter_mut()) {
+                    *v = (f * *v).clamp(0.0, 1.0);
+                }
+            }
+            ColorOp::Contrast(f) => {
+                let sum: f64 = (0..plane).map(|i| f64::from(gray(r[i], g[i], b[i]))).sum();
+                let mean = (sum / plane as f64) as f32;
+                for v in r.iter_mut().chain(g.iter_mut()).chain(b.iter_mut()) {
+                    *v = (f * *v + (1.0 - f) * mean).clamp(0.0, 1.0);
+                }
+            }
+            ColorOp::Saturation(f) => {
+                for i in 0..plane {
+                    let l = gray(r[i], g[i], b[i]);
+                    r[i] = (f * r[i] + (1.0 - f) * l).clamp(0.0, 1.0);
+                    g[i] = (f * g[i] + (1.0 - f) * l).clamp(0.0, 1.0);
+                    b[i] = (f * b[i] + (1.0 - f) * l).clamp(0.0, 1.0);
+                }
+            }
+            ColorOp::Hue(f) => {
+                for i in 0..plane {
+                    let [h, s, v] = rgb_to_hsv(r[i], g[i], b[i]);
+                    let h = (h + f).rem_euclid(1.0);
+                    [r[i], g[i], b[i]] = hsv_to_rgb(h, s, v);
+                }
+            }
+        }
+    }
+}
+
+/// torchvision `_rgb2hsv` for one pixel; h, s, v in 0..=1.
+fn rgb_to_hsv(r: f32, g: f32, b: f32) -> [f32; 3] {
+    let maxc = r.max(g).max(b);
+    let minc = r.min(g).min(b);
+    let eqc = maxc == minc;
+    let cr = maxc - minc;
+    let s = cr / if eqc { 1.0 } else { maxc };
+    let div = if eqc { 1.0 } else { cr };
+    let (rc, gc, bc) = ((maxc - r) / div, (maxc - g) / div, (maxc - b) / div);
+    let h = if maxc == r {
+        bc - gc
+    } else if maxc == g {
+        2.0 + rc - bc
+    } else {
+        4.0 + gc - rc
+    };
+    [(h / 6.0 + 1.0) % 1.0, s, maxc]
+}
+
+/// torchvision `_hsv2rgb` for one pixel.
+fn hsv_to_rgb(h: f32, s: f32, v: f32) -> [f32; 3] {
+    let i = (h * 6.0).floor();
+    let f = h * 6.0 - i;
+    let p = (v * (1.0 - s)).clamp(0.0, 1.0);
+    let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+    let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+    match (i as i32).rem_euclid(6) {
+        0 => [v, t, p],
+        1 => [q, v, p],
+        2 => [p, v, t],
+        3 => [p, q, v],
+        4 => [t, p, v],
+        _ => [v, p, q],
+    }
+}
+
+/// The training transform (torchvision's ImageNet training preset, with the course's jitter):
+/// `RandomResizedCrop(crop, scale, ratio)`, `RandomHorizontalFlip(hflip)`, `ColorJitter`,
+/// normalise.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct TrainPreset {
+    /// Side of the square model input, in pixels.
+    pub crop: u32,
+    /// Range of the crop box area as a fraction of the image area (torchvision: `[0.08, 1.0]`).
+    pub scale: [f32; 2],
+    /// Range of the crop box aspect ratio w/h, drawn log-uniformly (torchvision:
+    /// `[3/4, 4/3]`).
+    pub ratio: [f32; 2],
+    /// Probability of a left-right mirror (torchvision: 0.5). 0 for tasks where left and right
+    /// differ.
+    pub hflip: f32,
+    /// Colour jitter strengths.
+    pub jitter: ColorJitter,
+    /// Normalisation of the model.
+    pub norm: Normalization,
+}
+
+impl TrainPreset {
+    /// One random training view of `img`: `[3, crop, crop]` CHW, RGB, normalised
+    /// (`Vec<f32>` of length `3 * crop * crop`).
+    pub fn apply(&self, img: &RgbImage, rng: &mut impl Rng) -> Vec<f32> {
+        self.apply_with_flip(img, rng).0
+    }
+
+    /// Like [`TrainPreset::apply`], also returning the source box and whether the view was
+    /// mirrored, so that a regression target can be moved with [`Crop::map_point`].
+    pub fn apply_with_flip(&self, img: &RgbImage, rng: &mut impl Rng) -> (Vec<f32>, Crop) {
+        let crop = self.crop;
+        if img.width() == 0 || img.height() == 0 {
+            let none = Crop {
+                x: 0.0,
+                y: 0.0,
+                w: 0.0,
+                h: 0.0,
+                flipped: false,
+            };
+            return (black(crop, &self.norm), none);
+        }
+        let (x, y, w, h) =
+            random_resized_crop_box(img.width(), img.height(), self.scale, self.ratio, rng);
+        let region = imageops::crop_imm(img, x, y, w, h).to_image();
+        let mut view = resize(&region, crop, crop);
+        let flipped = self.hflip > 0.0 && rng.random::<f32>() < self.hflip;
+        if flipped {
+            imageops::flip_horizontal_in_place(&mut view);
+        }
+        let plane = (crop * crop) as usize;
+        let mut chw = vec![0.0f32; 3 * plane];
+        for (i, px) in view.pixels().enumerate() {
+            for c in 0..3 {
+                chw[c * plane + i] = f32::from(px.0[c]) / 255.0;
+            }
+        }
+        let ops = draw_color_ops(&self.jitter, rng);
+        apply_color_ops(&mut chw, &ops);
+        for (c, channel) in chw.chunks_mut(plane).enumerate() {
+            for v in channel {
+                *v = self.norm.apply(c, *v);
+            }
+        }
+        let box_ = Crop {
+            x: x as f32,
+            y: y as f32,
+            w: w as f32,
+            h: h as f32,
+            flipped,
+        };
+        (chw, box_)
+    }
+
+    /// The shorter side to ask of the decoder: large enough that even the smallest crop box
+    /// (area `scale[0]` of a square image, aspect ratio at the end of `ratio`) still has `crop`
+    /// pixels on its shorter side: `ceil(crop * sqrt(max(ratio[1], 1 / ratio[0]) / scale[0]))`.
+    /// 915 for the defaults (224, 0.08, 3/4..4/3).
+    pub fn decode_min_side(&self) -> u32 {
+        let smallest = self.scale[0].clamp(1e-4, 1.0);
+        let widest = self.ratio[1].max(1.0 / self.ratio[0].max(1e-4)).max(1.0);
+        (self.crop as f32 * (widest / smallest).sqrt()).ceil() as u32
+    }
+}
+
+/// torchvision `RandomResizedCrop.get_params`: up to 10 tries of a box with area fraction
+/// uniform in `scale` and aspect ratio log-uniform in `ratio` (sizes rounded like Python's
+/// `round`) that fits the image, placed uniformly; otherwise the centre crop clamped to `ratio`.
+/// Returns `(x, y, w, h)` in pixels.
+pub fn random_resized_crop_box(
+    width: u32,
+    height: u32,
+    scale: [f32; 2],
+    ratio: [f32; 2],
+    rng: &mut impl Rng,
+) -> (u32, u32, u32, u32) {
+    let area = f64::from(width) * f64::from(height);
+    let (s0, s1) = (
+        f64::from(scale[0].min(scale[1])),
+        f64::from(scale[0].max(scale[1])),
+    );
+    let (r0, r1) = (
+        f64::from(ratio[0].min(ratio[1])),
+        f64::from(ratio[0].max(ratio[1])),
+    );
+    let valid = s0.is_finite() && s1.is_finite() && s0 >= 0.0 && r0 > 0.0 && r1.is_finite();
+    if valid {
+        let (l0, l1) = (r0.ln(), r1.ln());
+        for _ in 0..10 {
+            let target_area = area * rng.random_range(s0..=s1);
+            let aspect = rng.random_range(l0..=l1).exp();
+            let w = round_half_even((target_area * aspect).sqrt());
+            let h = round_half_even((target_area / aspect).sqrt());
+            if w > 0.0 && w <= f64::from(width) && h > 0.0 && h <= f64::from(height) {
+                let (w, h) = (w as u32, h as u32);
+                let y = rng.random_range(0..=height - h);
+                let x = rng.random_range(0..=width - w);
+                return (x, y, w, h);
+            }
+        }
+    }
+    // Fallback: the whole image, clamped to the ratio range, centred.
+    let in_ratio = f64::from(width) / f64::from(height);
+    let (w, h) = if valid && in_ratio < r0 {
+        (
+            width,
+            (round_half_even(f64::from(width) / r0) as u32).clamp(1, height),
+        )
+    } else if valid && in_ratio > r1 {
+        (
+            (round_half_even(f64::from(height) * r1) as u32).clamp(1, width),
+            height,
+        )
+    } else {
+        (width, height)
+    };
+    ((width - w) / 2, (height - h) / 2, w, h)
+}
+
+/// The training and evaluation presets for a model with a square input of `input_size` pixels:
+/// training = `RandomResizedCrop(input_size, scale=(0.08, 1), ratio=(3/4, 4/3))`, flip 0.5,
+/// `ColorJitter(0.2, 0.2, 0.2, 0.2)`; evaluation = resize to `round(input_size * 256 / 224)`
+/// (256 for 224, torchvision's ratio), centre crop `input_size`. Both use `norm`.
+pub fn presets(norm: Normalization, input_size: u32) -> (TrainPreset, EvalPreset) {
+    let train = TrainPreset {
+        crop: input_size,
+        scale: [0.08, 1.0],
+        ratio: [3.0 / 4.0, 4.0 / 3.0],
+        hflip: 0.5,
+        jitter: ColorJitter::COURSE,
+        norm,
+    };
+    let resize = ((u64::from(input_size) * 256 + 112) / 224) as u32;
+    (
+        train,
+        EvalPreset {
+            resize,
+            crop: input_size,
+            norm,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha12Rng;
+
+    #[test]
+    fn python_rounding() {
+        assert_eq!(round_half_even(0.5), 0.0);
+        assert_eq!(round_half_even(1.5), 2.0);
+        assert_eq!(round_half_even(2.5), 2.0);
+        assert_eq!(round_half_even(2.6), 3.0);
+        assert_eq!(round_half_even(-0.5), 0.0);
+    }
+
+    #[test]
+    fn resize_sizes_follow_torchvision() {
+        assert_eq!(shorter_side_size(500, 375, 256), (341, 256));
+        assert_eq!(shorter_side_size(375, 500, 256), (256, 341));
+        assert_eq!(shorter_side_size(8, 8, 256), (256, 256));
+        // CenterCrop offsets: (341 - 224) / 2 = 58.5 rounds to 58 (ties to even).
+        assert_eq!(centre_offsets(341, 256, 224), (58, 16));
+    }
+
+    #[test]
+    fn preset_sizes() {
+        let (train, eval) = presets(Normalization::IMAGENET, 224);
+        assert_eq!((eval.resize, eval.crop), (256, 224));
+        assert_eq!(eval, EvalPreset::default());
+        assert_eq!(train.decode_min_side(), 915);
+        assert_eq!(presets(Normalization::IMAGENET, 320).1.resize, 366);
+    }
+
+    #[test]
+    fn normalisation_constants() {
+        let n = Normalization::EFFICIENTNET_LITE;
+        // (pixel - 127) / 128 for pixel 255 and 0.
+        assert!((n.apply(0, 1.0) - 1.0).abs() < 1e-6);
+        assert!((n.apply(2, 0.0) + 127.0 / 128.0).abs() < 1e-6);
+        let i = Normalization::IMAGENET;
+        assert!((i.apply(1, 0.456) - 0.0).abs() < 1e-7);
+    }
+
+    #[test]
+    fn eval_upscales_small_images_and_keeps_layout() {
+        // 8x4 image: left half red, right half blue. Shorter side to 256 -> 512x256, crop 224
+        // from x = 144: columns 0..112 red, 112..224 blue.
+        let img = RgbImage::from_fn(8, 4, |x, _| {
+            if x < 4 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let eval = EvalPreset {
+            resize: 256,
+            crop: 224,
+            norm: Normalization {
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+        };
+        let out = eval.apply(&img);
+        assert_eq!(out.len(), 3 * 224 * 224);
+        let at = |c: usize, y: usize, x: usize| out[c * 224 * 224 + y * 224 + x];
+        assert_eq!((at(0, 100, 10), at(2, 100, 10)), (1.0, 0.0));
+        assert_eq!((at(0, 100, 210), at(2, 100, 210)), (0.0, 1.0));
+        let b = eval.crop_box(8, 4);
+        assert_eq!((b.x, b.y, b.w, b.h), (144.0 / 64.0, 16.0 / 64.0, 3.5, 3.5));
+    }
+
+    #[test]
+    fn crop_box_within_image_and_ratio() {
+        let mut rng = ChaCha12Rng::seed_from_u64(3);
+        for _ in 0..500 {
+            let (x, y, w, h) =
+                random_resized_crop_box(500, 375, [0.08, 1.0], [0.75, 4.0 / 3.0], &mut rng);
+            assert!(w >= 1 && h >= 1 && x + w <= 500 && y + h <= 375);
+            let area = f64::from(w * h) / (500.0 * 375.0);
+            assert!((0.07..=1.0).contains(&area), "area fraction {area}");
+        }
+        // A 1000x10 strip cannot hold a 3/4..4/3 box of >= 8% area: centre crop 13x10.
+        assert_eq!(
+            random_resized_crop_box(1000, 10, [0.08, 1.0], [0.75, 4.0 / 3.0], &mut rng),
+            (493, 0, 13, 10)
+        );
+    }
+
+    #[test]
+    fn train_flip_and_map_point() {
+        // With scale = ratio = 1 on a square image the box is the whole image; flip always.
+        let img = RgbImage::from_fn(4, 4, |x, _| {
+            if x < 2 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let preset = TrainPreset {
+            crop: 8,
+            scale: [1.0, 1.0],
+            ratio: [1.0, 1.0],
+            hflip: 1.0,
+            jitter: ColorJitter::NONE,
+            norm: Normalization {
+                mean: [0.0; 3],
+                std: [1.0; 3],
+            },
+        };
+        let mut rng = ChaCha12Rng::seed_from_u64(0);
+        let (out, b) = preset.apply_with_flip(&img, &mut rng);
+        assert_eq!(
+            b,
+            Crop {
+                x: 0.0,
+                y: 0.0,
+                w: 4.0,
+                h: 4.0,
+                flipped: true
+            }
+        );
+        // Mirrored: blue on the left, red on the right.
+        assert_eq!((out[0], out[2 * 64]), (0.0, 1.0));
+        assert_eq!((out[7], out[2 * 64 + 7]), (1.0, 0.0));
+        assert_eq!(b.map_point([1.0, 2.0], 8), [6.0, 4.0]);
+    }
+
+    #[test]
+    fn color_ops_follow_torchvision_definitions() {
+        // One pixel (0.2, 0.4, 0.6) and one (1, 1, 1).
+        let base = vec![0.2f32, 1.0, 0.4, 1.0, 0.6, 1.0];
+        let run = |op| {
+            let mut v = base.clone();
+            apply_color_ops(&mut v, &[op]);
+            v
+        };
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(
+            &run(ColorOp::Brightness(1.5)),
+            &[0.3, 1.0, 0.6, 1.0, 0.9, 1.0]
+        ));
+        // gray(0.2,0.4,0.6) = 0.36298, gray(1,1,1) = 0.9999; mean = 0.68604
+        let mean = (0.36298f32 + 0.9999) / 2.0;
+        let want: Vec<f32> = base
+            .iter()
+            .map(|&v| (0.5 * v + 0.5 * mean).clamp(0.0, 1.0))
+            .collect();
+        assert!(close(&run(ColorOp::Contrast(0.5)), &want));
+        let sat = run(ColorOp::Saturation(0.0));
+        assert!(close(
+            &sat,
+            &[0.36298, 0.9999, 0.36298, 0.9999, 0.36298, 0.9999]
+        ));
+        // Hue +1/3 turns (0.2, 0.4, 0.6) (h = 7/12) into h = 11/12: (0.6, 0.2, 0.4).
+        assert!(close(
+            &run(ColorOp::Hue(1.0 / 3.0)),
+            &[0.6, 1.0, 0.2, 1.0, 0.4, 1.0]
+        ));
+        // Half a turn either way is the same colour.
+        assert!(close(&run(ColorOp::Hue(0.5)), &run(ColorOp::Hue(-0.5))));
+    }
+
+    #[test]
+    fn drawn_factors_stay_in_range() {
+        let mut rng = ChaCha12Rng::seed_from_u64(9);
+        for _ in 0..200 {
+            let ops = draw_color_ops(&ColorJitter::COURSE, &mut rng);
+            assert_eq!(ops.len(), 4);
+            for op in ops {
+                match op {
+                    ColorOp::Brightness(f) | ColorOp::Contrast(f) | ColorOp::Saturation(f) => {
+                        assert!((0.8..=1.2).contains(&f));
+                    }
+                    ColorOp::Hue(f) => assert!((-0.2..=0.2).contains(&f)),
+                }
+            }
+        }
+        assert!(draw_color_ops(&ColorJitter::NONE, &mut rng).is_empty());
+    }
+}

@@ -1,0 +1,52 @@
+//! The library's error type. Every message names the file, shape or value that is wrong.
+
+use std::path::PathBuf;
+
+/// Result alias for the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Errors raised by nanoclass.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An image file could not be decoded.
+    #[error("{path}: {reason}")]
+    Decode { path: PathBuf, reason: String },
+    /// The dataset on disk cannot be used as given.
+    #[error("dataset {path}: {reason}")]
+    Dataset { path: PathBuf, reason: String },
+    /// A labels file (`labels.txt`) cannot be read, written, or disagrees with the model.
+    #[error("labels {path}: {reason}")]
+    Labels { path: PathBuf, reason: String },
+    /// A weights file could not be loaded into the model.
+    #[error("weights {path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
+    /// A run directory is missing something or disagrees with the request.
+    #[error("run {path}: {reason}")]
+    Run { path: PathBuf, reason: String },
+    /// Downloading or caching pretrained weights failed.
+    #[error("{0}")]
+    Registry(String),
+    /// Training cannot go on (bad settings, non-finite loss, ...).
+    #[error("{0}")]
+    Train(String),
+    /// Anything else, with its message.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The run directory: everything a trained model needs, read back by every later command.
+//!
+//! ```text
+//! RUN/
+//!   config.json      every setting, the seed, the eval preset, normalisation, labels, the split
+//!   labels.txt       one class name per line; line i is output i
+//!   model.safetensors  the best model (highest held-out top-1), PyTorch layout, reference names
+//!   last.safetensors   the model after the last completed epoch
+//!   metrics.jsonl    one JSON object per epoch
+//!   checkpoint/      training state for --resume (optimizer.bin, state.json)
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::labels::{read_labels, write_labels};
+use crate::data::presets::{EvalPreset, TrainPreset};
+use crate::model::Arch;
+use crate::{Error, Result};
+
+/// File names inside a run directory.
+pub mod files {
+    /// Settings and metadata.
+    pub const CONFIG: &str = "config.json";
+    /// Class names, one per line.
+    pub const LABELS: &str = "labels.txt";
+    /// Best model.
+    pub const MODEL: &str = "model.safetensors";
+    /// Model after the last completed epoch.
+    pub const LAST: &str = "last.safetensors";
+    /// Per-epoch metrics.
+    pub const METRICS: &str = "metrics.jsonl";
+    /// Resume state folder.
+    pub const CHECKPOINT: &str = "checkpoint";
+}
+
+/// The task a run solves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// One label per image among `N` classes; the head has `N` logits.
+    Classification,
+}
+
+/// How the backbone is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Backbone frozen in eval mode; its features are computed once per image and cached, and
+    /// only the head is trained.
+    Frozen,
+    /// Every layer trained from the start (the course's recipe).
+    Full,
+    /// The head first on the frozen backbone, then every layer with a lower backbone learning
+    /// rate.
+    Finetune,
+}
+
+/// Optimizer choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam (Kingma & Ba), betas (0.9, 0.999), eps 1e-8 (torch defaults).
+    Adam,
+    /// SGD with momentum.
+    Sgd,
+}
+
+/// Learning-rate schedule over the epochs of a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Cosine annealing from `lr` to 0 over the phase's steps (Loshchilov & Hutter, SGDR).
+    Cosine,
+    /// Multiply by 0.1 every `ceil(epochs / 3)` epochs (torchvision's StepLR recipe, scaled).
+    Step,
+    /// Constant learning rate.
+    None,
+}
+
+/// Where the validation split came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SplitRecord {
+    /// The dataset has a `val/` folder.
+    Folder,
+    /// Stratified, seeded split of the training images; `val_files` are relative to the
+    /// dataset root, so `eval` uses exactly these.
+    Generated {
+        /// Fraction of each class held out.
+        val_fraction: f32,
+        /// Seed of the split.
+        seed: u64,
+        /// Held-out files, relative to the dataset root.
+        val_files: Vec<PathBuf>,
+    },
+    /// No held-out images: no validation figure is reported.
+    NoValidation,
+}
+
+/// Which weights the backbone started from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightsRecord {
+    /// As given on the command line (`resnet18`, a path, or `none`).
+    pub spec: String,
+    /// The file loaded, if any.
+    pub path: Option<PathBuf>,
+}
+
+/// Every setting of a run, written to `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// nanoclass version that wrote the run.
+    pub nanoclass_version: String,
+    /// The task.
+    pub task: Task,
+    /// The backbone.
+    pub arch: Arch,
+    /// Class names; index = output index.
+    pub labels: Vec<String>,
+    /// Preprocessing used by eval, predict and every later command.
+    pub eval_preset: EvalPreset,
+    /// Training augmentation.
+    pub train_preset: TrainPreset,
+    /// Dataset root (absolute).
+    pub data: PathBuf,
+    /// Starting weights.
+    pub weights: WeightsRecord,
+    /// Training mode.
+    pub mode: Mode,
+    /// Epochs (for `finetune`: the full-network epochs).
+    pub epochs: usize,
+    /// Head-only epochs before the full phase (`finetune`).
+    pub head_epochs: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Learning rate of the head (and of the whole network in `full`).
+    pub lr: f64,
+    /// Backbone learning rate = `lr * body_lr_factor` in the `finetune` full phase.
+    pub body_lr_factor: f64,
+    /// Optimizer.
+    pub optimizer: OptimizerKind,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Schedule.
+    pub schedule: Schedule,
+    /// Seed for the split, shuffling, augmentation and head initialisation.
+    pub seed: u64,
+    /// The held-out split.
+    pub split: SplitRecord,
+}
+
+/// Per-epoch metrics, one line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number across phases.
+    pub epoch: usize,
+    /// `head` or `full`.
+    pub phase: String,
+    /// Mean training loss (cross-entropy).
+    pub train_loss: f64,
+    /// Training top-1 over the epoch (augmented images, train-mode model).
+    pub train_top1: f64,
+    /// Held-out loss, when there is a held-out set.
+    pub val_loss: Option<f64>,
+    /// Held-out top-1, when there is a held-out set.
+    pub val_top1: Option<f64>,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch in seconds.
+    pub seconds: f64,
+}
+
+/// A run directory on disk.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its `config.json`.
+    pub config: RunConfig,
+}
+
+fn run_err(dir: &Path, reason: impl Into<String>) -> Error {
+    Error::Run {
+        path: dir.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| Error::io(tmp.path(), e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+impl Run {
+    /// Creates (or reuses) `dir` and writes `config.json` and `labels.txt`.
+    pub fn create(dir: &Path, config: RunConfig) -> Result<Run> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let run = Run {
+            dir: dir.to_path_buf(),
+            config,
+        };
+        run.write_config()?;
+        write_labels(&dir.join(files::LABELS), &run.config.labels)?;
+        Ok(run)
+    }
+
+    /// Writes `config.json`.
+    pub fn write_config(&self) -> Result<()> {
+        let json = serde_json::to_string_pretty(&self.config)
+            .map_err(|e| Error::Other(format!("config.json: {e}")))?;
+        write_atomic(&self.dir.join(files::CONFIG), json.as_bytes())
+    }
+
+    /// Opens a run directory: reads `config.json` and checks `labels.txt` against it.
+    pub fn open(dir: &Path) -> Result<Run> {
+        let cfg_path = dir.join(files::CONFIG);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                run_err(dir, "no config.json: not a nanoclass run directory")
+            } else {
+                Error::io(&cfg_path, e)
+            }
+        })?;
+        let config: RunConfig = serde_json::from_str(&text)
+            .map_err(|e| run_err(dir, format!("config.json is not valid: {e}")))?;
+        let labels_path = dir.join(files::LABELS);
+        if labels_path.exists() {
+            let labels = read_labels(&labels_path)?;
+            if labels != config.labels {
+                return Err(run_err(
+                    dir,
+                    format!(
+                        "labels.txt has {} labels {:?} but config.json has {} {:?}",
+                        labels.len(),
+                        labels,
+                        config.labels.len(),
+                        config.labels
+                    ),
+                ));
+            }
+        }
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+        })
+    }
+
+    /// Path of the best model.
+    pub fn model_path(&self) -> PathBuf {
+        self.dir.join(files::MODEL)
+    }
+
+    /// Metadata stored inside each saved model file.
+    pub fn model_metadata(&self) -> BTreeMap<String, String> {
+        let c = &self.config;
+        let mut m = BTreeMap::new();
+        m.insert("producer".into(), "nanoclass".into());
+        m.insert("nanoclass_version".into(), c.nanoclass_version.clone());
+        m.insert("task".into(), "classification".into());
+        m.insert("arch".into(), c.arch.name().into());
+        m.insert(
+            "labels".into(),
+            serde_json::to_string(&c.labels).unwrap_or_default(),
+        );
+        m.insert(
+            "eval_preset".into(),
+            serde_json::to_string(&c.eval_preset).unwrap_or_default(),
+        );
+        m
+    }
+
+    /// Appends one line to `metrics.jsonl`.
+    pub fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
+        let path = self.dir.join(files::METRICS);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let line = serde_json::to_string(m).map_err(|e| Error::Other(e.to_string()))?;
+        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
+        Ok(())
+    }
+
+    /// Reads `metrics.jsonl`.
+    pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
+        let path = self.dir.join(files::METRICS);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .map_err(|e| run_err(&self.dir, format!("metrics.jsonl: {e}")))
+            })
+            .collect()
+    }
+}
