@@ -10,11 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use nanoclass::data::decode::is_image_extension;
-use nanoclass::eval::metrics::{EvalReport, softmax, top_k};
+use nanoclass::eval::metrics::{softmax, top_k};
 use nanoclass::eval::predict::Predictor;
 use nanoclass::model::{Arch, registry};
 use nanoclass::run::{Mode, OptimizerKind, Schedule};
-use nanoclass::train::{Event, TrainOptions, train};
+use nanoclass::train::{Event, TrainOptions, resume_options, train};
 
 /// Transfer learning for image classification: fine-tune an ImageNet-pretrained backbone on
 /// a folder of labelled images, then evaluate and predict.
@@ -82,8 +82,9 @@ enum ScheduleArg {
 #[derive(Args, Debug)]
 struct TrainArgs {
     /// Dataset root: ImageFolder (`<class>/<image>` or `train/ val/` splits) or a DLI course
-    /// folder.
-    data: PathBuf,
+    /// folder. Not needed with --resume.
+    #[arg(required_unless_present = "resume")]
+    data: Option<PathBuf>,
     /// Backbone.
     #[arg(long, value_enum, default_value = "resnet18")]
     arch: ArchArg,
@@ -132,6 +133,10 @@ struct TrainArgs {
     /// Run directory to write (default: runs/<data name>-<arch>-<mode>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last completed epoch, with its own settings
+    /// (`--epochs` may raise the epoch count; other flags are ignored).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -203,6 +208,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
+    let opts = match &a.resume {
+        Some(dir) => resume_options(dir, a.epochs)?,
+        None => train_options(a)?,
+    };
+    run_training(&opts)
+}
+
+fn train_options(a: TrainArgs) -> Result<TrainOptions> {
+    let Some(data) = a.data else {
+        bail!("DATA is required unless --resume is given");
+    };
     let arch: Arch = a.arch.into();
     let mode = match a.mode {
         ModeArg::Frozen => Mode::Frozen,
@@ -228,18 +244,17 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
     if !(0.0..1.0).contains(&a.val_fraction) {
         bail!("--val-fraction must be in [0, 1), got {}", a.val_fraction);
     }
-    let name = a
-        .data
+    let name = data
         .canonicalize()
-        .with_context(|| format!("dataset {}", a.data.display()))?
+        .with_context(|| format!("dataset {}", data.display()))?
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "data".into());
     let out = a.out.unwrap_or_else(|| {
         PathBuf::from("runs").join(format!("{name}-{arch}-{}", mode_name(mode)))
     });
-    let opts = TrainOptions {
-        data: a.data,
+    Ok(TrainOptions {
+        data,
         arch,
         weights: a.weights.unwrap_or_else(|| arch.name().to_string()),
         mode,
@@ -259,7 +274,11 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
         seed: a.seed,
         val_fraction: a.val_fraction,
         out,
-    };
+        resume: false,
+    })
+}
+
+fn run_training(opts: &TrainOptions) -> Result<ExitCode> {
     let mut bar: Option<ProgressBar> = None;
     let mut on_event = |ev: Event| match ev {
         Event::Info(s) => eprintln!("{s}"),
@@ -305,7 +324,7 @@ fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
             );
         }
     };
-    let summary = train(&opts, &mut on_event)?;
+    let summary = train(opts, &mut on_event)?;
     match summary.best_val_top1 {
         Some(t) => println!(
             "best held-out top-1 {:.4} at epoch {} ({} held-out images); run {} ({:.1} s)",

@@ -621,22 +621,24 @@ fn jpeg_dct_downscaling_keeps_the_shorter_side() {
     assert_eq!(small.dimensions(), (300, 200));
 }
 
-/// The shared real-image datasets (README of /work/shared/data), or `$NANOCLASS_DATA`.
+/// The shared real-image datasets, `../shared/data` beside the repository (or
+/// `$NANOCLASS_DATA`). Their absence is a failure, not a skip.
 fn shared_data() -> PathBuf {
-    std::env::var_os("NANOCLASS_DATA")
-        .map_or_else(|| PathBuf::from("/work/shared/data"), PathBuf::from)
+    let dir = std::env::var_os("NANOCLASS_DATA").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("hymenoptera").is_dir(),
+        "real image data not found at {} (clone the repository beside shared/, or set NANOCLASS_DATA)",
+        dir.display()
+    );
+    dir
 }
 
 #[test]
 fn real_datasets_scan_with_their_published_counts() {
     let data = shared_data();
-    if !data.join("hymenoptera").is_dir() {
-        eprintln!(
-            "real_datasets_scan: {} not found, skipped (set NANOCLASS_DATA)",
-            data.display()
-        );
-        return;
-    }
     // SHA256SUMS and SOURCE.md sit at each dataset root: never classes, never samples.
     let ds = scan_image_folder(&data.join("hymenoptera")).expect("scan hymenoptera");
     assert_eq!(class_names(&ds), ["ants", "bees"]);
@@ -666,13 +668,7 @@ fn real_datasets_scan_with_their_published_counts() {
 #[test]
 fn real_photos_decode() {
     let ants = shared_data().join("hymenoptera/train/ants");
-    let Ok(entries) = std::fs::read_dir(&ants) else {
-        eprintln!(
-            "real_photos_decode: {} not found, skipped (set NANOCLASS_DATA)",
-            ants.display()
-        );
-        return;
-    };
+    let entries = std::fs::read_dir(&ants).expect("list hymenoptera/train/ants");
     let mut count = 0;
     for entry in entries {
         let path = entry.expect("list").path();

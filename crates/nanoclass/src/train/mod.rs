@@ -43,6 +43,10 @@ use crate::run::{
 };
 use crate::{Error, Result};
 
+pub mod checkpoint;
+
+use checkpoint::TrainState;
+
 /// Everything `nanoclass train` needs.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
@@ -78,6 +82,8 @@ pub struct TrainOptions {
     pub val_fraction: f32,
     /// Run directory to write.
     pub out: PathBuf,
+    /// Continue the run in `out` from its last completed epoch (see [`resume_options`]).
+    pub resume: bool,
 }
 
 /// What the training loop reports while it runs.
@@ -369,6 +375,41 @@ fn scalar(t: Tensor<1>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The random stream of one epoch: shuffling and augmentation depend only on the seed and the
+/// epoch number, so a resumed run draws what an uninterrupted one would.
+fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// Everything needed to continue the run in `run_dir`: its `config.json` settings, with
+/// `epochs` raised when given (to train longer than first planned).
+pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOptions> {
+    checkpoint::load_state(run_dir)?;
+    let c = Run::open(run_dir)?.config;
+    Ok(TrainOptions {
+        data: c.data,
+        arch: c.arch,
+        weights: c.weights.spec,
+        mode: c.mode,
+        epochs: epochs.unwrap_or(c.epochs),
+        head_epochs: c.head_epochs,
+        batch_size: c.batch_size,
+        lr: c.lr,
+        body_lr_factor: c.body_lr_factor,
+        optimizer: c.optimizer,
+        momentum: c.momentum,
+        weight_decay: c.weight_decay,
+        schedule: c.schedule,
+        seed: c.seed,
+        val_fraction: match c.split {
+            SplitRecord::Generated { val_fraction, .. } => val_fraction,
+            _ => 0.2,
+        },
+        out: run_dir.to_path_buf(),
+        resume: true,
+    })
+}
+
 /// Batches of indices for one epoch, shuffled; a final batch of one is dropped.
 fn epoch_batches(n: usize, batch: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..n).collect();
@@ -451,6 +492,8 @@ impl Tracker {
         run: &Run,
         net: &Net,
         m: EpochMetrics,
+        optim: &ModuleOptimizer,
+        param_ids: std::collections::BTreeMap<String, u64>,
         on_event: &mut dyn FnMut(Event),
     ) -> Result<()> {
         if !head_is_finite(net) {
@@ -475,6 +518,17 @@ impl Tracker {
             save_net(&valid, &run.model_path(), &meta)?;
         }
         run.append_metrics(&m)?;
+        checkpoint::save(
+            &run.dir,
+            &TrainState {
+                epoch: m.epoch,
+                phase: m.phase.clone(),
+                best: self.best,
+                best_epoch: self.best_epoch,
+                param_ids,
+            },
+            optim,
+        )?;
         on_event(Event::Epoch(m));
         Ok(())
     }
@@ -492,7 +546,26 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let n_classes = data.labels.len();
     let device = default_device();
     let ad = device.clone().autodiff();
-    let (net, report) = initial_net(opts.arch, &opts.weights, &data.labels, &ad)?;
+    let state = if opts.resume {
+        Some(checkpoint::load_state(&opts.out)?)
+    } else {
+        None
+    };
+    let (net, report) = match &state {
+        Some(st) => {
+            let last = opts.out.join(files::LAST);
+            let (net, report) =
+                load_net(opts.arch, &last, data.labels.len(), Some(&data.labels), &ad)?;
+            on_event(Event::Info(format!(
+                "resuming {} after epoch {} ({} phase)",
+                opts.out.display(),
+                st.epoch,
+                st.phase
+            )));
+            (net, Some(report))
+        }
+        None => initial_net(opts.arch, &opts.weights, &data.labels, &ad)?,
+    };
     match &report {
         Some(r) => on_event(Event::Info(r.to_string())),
         None => on_event(Event::Warn(format!(
@@ -512,7 +585,11 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         data: data_root,
         weights: WeightsRecord {
             spec: opts.weights.clone(),
-            path: report.as_ref().map(|r| r.path.clone()),
+            path: if opts.resume {
+                Run::open(&opts.out)?.config.weights.path
+            } else {
+                report.as_ref().map(|r| r.path.clone())
+            },
         },
         mode: opts.mode,
         epochs: opts.epochs,
@@ -531,12 +608,21 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         seed: opts.seed,
         split: data.split.clone(),
     };
-    // A fresh run: earlier metrics in the same folder would mix two runs.
+    let done = state.as_ref().map_or(0, |s| s.epoch);
+    let earlier = if opts.resume {
+        Run::open(&opts.out)?.read_metrics()?
+    } else {
+        vec![]
+    };
+    // A fresh run starts a new metrics file; a resumed one keeps the completed epochs.
     let metrics = opts.out.join(files::METRICS);
     if metrics.exists() {
         std::fs::remove_file(&metrics).map_err(|e| Error::io(&metrics, e))?;
     }
     let run = Run::create(&opts.out, config)?;
+    for m in earlier.iter().filter(|m| m.epoch <= done) {
+        run.append_metrics(m)?;
+    }
     on_event(Event::Info(format!(
         "{} classes, {} training and {} held-out images; run directory {}",
         n_classes,
@@ -545,13 +631,12 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         run.dir.display()
     )));
 
-    let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut tracker = Tracker {
-        best: None,
-        best_epoch: 0,
+        best: state.as_ref().and_then(|s| s.best),
+        best_epoch: state.as_ref().map_or(0, |s| s.best_epoch),
     };
     let mut skipped = Vec::new();
-    let mut epoch_no = 0;
+    let mut epoch_no;
 
     // Head phase on cached features (frozen, and the first phase of finetune).
     let head_epochs = match opts.mode {
@@ -562,7 +647,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let mut net = net;
     let mut train_samples = data.train.clone();
     let mut val_samples = data.val.clone();
-    if head_epochs > 0 {
+    if head_epochs > done {
         let c = opts.arch.feature_dim();
         let all: Vec<PathBuf> = train_samples
             .iter()
@@ -607,18 +692,28 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         check_classes(&data.labels, &train_samples, &opts.data)?;
         let mut head = net.head().clone().train();
         let mut optim = make_optimizer(opts);
-        let batches_per_epoch = epoch_batches(tl.len(), opts.batch_size, &mut rng.clone()).len();
+        if let Some(st) = state.as_ref().filter(|s| s.phase == "head") {
+            head = checkpoint::with_param_ids(head, &st.param_ids, &opts.out)?;
+            optim = checkpoint::load_optimizer(&opts.out, optim)?;
+        }
+        let batches_per_epoch =
+            epoch_batches(tl.len(), opts.batch_size, &mut epoch_rng(opts.seed, 1)).len();
         let total = batches_per_epoch * head_epochs;
         on_event(Event::Phase {
             phase: "head",
             epochs: head_epochs,
             steps: batches_per_epoch,
         });
-        let mut step_global = 0;
-        for _ in 0..head_epochs {
+        epoch_no = done;
+        let mut step_global = done * batches_per_epoch;
+        for _ in done..head_epochs {
             epoch_no += 1;
             let te = Instant::now();
-            let batches = epoch_batches(tl.len(), opts.batch_size, &mut rng);
+            let batches = epoch_batches(
+                tl.len(),
+                opts.batch_size,
+                &mut epoch_rng(opts.seed, epoch_no),
+            );
             let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
             let mut lr = opts.lr;
             for (k, b) in batches.iter().enumerate() {
@@ -650,6 +745,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             }
             let val = eval_head(&head.valid(), &vf, &vl, c, &device);
             net = net.with_head(head.clone());
+            let ids = checkpoint::param_ids(&head);
             tracker.end_epoch(
                 &run,
                 &net,
@@ -663,6 +759,8 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                     lr,
                     seconds: te.elapsed().as_secs_f64(),
                 },
+                &optim,
+                ids,
                 on_event,
             )?;
         }
@@ -708,18 +806,29 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         };
         let mut model = net.train();
         let mut optim = make_optimizer(opts);
-        let batches_per_epoch =
-            epoch_batches(train_imgs.len(), opts.batch_size, &mut rng.clone()).len();
+        if let Some(st) = state.as_ref().filter(|s| s.phase == "full") {
+            model = checkpoint::with_param_ids(model, &st.param_ids, &opts.out)?;
+            optim = checkpoint::load_optimizer(&opts.out, optim)?;
+        }
+        let batches_per_epoch = epoch_batches(
+            train_imgs.len(),
+            opts.batch_size,
+            &mut epoch_rng(opts.seed, 1),
+        )
+        .len();
         let total = batches_per_epoch * full_epochs;
         on_event(Event::Phase {
             phase: "full",
             epochs: full_epochs,
             steps: batches_per_epoch,
         });
-        let mut step_global = 0;
-        for _ in 0..full_epochs {
+        let full_done = done.saturating_sub(head_epochs);
+        epoch_no = head_epochs + full_done;
+        let mut step_global = full_done * batches_per_epoch;
+        for _ in full_done..full_epochs {
             epoch_no += 1;
             let te = Instant::now();
+            let mut rng = epoch_rng(opts.seed, epoch_no);
             let batches = epoch_batches(train_imgs.len(), opts.batch_size, &mut rng);
             let nb = batches.len();
             // One seed per batch keeps augmentation reproducible while batches are prepared
@@ -782,6 +891,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 });
             }
             let val = eval_net(&model, &val_tensors, crop, 32, &device);
+            let ids = checkpoint::param_ids(&model);
             tracker.end_epoch(
                 &run,
                 &model,
@@ -795,6 +905,8 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                     lr,
                     seconds: te.elapsed().as_secs_f64(),
                 },
+                &optim,
+                ids,
                 on_event,
             )?;
         }

@@ -1,0 +1,244 @@
+//! Training-level bug cases (../shared/bug-cases.md): B04b, B20b, B21b, B24, B25, plus resume
+//! and the predict/eval logits agreement. Small generated images, ResNet-18 from random init.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use nanoclass::eval::predict::Predictor;
+use nanoclass::model::Arch;
+use nanoclass::run::{Mode, OptimizerKind, Run, Schedule};
+use nanoclass::train::{Event, TrainOptions, resume_options, train};
+
+/// Writes `n` 32x32 PNGs per class: class `i` is a noisy solid colour, so classes separate.
+fn make_split(root: &Path, classes: &[(&str, usize)]) {
+    let colours = [[220u8, 30, 30], [30, 30, 220], [30, 200, 30]];
+    for (ci, (name, n)) in classes.iter().enumerate() {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for k in 0..*n {
+            let c = colours[ci % 3];
+            let img = RgbImage::from_fn(32, 32, |x, y| {
+                let j = ((x * 7 + y * 13 + k as u32 * 29) % 40) as u8;
+                Rgb([
+                    c[0].saturating_add(j),
+                    c[1].saturating_add(j),
+                    c[2].saturating_add(j),
+                ])
+            });
+            img.save(dir.join(format!("{k}.png"))).unwrap();
+        }
+    }
+}
+
+fn options(data: &Path, out: &Path, mode: Mode) -> TrainOptions {
+    TrainOptions {
+        data: data.to_path_buf(),
+        arch: Arch::Resnet18,
+        weights: "none".into(),
+        mode,
+        epochs: 1,
+        head_epochs: 1,
+        batch_size: 8,
+        lr: 1e-3,
+        body_lr_factor: 0.1,
+        optimizer: OptimizerKind::Adam,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        schedule: Schedule::None,
+        seed: 0,
+        val_fraction: 0.2,
+        out: out.to_path_buf(),
+        resume: false,
+    }
+}
+
+fn run_train(
+    opts: &TrainOptions,
+) -> (
+    nanoclass::Result<nanoclass::train::TrainSummary>,
+    Vec<String>,
+) {
+    let mut log = Vec::new();
+    let r = train(opts, &mut |e| match e {
+        Event::Info(s) | Event::Warn(s) => log.push(s),
+        _ => {}
+    });
+    (r, log)
+}
+
+#[test]
+fn b25a_nine_images_batch_eight_completes_with_a_finite_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_split(&tmp.path().join("data/train"), &[("a", 5), ("b", 4)]);
+    make_split(&tmp.path().join("data/val"), &[("a", 1), ("b", 1)]);
+    let opts = options(
+        &tmp.path().join("data"),
+        &tmp.path().join("run"),
+        Mode::Full,
+    );
+    let (r, _) = run_train(&opts);
+    let s = r.expect("the singleton last batch must not crash BatchNorm");
+    assert_eq!(s.train_images, 9);
+    let m = Run::open(&s.run_dir).unwrap().read_metrics().unwrap();
+    assert_eq!(m.len(), 1);
+    assert!(m[0].train_loss.is_finite());
+    assert!(m[0].val_top1.is_some());
+}
+
+#[test]
+fn b25b_one_usable_training_image_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 1), ("b", 0)]);
+    std::fs::write(
+        data.join("train/b/broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+    let (r, log) = run_train(&options(&data, &tmp.path().join("run"), Mode::Frozen));
+    let err = r.expect_err("one usable image cannot train").to_string();
+    assert!(
+        err.contains("no usable training image") && err.contains('b'),
+        "{err}"
+    );
+    assert!(log.iter().any(|l| l.contains("broken.png")), "{log:?}");
+}
+
+#[test]
+fn b04b_empty_val_trains_and_reports_no_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 3), ("b", 3)]);
+    std::fs::create_dir_all(data.join("val/a")).unwrap();
+    std::fs::create_dir_all(data.join("val/b")).unwrap();
+    let (r, log) = run_train(&options(&data, &tmp.path().join("run"), Mode::Frozen));
+    let s = r.unwrap();
+    assert_eq!(s.best_val_top1, None);
+    assert_eq!(s.val_images, 0);
+    assert!(log.iter().any(|l| l.contains("val")), "{log:?}");
+    let m = Run::open(&s.run_dir).unwrap().read_metrics().unwrap();
+    assert_eq!(m[0].val_top1, None);
+    assert_eq!(m[0].val_loss, None);
+}
+
+#[test]
+fn b24_divergence_stops_with_step_and_lr_and_keeps_the_saved_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 4), ("b", 4)]);
+    make_split(&data.join("val"), &[("a", 1), ("b", 1)]);
+    let out = tmp.path().join("run");
+    let good = options(&data, &out, Mode::Full);
+    run_train(&good).0.unwrap();
+    let model = out.join("model.safetensors");
+    let before = std::fs::read(&model).unwrap();
+    let mut bad = good.clone();
+    bad.optimizer = OptimizerKind::Sgd;
+    bad.lr = 1e12;
+    bad.batch_size = 2;
+    let err = run_train(&bad)
+        .0
+        .expect_err("lr 1e12 must diverge")
+        .to_string();
+    assert!(err.contains("non-finite at epoch 1, step"), "{err}");
+    assert!(err.contains("learning rate 1.000e12"), "{err}");
+    assert!(
+        std::fs::read(&model).unwrap() == before,
+        "model.safetensors was overwritten by the diverged run"
+    );
+    let st = safetensors::SafeTensors::deserialize(&before).unwrap();
+    for (name, t) in st.tensors() {
+        if t.dtype() == safetensors::Dtype::F32 {
+            assert!(
+                t.data()
+                    .chunks_exact(4)
+                    .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+                "{name} has non-finite values"
+            );
+        }
+    }
+}
+
+#[test]
+fn b20b_resume_from_a_weights_file_says_to_use_it_as_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("resnet18-f37072fd.pth");
+    std::fs::write(&f, b"PK\x03\x04").unwrap();
+    let err = resume_options(&f, None)
+        .expect_err("a file is not a run")
+        .to_string();
+    assert!(err.contains("--weights"), "{err}");
+    let err = resume_options(tmp.path(), None)
+        .expect_err("no state")
+        .to_string();
+    assert!(err.contains("no training state"), "{err}");
+}
+
+#[test]
+fn b21b_two_class_checkpoint_on_three_class_data_states_both_lists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d2 = tmp.path().join("d2");
+    make_split(&d2.join("train"), &[("a", 3), ("b", 3)]);
+    let out = tmp.path().join("run2");
+    run_train(&options(&d2, &out, Mode::Frozen)).0.unwrap();
+    let d3 = tmp.path().join("d3");
+    make_split(&d3.join("train"), &[("a", 3), ("b", 3), ("c", 3)]);
+    let mut o = options(&d3, &tmp.path().join("run3"), Mode::Frozen);
+    o.weights = out.join("model.safetensors").display().to_string();
+    let err = run_train(&o).0.expect_err("labels differ").to_string();
+    assert!(
+        err.contains("checkpoint: 2 classes [a, b]; dataset: 3 [a, b, c]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn resume_continues_after_the_last_epoch_with_the_same_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 4), ("b", 4)]);
+    make_split(&data.join("val"), &[("a", 2), ("b", 2)]);
+    let out = tmp.path().join("run");
+    let mut o = options(&data, &out, Mode::Frozen);
+    o.epochs = 2;
+    run_train(&o).0.unwrap();
+    let first = Run::open(&out).unwrap().read_metrics().unwrap();
+    let r = resume_options(&out, Some(4)).unwrap();
+    assert!(r.resume);
+    assert_eq!(r.epochs, 4);
+    run_train(&r).0.unwrap();
+    let all = Run::open(&out).unwrap().read_metrics().unwrap();
+    let epochs: Vec<usize> = all.iter().map(|m| m.epoch).collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4]);
+    assert_eq!(all[..2], first[..]);
+}
+
+#[test]
+fn predict_and_eval_give_the_same_logits_at_any_batch_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 4), ("b", 4)]);
+    make_split(&data.join("val"), &[("a", 3), ("b", 3)]);
+    let out = tmp.path().join("run");
+    run_train(&options(&data, &out, Mode::Frozen)).0.unwrap();
+    let p = Predictor::open(&out).unwrap();
+    let held = p.held_out(&data).unwrap();
+    assert_eq!(held.len(), 6);
+    let paths: Vec<PathBuf> = held.iter().map(|s| s.path.clone()).collect();
+    let (one, _) = p.logits_for_files(&paths, 1);
+    let (many, _) = p.logits_for_files(&paths, 32);
+    for (a, b) in one.iter().zip(&many) {
+        assert_eq!(a.path, b.path);
+        for (x, y) in a.logits.iter().zip(&b.logits) {
+            assert!((x - y).abs() < 1e-4, "batch 1 {x} vs batch 32 {y}");
+        }
+    }
+    let (report, _) = p.evaluate(&held, 4);
+    let correct = one
+        .iter()
+        .zip(&held)
+        .filter(|(r, s)| nanoclass::eval::predict::argmax(&r.logits) == s.label)
+        .count();
+    assert_eq!(report.n, 6);
+    assert_eq!(report.confusion.correct() as usize, correct);
+}
