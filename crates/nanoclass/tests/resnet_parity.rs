@@ -47,7 +47,11 @@ fn logits(net: &Net, input: &[f32]) -> Vec<f32> {
     let dev = Device::flex();
     let n = input.len() / (3 * 224 * 224);
     let x = Tensor::<4>::from_data(TensorData::new(input.to_vec(), [n, 3, 224, 224]), &dev);
-    net.valid().forward(x).into_data().to_vec::<f32>().unwrap()
+    net.valid()
+        .forward(x)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -138,13 +142,13 @@ fn b21a_imagenet_head_is_replaced_for_three_classes_and_backbone_kept() {
         .valid()
         .features(x.clone())
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .unwrap();
     let f1000 = net1000
         .valid()
         .features(x)
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .unwrap();
     assert_eq!(f3.len(), 2 * 512);
     assert!(
@@ -158,8 +162,7 @@ fn b21a_imagenet_head_is_replaced_for_three_classes_and_backbone_kept() {
 fn wrong_architecture_names_the_missing_tensors() {
     let path = fixtures().join("resnet18.zip.pth");
     let err = load_net(Arch::Resnet34, &path, 1000, None, &Device::flex())
-        .err()
-        .expect("a resnet18 file cannot fill a resnet34")
+        .expect_err("a resnet18 file cannot fill a resnet34")
         .to_string();
     assert!(err.contains("missing"), "{err}");
     assert!(err.contains("layer1.2.conv1.weight"), "{err}");
@@ -181,8 +184,7 @@ fn unexpected_tensors_are_named_not_dropped_silently() {
     let path = tmp.path().join("extra.safetensors");
     safetensors::serialize_to_file(views, None, &path).unwrap();
     let err = load_net(Arch::Resnet18, &path, 1000, None, &Device::flex())
-        .err()
-        .expect("an unknown tensor must be reported")
+        .expect_err("an unknown tensor must be reported")
         .to_string();
     assert!(err.contains("extra_branch.weight"), "{err}");
 }

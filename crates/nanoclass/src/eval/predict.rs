@@ -97,7 +97,7 @@ impl Predictor {
         paths: &[PathBuf],
         batch_size: usize,
     ) -> (Vec<FileLogits>, Vec<Skipped>) {
-        let preset = self.run.config.eval_preset.clone();
+        let preset = self.run.config.eval_preset;
         let opts = DecodeOptions {
             min_side: Some(preset.decode_min_side()),
         };

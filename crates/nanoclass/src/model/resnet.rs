@@ -175,7 +175,7 @@ impl ResNet {
             (0..n)
                 .map(|i| {
                     let s = if i == 0 { stride } else { 1 };
-                    let b = if depth.bottleneck() {
+                    if depth.bottleneck() {
                         let b = Block::bottleneck(cin, width, s, d);
                         cin = width * 4;
                         b
@@ -183,8 +183,7 @@ impl ResNet {
                         let b = Block::basic(cin, width, s, d);
                         cin = width;
                         b
-                    };
-                    b
+                    }
                 })
                 .collect()
         };

@@ -264,7 +264,7 @@ pub fn extract_features(
 ) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
     let eval_net = net.valid();
     let crop = preset.crop as usize;
-    let p = preset.clone();
+    let p = *preset;
     let opts = DecodeOptions {
         min_side: Some(preset.decode_min_side()),
     };
@@ -580,8 +580,8 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         task: Task::Classification,
         arch: opts.arch,
         labels: data.labels.clone(),
-        eval_preset: eval_preset.clone(),
-        train_preset: train_preset.clone(),
+        eval_preset,
+        train_preset,
         data: data_root,
         weights: WeightsRecord {
             spec: opts.weights.clone(),
@@ -838,7 +838,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 .map(|b| (b, rand::Rng::random::<u64>(&mut rng)))
                 .collect();
             let imgs = train_imgs.clone();
-            let tp = train_preset.clone();
+            let tp = train_preset;
             let stream = prefetch(chunks, 2, move |(b, seed): (Vec<usize>, u64)| {
                 let tensors: Vec<Vec<f32>> = b
                     .par_iter()
