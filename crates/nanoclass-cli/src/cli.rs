@@ -37,6 +37,17 @@ enum Command {
     /// Pretrained weights: list the registry, download, or add a file you have.
     #[command(subcommand)]
     Weights(WeightsCommand),
+    /// Time inference and training steps on random 224x224 inputs (JSON on stdout); used by
+    /// scripts/bench.py to compare with PyTorch.
+    #[command(hide = true)]
+    Bench {
+        /// Backbone.
+        #[arg(long, value_enum, default_value = "resnet18")]
+        arch: ArchArg,
+        /// Timed repetitions per measurement.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -204,6 +215,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => cmd_eval(a),
         Command::Predict(a) => cmd_predict(a),
         Command::Weights(w) => cmd_weights(w),
+        Command::Bench { arch, runs } => {
+            let r = nanoclass::bench::run(arch.into(), 2, runs);
+            writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&r)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

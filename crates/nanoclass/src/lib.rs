@@ -13,6 +13,7 @@
 //! - [`eval`]: held-out metrics, confusion matrix, predictions.
 //! - [`run`]: the run directory that holds everything a trained model needs.
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -1,0 +1,102 @@
+//! Micro-benchmarks of the model paths, for `scripts/bench.py` to compare against PyTorch.
+//!
+//! Timings are medians over repeated runs after warm-up, in milliseconds, on random inputs of
+//! `[N, 3, 224, 224]`. Nothing here is used by training or inference; it measures them.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use serde::Serialize;
+
+use crate::model::{Arch, Net};
+use crate::train::default_device;
+
+/// Medians in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Architecture measured.
+    pub arch: String,
+    /// Eval-mode forward, batch 1.
+    pub infer_b1_ms: f64,
+    /// Eval-mode forward, batch 16.
+    pub infer_b16_ms: f64,
+    /// Full training step at batch 16: forward (BatchNorm batch statistics), cross-entropy,
+    /// backward, Adam update of every parameter.
+    pub train_full_b16_ms: f64,
+    /// Frozen-backbone training step at batch 16: forward through the frozen backbone
+    /// (BatchNorm running statistics), backward and Adam update of the head only.
+    pub train_frozen_b16_ms: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn time<F: FnMut()>(warm: usize, runs: usize, mut f: F) -> f64 {
+    let mut t = Vec::with_capacity(runs);
+    for i in 0..warm + runs {
+        let s = Instant::now();
+        f();
+        if i >= warm {
+            t.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    median(t)
+}
+
+/// Runs the four measurements for `arch` with `classes` head outputs, `runs` timed repetitions
+/// each (after 2 warm-up runs; 3 for batch 1).
+pub fn run(arch: Arch, classes: usize, runs: usize) -> BenchResult {
+    let dev = default_device();
+    let ad = dev.clone().autodiff();
+    let net = Net::new(arch, classes, &ad);
+    let eval = net.valid();
+    let x1 = Tensor::<4>::random([1, 3, 224, 224], Distribution::Normal(0.0, 1.0), &dev);
+    let x16 = Tensor::<4>::random([16, 3, 224, 224], Distribution::Normal(0.0, 1.0), &dev);
+    let infer_b1_ms = time(3, runs * 3, || {
+        let _ = eval.forward(x1.clone()).into_data();
+    });
+    let infer_b16_ms = time(2, runs, || {
+        let _ = eval.forward(x16.clone()).into_data();
+    });
+    let labels: Vec<i64> = (0..16).map(|i| i % classes as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [16]), &ad);
+    let x16a = x16.clone().to_device(&ad);
+    let loss_fn = CrossEntropyLossConfig::new().init(&ad);
+    let mut opt = AdamConfig::new().init();
+    let mut m = net.clone().train();
+    let train_full_b16_ms = time(2, runs, || {
+        let loss = loss_fn.forward(m.forward(x16a.clone()), y.clone());
+        let g = GradientsParams::from_grads(loss.backward(), &m);
+        m = opt.step(1e-4, m.clone(), g);
+        let _ = m.head().weight.val().into_data();
+    });
+    let mut opt = AdamConfig::new().init();
+    let mut f = net.freeze_backbone();
+    let train_frozen_b16_ms = time(2, runs, || {
+        let loss = loss_fn.forward(f.forward(x16a.clone()), y.clone());
+        let g = GradientsParams::from_grads(loss.backward(), &f);
+        f = opt.step(1e-4, f.clone(), g);
+        let _ = f.head().weight.val().into_data();
+    });
+    BenchResult {
+        arch: arch.name().to_string(),
+        infer_b1_ms,
+        infer_b16_ms,
+        train_full_b16_ms,
+        train_frozen_b16_ms,
+    }
+}
