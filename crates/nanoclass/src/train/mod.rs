@@ -480,6 +480,61 @@ fn head_is_finite(net: &Net) -> bool {
     w.iter().all(|v| v.is_finite())
 }
 
+/// Running training loss and top-1 of one epoch.
+#[derive(Default)]
+struct EpochStats {
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+}
+
+impl EpochStats {
+    fn add(&mut self, loss: f64, correct: usize, n: usize) {
+        self.loss_sum += loss * n as f64;
+        self.correct += correct;
+        self.seen += n;
+    }
+
+    fn loss(&self) -> f64 {
+        self.loss_sum / self.seen.max(1) as f64
+    }
+
+    fn top1(&self) -> f64 {
+        self.correct as f64 / self.seen.max(1) as f64
+    }
+
+    fn step_event(&self, epoch: usize, step: usize, steps: usize) -> Event {
+        Event::Step {
+            epoch,
+            step,
+            steps,
+            loss: self.loss(),
+            top1: self.top1(),
+        }
+    }
+
+    /// The epoch's metrics line; `val` is (held-out loss, held-out top-1).
+    fn metrics(
+        &self,
+        epoch: usize,
+        phase: &str,
+        val: Option<(f64, f64)>,
+        lr: f64,
+        seconds: f64,
+    ) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            phase: phase.into(),
+            train_loss: self.loss(),
+            train_top1: self.top1(),
+            val_loss: val.map(|v| v.0),
+            val_top1: val.map(|v| v.1),
+            lr,
+            seconds,
+        }
+    }
+}
+
 struct Tracker {
     best: Option<(f64, f64)>,
     best_epoch: usize,
@@ -714,7 +769,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 opts.batch_size,
                 &mut epoch_rng(opts.seed, epoch_no),
             );
-            let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+            let mut stats = EpochStats::default();
             let mut lr = opts.lr;
             for (k, b) in batches.iter().enumerate() {
                 lr = scheduled_lr(opts.lr, opts.schedule, step_global, total, head_epochs);
@@ -732,16 +787,8 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 }
                 let grads = GradientsParams::from_grads(loss.backward(), &head);
                 head = optim.step(lr, head, grads);
-                loss_sum += lv * b.len() as f64;
-                correct += corr;
-                seen += b.len();
-                on_event(Event::Step {
-                    epoch: epoch_no,
-                    step: k + 1,
-                    steps: batches.len(),
-                    loss: loss_sum / seen as f64,
-                    top1: correct as f64 / seen as f64,
-                });
+                stats.add(lv, corr, b.len());
+                on_event(stats.step_event(epoch_no, k + 1, batches.len()));
             }
             let val = eval_head(&head.valid(), &vf, &vl, c, &device);
             net = net.with_head(head.clone());
@@ -749,16 +796,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             tracker.end_epoch(
                 &run,
                 &net,
-                EpochMetrics {
-                    epoch: epoch_no,
-                    phase: "head".into(),
-                    train_loss: loss_sum / seen.max(1) as f64,
-                    train_top1: correct as f64 / seen.max(1) as f64,
-                    val_loss: val.map(|v| v.0),
-                    val_top1: val.map(|v| v.1),
-                    lr,
-                    seconds: te.elapsed().as_secs_f64(),
-                },
+                stats.metrics(epoch_no, "head", val, lr, te.elapsed().as_secs_f64()),
                 &optim,
                 ids,
                 on_event,
@@ -855,7 +893,7 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                     items: labels,
                 }
             });
-            let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+            let mut stats = EpochStats::default();
             let mut lr = opts.lr;
             for (k, batch) in stream.enumerate() {
                 lr = scheduled_lr(opts.lr, opts.schedule, step_global, total, full_epochs);
@@ -879,32 +917,15 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                     let grads = GradientsParams::from_grads(grads, &model);
                     model = optim.step(lr, model, grads);
                 }
-                loss_sum += lv * batch.n as f64;
-                correct += corr;
-                seen += batch.n;
-                on_event(Event::Step {
-                    epoch: epoch_no,
-                    step: k + 1,
-                    steps: nb,
-                    loss: loss_sum / seen as f64,
-                    top1: correct as f64 / seen as f64,
-                });
+                stats.add(lv, corr, batch.n);
+                on_event(stats.step_event(epoch_no, k + 1, nb));
             }
             let val = eval_net(&model, &val_tensors, crop, 32, &device);
             let ids = checkpoint::param_ids(&model);
             tracker.end_epoch(
                 &run,
                 &model,
-                EpochMetrics {
-                    epoch: epoch_no,
-                    phase: "full".into(),
-                    train_loss: loss_sum / seen.max(1) as f64,
-                    train_top1: correct as f64 / seen.max(1) as f64,
-                    val_loss: val.map(|v| v.0),
-                    val_top1: val.map(|v| v.1),
-                    lr,
-                    seconds: te.elapsed().as_secs_f64(),
-                },
+                stats.metrics(epoch_no, "full", val, lr, te.elapsed().as_secs_f64()),
                 &optim,
                 ids,
                 on_event,
