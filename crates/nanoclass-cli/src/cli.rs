@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use nanoclass::data::decode::is_image_extension;
 use nanoclass::eval::metrics::{softmax, top_k};
-use nanoclass::eval::predict::Predictor;
+use nanoclass::eval::predict::{EvalSplit, Predictor};
 use nanoclass::model::{Arch, registry};
 use nanoclass::run::{Mode, OptimizerKind, Schedule};
 use nanoclass::train::{Event, TrainOptions, resume_options, train};
@@ -93,8 +93,8 @@ enum ScheduleArg {
 #[derive(Args, Debug)]
 struct TrainArgs {
     /// Dataset root: ImageFolder (`<class>/<image>` or `train/ val/` splits) or a DLI course
-    /// folder. Not needed with --resume.
-    #[arg(required_unless_present = "resume")]
+    /// folder. Not given with --resume (the run's own dataset is used).
+    #[arg(required_unless_present = "resume", conflicts_with = "resume")]
     data: Option<PathBuf>,
     /// Backbone.
     #[arg(long, value_enum, default_value = "resnet18")]
@@ -148,14 +148,22 @@ struct TrainArgs {
     /// (`--epochs` may raise the epoch count; other flags are ignored).
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
+    /// Replace the run already in --out (its models, metrics, checkpoint and eval results).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Debug)]
 struct EvalArgs {
     /// Run directory written by `nanoclass train`.
     run: PathBuf,
-    /// Dataset to evaluate on (default: the run's dataset, with its held-out split).
+    /// Dataset to evaluate on (default: the run's dataset). An ImageFolder with `val/` or
+    /// `test/`, or a plain `<class>/<image>` folder; its classes must be known to the model.
     data: Option<PathBuf>,
+    /// val: the held-out set training reported on (`val/`, the recorded split, or all images
+    /// of a plain folder the run did not train on); test: the `test/` folder; all: every image.
+    #[arg(long, value_enum, default_value = "val")]
+    split: SplitArg,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -167,6 +175,13 @@ struct EvalArgs {
     batch_size: usize,
 }
 
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum SplitArg {
+    Val,
+    Test,
+    All,
+}
+
 #[derive(Args, Debug)]
 struct PredictArgs {
     /// Run directory written by `nanoclass train`.
@@ -174,9 +189,9 @@ struct PredictArgs {
     /// Image files or folders (searched recursively; hidden entries are skipped).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// Classes to show per image.
-    #[arg(long, default_value_t = 1)]
-    top_k: usize,
+    /// Classes to show per image (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    top_k: u16,
     /// JSON lines on stdout: path, top-k labels with probabilities, and the logits.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
@@ -254,12 +269,6 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
         OptimizerKind::Adam => 1e-3,
         OptimizerKind::Sgd => 1e-2,
     });
-    if !(lr > 0.0 && lr.is_finite()) {
-        bail!("--lr must be a positive number, got {lr}");
-    }
-    if !(0.0..1.0).contains(&a.val_fraction) {
-        bail!("--val-fraction must be in [0, 1), got {}", a.val_fraction);
-    }
     let name = data
         .canonicalize()
         .with_context(|| format!("dataset {}", data.display()))?
@@ -291,6 +300,7 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
         val_fraction: a.val_fraction,
         out,
         resume: false,
+        force: a.force,
     })
 }
 
@@ -356,9 +366,6 @@ fn run_training(opts: &TrainOptions) -> Result<ExitCode> {
             summary.seconds
         ),
     }
-    if !summary.skipped.is_empty() {
-        println!("{} files skipped", summary.skipped.len());
-    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -389,13 +396,24 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
         .data
         .clone()
         .unwrap_or_else(|| predictor.run.config.data.clone());
-    let samples = predictor.held_out(&data)?;
+    let split = match a.split {
+        SplitArg::Val => EvalSplit::Val,
+        SplitArg::Test => EvalSplit::Test,
+        SplitArg::All => EvalSplit::All,
+    };
+    let (samples, from) = predictor.held_out(&data, split)?;
     if samples.is_empty() {
         bail!(
-            "{}: no held-out images (no val/ folder and no recorded split): no accuracy figure can be given",
+            "{}: no held-out images (no val/ folder, and no split recorded for this dataset): \
+             no accuracy figure can be given; `--split test` scores a test/ folder, `--split all` every image",
             data.display()
         );
     }
+    eprintln!(
+        "evaluating on {} images of {} ({from})",
+        samples.len(),
+        data.display()
+    );
     let (report, skipped) = predictor.evaluate(&samples, a.batch_size);
     for s in &skipped {
         eprintln!("warning: {s}");
@@ -463,7 +481,7 @@ fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
     let files = collect_images(&a.paths)?;
     let (rows, skipped) = predictor.logits_for_files(&files, a.batch_size);
     let labels = predictor.labels();
-    let k = a.top_k.clamp(1, labels.len());
+    let k = usize::from(a.top_k).min(labels.len());
     if a.csv {
         writeln!(out, "path,rank,label,probability")?;
     }
@@ -503,6 +521,14 @@ fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
     }
     for s in &skipped {
         eprintln!("warning: {s}");
+        if a.json {
+            // One record per input, so a script can match outputs to inputs.
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"path": s.path, "error": s.reason})
+            )?;
+        }
     }
     if !skipped.is_empty() {
         eprintln!("{} files skipped", skipped.len());

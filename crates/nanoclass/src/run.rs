@@ -201,6 +201,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .sync_all()
         .map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    make_readable(path)
+}
+
+/// Gives a file the usual `rw-r--r--` mode: temporary files are created private (0600), but a
+/// run's files are meant to be copied, shared and served.
+pub fn make_readable(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
+    }
     Ok(())
 }
 
@@ -226,6 +238,15 @@ impl Run {
 
     /// Opens a run directory: reads `config.json` and checks `labels.txt` against it.
     pub fn open(dir: &Path) -> Result<Run> {
+        if !dir.exists() {
+            return Err(run_err(dir, "does not exist"));
+        }
+        if !dir.is_dir() {
+            return Err(run_err(
+                dir,
+                "is a file, not a run directory (the run directory written by `nanoclass train` comes first)",
+            ));
+        }
         let cfg_path = dir.join(files::CONFIG);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
-use nanoclass::eval::predict::Predictor;
+use nanoclass::eval::predict::{EvalSplit, Predictor};
 use nanoclass::model::Arch;
 use nanoclass::run::{Mode, OptimizerKind, Run, Schedule};
 use nanoclass::train::{Event, TrainOptions, resume_options, train};
@@ -49,6 +49,7 @@ fn options(data: &Path, out: &Path, mode: Mode) -> TrainOptions {
         val_fraction: 0.2,
         out: out.to_path_buf(),
         resume: false,
+        force: false,
     }
 }
 
@@ -128,19 +129,22 @@ fn b24_divergence_stops_with_step_and_lr_and_keeps_the_saved_model() {
     make_split(&data.join("train"), &[("a", 4), ("b", 4)]);
     make_split(&data.join("val"), &[("a", 1), ("b", 1)]);
     let out = tmp.path().join("run");
-    let good = options(&data, &out, Mode::Full);
+    let mut good = options(&data, &out, Mode::Full);
+    good.optimizer = OptimizerKind::Sgd;
+    good.batch_size = 2;
     run_train(&good).0.unwrap();
     let model = out.join("model.safetensors");
     let before = std::fs::read(&model).unwrap();
+    // The second epoch of the same run, at a learning rate that must diverge.
     let mut bad = good.clone();
-    bad.optimizer = OptimizerKind::Sgd;
+    bad.resume = true;
+    bad.epochs = 2;
     bad.lr = 1e12;
-    bad.batch_size = 2;
     let err = run_train(&bad)
         .0
         .expect_err("lr 1e12 must diverge")
         .to_string();
-    assert!(err.contains("non-finite at epoch 1, step"), "{err}");
+    assert!(err.contains("non-finite at epoch 2, step"), "{err}");
     assert!(err.contains("learning rate 1.000e12"), "{err}");
     assert!(
         std::fs::read(&model).unwrap() == before,
@@ -222,7 +226,7 @@ fn predict_and_eval_give_the_same_logits_at_any_batch_size() {
     let out = tmp.path().join("run");
     run_train(&options(&data, &out, Mode::Frozen)).0.unwrap();
     let p = Predictor::open(&out).unwrap();
-    let held = p.held_out(&data).unwrap();
+    let (held, _) = p.held_out(&data, EvalSplit::Val).unwrap();
     assert_eq!(held.len(), 6);
     let paths: Vec<PathBuf> = held.iter().map(|s| s.path.clone()).collect();
     let (one, _) = p.logits_for_files(&paths, 1);
@@ -241,4 +245,94 @@ fn predict_and_eval_give_the_same_logits_at_any_batch_size() {
         .count();
     assert_eq!(report.n, 6);
     assert_eq!(report.confusion.correct() as usize, correct);
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten_without_force_and_a_failed_start_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 3), ("b", 3)]);
+    let out = tmp.path().join("run");
+    let o = options(&data, &out, Mode::Frozen);
+    run_train(&o).0.unwrap();
+    let err = run_train(&o)
+        .0
+        .expect_err("a second train into the same run")
+        .to_string();
+    assert!(err.contains("--resume") && err.contains("--force"), "{err}");
+    let mut f = o.clone();
+    f.force = true;
+    run_train(&f).0.unwrap();
+    assert_eq!(Run::open(&out).unwrap().read_metrics().unwrap().len(), 1);
+
+    // A start that fails (a class with no decodable image) removes the run folder it made.
+    let bad = tmp.path().join("bad");
+    make_split(&bad.join("train"), &[("a", 3), ("b", 0)]);
+    std::fs::write(bad.join("train/b/x.png"), b"not an image").unwrap();
+    let out2 = tmp.path().join("run2");
+    run_train(&options(&bad, &out2, Mode::Frozen))
+        .0
+        .unwrap_err();
+    assert!(!out2.exists(), "half-made run left at {}", out2.display());
+}
+
+#[test]
+fn settings_that_cannot_train_are_refused_with_their_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 3), ("b", 3)]);
+    let base = options(&data, &tmp.path().join("run"), Mode::Frozen);
+    let mut o = base.clone();
+    o.epochs = 0;
+    assert!(
+        run_train(&o)
+            .0
+            .unwrap_err()
+            .to_string()
+            .contains("--epochs must be at least 1")
+    );
+    let mut o = base.clone();
+    o.momentum = 5.0;
+    assert!(
+        run_train(&o)
+            .0
+            .unwrap_err()
+            .to_string()
+            .contains("--momentum must be in [0, 1)")
+    );
+    assert!(!tmp.path().join("run").exists());
+}
+
+#[test]
+fn eval_reads_test_folders_and_plain_folders_with_a_subset_of_the_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 3), ("b", 3), ("c", 3)]);
+    make_split(&data.join("val"), &[("a", 1), ("b", 1), ("c", 1)]);
+    make_split(&data.join("test"), &[("a", 2), ("b", 2), ("c", 2)]);
+    let out = tmp.path().join("run");
+    run_train(&options(&data, &out, Mode::Frozen)).0.unwrap();
+    let p = Predictor::open(&out).unwrap();
+    assert_eq!(p.held_out(&data, EvalSplit::Val).unwrap().0.len(), 3);
+    assert_eq!(p.held_out(&data, EvalSplit::Test).unwrap().0.len(), 6);
+    assert_eq!(
+        p.held_out(&data, EvalSplit::All).unwrap().0.len(),
+        9 + 3 + 6
+    );
+    // A plain folder holding only classes b and c: labels follow the model's indices.
+    let plain = tmp.path().join("plain");
+    make_split(&plain, &[("a", 0), ("b", 2)]);
+    std::fs::remove_dir(plain.join("a")).unwrap();
+    std::fs::rename(plain.join("b"), plain.join("c")).unwrap();
+    make_split(&plain, &[("a", 0), ("b", 1)]);
+    std::fs::remove_dir(plain.join("a")).unwrap();
+    let (s, _) = p.held_out(&plain, EvalSplit::Val).unwrap();
+    let mut labels: Vec<usize> = s.iter().map(|x| x.label).collect();
+    labels.sort();
+    assert_eq!(labels, vec![1, 2, 2]);
+    // A class the model does not know is named.
+    std::fs::create_dir_all(plain.join("zebra")).unwrap();
+    std::fs::copy(s[0].path.clone(), plain.join("zebra/z.png")).unwrap();
+    let err = p.held_out(&plain, EvalSplit::Val).unwrap_err().to_string();
+    assert!(err.contains("[zebra]"), "{err}");
 }

@@ -84,6 +84,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     /// Continue the run in `out` from its last completed epoch (see [`resume_options`]).
     pub resume: bool,
+    /// Replace a run already in `out` (its models, metrics, checkpoint and eval results).
+    pub force: bool,
 }
 
 /// What the training loop reports while it runs.
@@ -175,10 +177,23 @@ pub fn initial_net(
     if spec == "none" {
         return Ok((Net::new(arch, labels.len(), device), None));
     }
-    let path = if Path::new(spec).exists() {
+    let path = if Path::new(spec).is_dir() && Path::new(spec).join(files::MODEL).is_file() {
+        // A run directory: start from its best model.
+        Path::new(spec).join(files::MODEL)
+    } else if Path::new(spec).is_dir() {
+        return Err(Error::Other(format!(
+            "--weights {spec}: a folder without {}; give a weights file or a run directory",
+            files::MODEL
+        )));
+    } else if Path::new(spec).exists() {
         PathBuf::from(spec)
     } else if registry::find(spec).is_some() {
-        registry::resolve(spec)?
+        registry::resolve(spec).map_err(|e| {
+            Error::Other(format!(
+                "{e}\n(`nanoclass weights fetch {spec}` downloads it where there is internet; \
+                 `--arch efficientnet_lite0` uses weights installed with pip; `--weights none` trains from scratch)"
+            ))
+        })?
     } else {
         let names: Vec<&str> = registry::registry().iter().map(|e| e.name).collect();
         return Err(Error::Other(format!(
@@ -203,6 +218,12 @@ fn prepare_data(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<
         on_event(Event::Warn(w.clone()));
     }
     let n = ds.classes.len();
+    if let Some(test) = ds.test.as_ref().filter(|t| !t.is_empty()) {
+        on_event(Event::Info(format!(
+            "test/ ({} images) is never used in training; score it afterwards with `nanoclass eval RUN --split test`",
+            test.len()
+        )));
+    }
     let (train, val, split) = match ds.val {
         Some(val) if !val.is_empty() => (ds.train, val, SplitRecord::Folder),
         Some(_) => {
@@ -407,6 +428,7 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
         },
         out: run_dir.to_path_buf(),
         resume: true,
+        force: false,
     })
 }
 
@@ -553,7 +575,9 @@ impl Tracker {
     ) -> Result<()> {
         if !head_is_finite(net) {
             return Err(Error::Train(format!(
-                "the model's weights became non-finite in epoch {}; nothing was saved. Lower the learning rate (--lr).",
+                "the model's weights became non-finite in epoch {}; training stopped before saving \
+                 that epoch, and the checkpoints of earlier epochs were left as they were. \
+                 Lower the learning rate (--lr) or the momentum (--momentum).",
                 m.epoch
             )));
         }
@@ -590,13 +614,100 @@ impl Tracker {
 }
 
 /// Trains a model as `opts` says and writes the run directory. See the module docs.
+///
+/// A run directory that already holds a run is refused unless `opts.resume` (continue it) or
+/// `opts.force` (replace it). When training fails before its first epoch is saved, the files
+/// this call created are removed again, so no half-made run is left behind.
 pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<TrainSummary> {
-    let t0 = Instant::now();
+    validate(opts)?;
+    let config_path = opts.out.join(files::CONFIG);
+    let fresh = !config_path.exists();
+    if !fresh && !opts.resume {
+        if !opts.force {
+            return Err(Error::Run {
+                path: opts.out.clone(),
+                reason: "already holds a run: continue it with --resume, replace it with --force, \
+                         or choose another --out"
+                    .into(),
+            });
+        }
+        clear_run(&opts.out)?;
+    }
+    let result = train_run(opts, on_event);
+    if result.is_err() && fresh && !opts.out.join(files::MODEL).exists() {
+        clear_run(&opts.out)?;
+        // Only removes the folder when nothing else is in it.
+        let _ = std::fs::remove_dir(&opts.out);
+    }
+    result
+}
+
+/// Removes what a run writes into its directory, leaving anything else there alone.
+fn clear_run(dir: &Path) -> Result<()> {
+    for f in [
+        files::CONFIG,
+        files::LABELS,
+        files::MODEL,
+        files::LAST,
+        files::METRICS,
+    ] {
+        let p = dir.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    for d in [files::CHECKPOINT, "eval"] {
+        let p = dir.join(d);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Settings that cannot train are refused before any work, each with its valid range.
+fn validate(opts: &TrainOptions) -> Result<()> {
+    let bad = |msg: String| Err(Error::Train(msg));
     if opts.batch_size < 2 {
-        return Err(Error::Train(
+        return bad(
             "--batch-size must be at least 2 (BatchNorm needs two values per channel)".into(),
+        );
+    }
+    if opts.epochs == 0 {
+        return bad("--epochs must be at least 1".into());
+    }
+    if !(opts.lr.is_finite() && opts.lr > 0.0) {
+        return bad(format!("--lr must be a positive number, got {}", opts.lr));
+    }
+    if !(0.0..1.0).contains(&opts.momentum) {
+        return bad(format!(
+            "--momentum must be in [0, 1), got {}",
+            opts.momentum
         ));
     }
+    if !(opts.weight_decay.is_finite() && opts.weight_decay >= 0.0) {
+        return bad(format!(
+            "--weight-decay must be >= 0, got {}",
+            opts.weight_decay
+        ));
+    }
+    if !(opts.body_lr_factor.is_finite() && opts.body_lr_factor > 0.0) {
+        return bad(format!(
+            "--body-lr-factor must be positive, got {}",
+            opts.body_lr_factor
+        ));
+    }
+    if !(0.0..1.0).contains(&opts.val_fraction) {
+        return bad(format!(
+            "--val-fraction must be in [0, 1), got {}",
+            opts.val_fraction
+        ));
+    }
+    Ok(())
+}
+
+fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<TrainSummary> {
+    let t0 = Instant::now();
     let data = prepare_data(opts, on_event)?;
     let n_classes = data.labels.len();
     let device = default_device();
@@ -664,6 +775,18 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         split: data.split.clone(),
     };
     let done = state.as_ref().map_or(0, |s| s.epoch);
+    let planned = match opts.mode {
+        Mode::Finetune => opts.head_epochs + opts.epochs,
+        Mode::Frozen | Mode::Full => opts.epochs,
+    };
+    if state.is_some() && done >= planned {
+        return Err(Error::Run {
+            path: opts.out.clone(),
+            reason: format!(
+                "{done} epochs are already trained (of {planned} planned): pass a larger --epochs to train further"
+            ),
+        });
+    }
     let earlier = if opts.resume {
         Run::open(&opts.out)?.read_metrics()?
     } else {
