@@ -336,3 +336,23 @@ fn eval_reads_test_folders_and_plain_folders_with_a_subset_of_the_classes() {
     let err = p.held_out(&plain, EvalSplit::Val).unwrap_err().to_string();
     assert!(err.contains("[zebra]"), "{err}");
 }
+
+#[test]
+fn the_same_seed_gives_the_same_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 4), ("b", 4)]);
+    make_split(&data.join("val"), &[("a", 2), ("b", 2)]);
+    let mut o = options(&data, &tmp.path().join("r1"), Mode::Frozen);
+    o.epochs = 3;
+    run_train(&o).0.unwrap();
+    let mut o2 = o.clone();
+    o2.out = tmp.path().join("r2");
+    run_train(&o2).0.unwrap();
+    let m1 = Run::open(&o.out).unwrap().read_metrics().unwrap();
+    let m2 = Run::open(&o2.out).unwrap().read_metrics().unwrap();
+    let losses = |m: &[nanoclass::run::EpochMetrics]| -> Vec<(f64, Option<f64>)> {
+        m.iter().map(|e| (e.train_loss, e.val_loss)).collect()
+    };
+    assert_eq!(losses(&m1), losses(&m2));
+}

@@ -712,6 +712,9 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let n_classes = data.labels.len();
     let device = default_device();
     let ad = device.clone().autodiff();
+    // The fresh head's initial weights come from the backend's generator.
+    device.seed(opts.seed);
+    ad.seed(opts.seed);
     let state = if opts.resume {
         Some(checkpoint::load_state(&opts.out)?)
     } else {
