@@ -151,6 +151,10 @@ struct TrainArgs {
     /// Replace the run already in --out (its models, metrics, checkpoint and eval results).
     #[arg(long)]
     force: bool,
+    /// Do not read or write the frozen-feature cache ($NANOCLASS_FEATURE_CACHE, else
+    /// ~/.cache/nanoclass/features).
+    #[arg(long)]
+    no_feature_cache: bool,
 }
 
 #[derive(Args, Debug)]
@@ -301,6 +305,11 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
         out,
         resume: false,
         force: a.force,
+        feature_cache: if a.no_feature_cache {
+            None
+        } else {
+            nanoclass::train::features::default_dir()
+        },
     })
 }
 

@@ -50,6 +50,7 @@ fn options(data: &Path, out: &Path, mode: Mode) -> TrainOptions {
         out: out.to_path_buf(),
         resume: false,
         force: false,
+        feature_cache: None,
     }
 }
 
@@ -355,4 +356,40 @@ fn the_same_seed_gives_the_same_run() {
         m.iter().map(|e| (e.train_loss, e.val_loss)).collect()
     };
     assert_eq!(losses(&m1), losses(&m2));
+}
+
+#[test]
+fn frozen_features_come_from_the_disk_cache_on_the_next_run_and_only_new_images_are_embedded() {
+    use burn::prelude::Device;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    make_split(&data.join("train"), &[("a", 4), ("b", 4)]);
+    make_split(&data.join("val"), &[("a", 2), ("b", 2)]);
+    // A weights file: a seeded random ResNet-18 saved as a state dict.
+    let dev = Device::flex();
+    dev.seed(7);
+    let net = nanoclass::model::Net::new(Arch::Resnet18, 1000, &dev);
+    let weights = tmp.path().join("r18.safetensors");
+    nanoclass::model::weights::save_net(&net, &weights, &Default::default()).unwrap();
+    let mut o = options(&data, &tmp.path().join("r1"), Mode::Frozen);
+    o.weights = weights.display().to_string();
+    o.feature_cache = Some(tmp.path().join("features"));
+    let (r, log1) = run_train(&o);
+    r.unwrap();
+    assert!(log1.iter().any(|l| l.contains("0 from the cache, 12 computed")), "{log1:?}");
+    let mut o2 = o.clone();
+    o2.out = tmp.path().join("r2");
+    let (r, log2) = run_train(&o2);
+    r.unwrap();
+    assert!(log2.iter().any(|l| l.contains("12 from the cache, 0 computed")), "{log2:?}");
+    let m1 = Run::open(&o.out).unwrap().read_metrics().unwrap();
+    let m2 = Run::open(&o2.out).unwrap().read_metrics().unwrap();
+    assert_eq!(m1[0].val_loss, m2[0].val_loss, "cached features must equal computed ones");
+    // One more image: only it is embedded.
+    make_split(&data.join("train"), &[("a", 5)]);
+    let mut o3 = o.clone();
+    o3.out = tmp.path().join("r3");
+    let (r, log3) = run_train(&o3);
+    r.unwrap();
+    assert!(log3.iter().any(|l| l.contains("12 from the cache, 1 computed")), "{log3:?}");
 }

@@ -44,8 +44,10 @@ use crate::run::{
 use crate::{Error, Result};
 
 pub mod checkpoint;
+pub mod features;
 
 use checkpoint::TrainState;
+use features::FeatureCache;
 
 /// Everything `nanoclass train` needs.
 #[derive(Debug, Clone)]
@@ -86,6 +88,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Replace a run already in `out` (its models, metrics, checkpoint and eval results).
     pub force: bool,
+    /// Root of the on-disk frozen-feature cache ([`features::default_dir`]); None disables it.
+    pub feature_cache: Option<PathBuf>,
 }
 
 /// What the training loop reports while it runs.
@@ -274,25 +278,44 @@ fn prepare_data(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<
 }
 
 /// Runs the network's backbone (eval mode) over image files, batch by batch, decoding in
-/// parallel ahead of the compute. Returns `[C]` features per file (None when skipped).
+/// parallel ahead of the compute. Returns `[C]` features per file (None when skipped) and how
+/// many came from `cache`; newly computed features are added to it.
 pub fn extract_features(
     net: &Net,
     paths: &[PathBuf],
     preset: &EvalPreset,
     batch_size: usize,
     device: &Device,
+    cache: Option<&FeatureCache>,
     mut progress: impl FnMut(usize, usize),
-) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
+) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>, usize) {
+    let mut out: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
+    let keys: Vec<Option<String>> = match cache {
+        Some(_) => paths
+            .par_iter()
+            .map(|p| FeatureCache::key(p).ok())
+            .collect(),
+        None => vec![None; paths.len()],
+    };
+    let mut todo = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        match (cache, k) {
+            (Some(c), Some(k)) if let Some(f) = c.get(k) => out[i] = Some(f),
+            _ => todo.push(i),
+        }
+    }
+    let hits = paths.len() - todo.len();
+    let mut done = hits;
+    progress(done, paths.len());
     let eval_net = net.valid();
     let crop = preset.crop as usize;
     let p = *preset;
     let opts = DecodeOptions {
         min_side: Some(preset.decode_min_side()),
     };
-    let mut out: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
     let mut skipped = Vec::new();
-    let mut done = 0;
-    for (batch, skip) in decode_batches(paths.to_vec(), batch_size, opts, move |img| p.apply(img)) {
+    let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| paths[i].clone()).collect();
+    for (batch, skip) in decode_batches(todo_paths, batch_size, opts, move |img| p.apply(img)) {
         done += batch.n + skip.len();
         skipped.extend(skip);
         if batch.n > 0 {
@@ -303,13 +326,19 @@ pub fn extract_features(
             let f = eval_net.features(x);
             let c = f.dims()[1];
             let v: Vec<f32> = f.into_data().try_to_vec::<f32>().unwrap_or_default();
-            for (j, &i) in batch.items.iter().enumerate() {
-                out[i] = Some(v[j * c..(j + 1) * c].to_vec());
+            for (j, &t) in batch.items.iter().enumerate() {
+                let i = todo[t];
+                let f = v[j * c..(j + 1) * c].to_vec();
+                if let (Some(cache), Some(k)) = (cache, &keys[i]) {
+                    // A cache that cannot be written only costs speed next time.
+                    let _ = cache.put(k, &f);
+                }
+                out[i] = Some(f);
             }
         }
         progress(done, paths.len());
     }
-    (out, skipped)
+    (out, skipped, hits)
 }
 
 fn make_optimizer(opts: &TrainOptions) -> ModuleOptimizer {
@@ -429,6 +458,7 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
         out: run_dir.to_path_buf(),
         resume: true,
         force: false,
+        feature_cache: features::default_dir(),
     })
 }
 
@@ -743,6 +773,12 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         ))),
     }
     let (train_preset, eval_preset) = presets(opts.arch.normalization(), opts.arch.input_size());
+    // The pretrained weights file the backbone came from (the key of the feature cache).
+    let pretrained: Option<PathBuf> = if opts.resume {
+        Run::open(&opts.out)?.config.weights.path
+    } else {
+        report.as_ref().map(|r| r.path.clone())
+    };
     let data_root = std::fs::canonicalize(&opts.data).map_err(|e| Error::io(&opts.data, e))?;
     let config = RunConfig {
         nanoclass_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -754,11 +790,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         data: data_root,
         weights: WeightsRecord {
             spec: opts.weights.clone(),
-            path: if opts.resume {
-                Run::open(&opts.out)?.config.weights.path
-            } else {
-                report.as_ref().map(|r| r.path.clone())
-            },
+            path: pretrained.clone(),
         },
         mode: opts.mode,
         epochs: opts.epochs,
@@ -836,13 +868,32 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             .map(|s| s.path.clone())
             .collect();
         let te = Instant::now();
-        let (feats, skip) =
-            extract_features(&net, &all, &eval_preset, 32, &device, |done, total| {
-                on_event(Event::Features { done, total })
-            });
+        let cache = match (&opts.feature_cache, &pretrained) {
+            (Some(root), Some(w)) => {
+                match FeatureCache::open(root, opts.arch, w, &eval_preset, c) {
+                    Ok(cache) => Some(cache),
+                    Err(e) => {
+                        on_event(Event::Warn(format!("feature cache not used: {e}")));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        let (feats, skip, hits) = extract_features(
+            &net,
+            &all,
+            &eval_preset,
+            32,
+            &device,
+            cache.as_ref(),
+            |done, total| on_event(Event::Features { done, total }),
+        );
         on_event(Event::Info(format!(
-            "backbone features of {} images computed in {:.1} s",
+            "backbone features of {} images: {} from the cache, {} computed, in {:.1} s",
             all.len(),
+            hits,
+            all.len() - hits,
             te.elapsed().as_secs_f64()
         )));
         for s in &skip {
