@@ -376,20 +376,35 @@ fn frozen_features_come_from_the_disk_cache_on_the_next_run_and_only_new_images_
     o.feature_cache = Some(tmp.path().join("features"));
     let (r, log1) = run_train(&o);
     r.unwrap();
-    assert!(log1.iter().any(|l| l.contains("0 from the cache, 12 computed")), "{log1:?}");
+    assert!(
+        log1.iter()
+            .any(|l| l.contains("0 from the cache, 12 computed")),
+        "{log1:?}"
+    );
     let mut o2 = o.clone();
     o2.out = tmp.path().join("r2");
     let (r, log2) = run_train(&o2);
     r.unwrap();
-    assert!(log2.iter().any(|l| l.contains("12 from the cache, 0 computed")), "{log2:?}");
+    assert!(
+        log2.iter()
+            .any(|l| l.contains("12 from the cache, 0 computed")),
+        "{log2:?}"
+    );
     let m1 = Run::open(&o.out).unwrap().read_metrics().unwrap();
     let m2 = Run::open(&o2.out).unwrap().read_metrics().unwrap();
-    assert_eq!(m1[0].val_loss, m2[0].val_loss, "cached features must equal computed ones");
+    assert_eq!(
+        m1[0].val_loss, m2[0].val_loss,
+        "cached features must equal computed ones"
+    );
     // One more image: only it is embedded.
     make_split(&data.join("train"), &[("a", 5)]);
     let mut o3 = o.clone();
     o3.out = tmp.path().join("r3");
     let (r, log3) = run_train(&o3);
     r.unwrap();
-    assert!(log3.iter().any(|l| l.contains("12 from the cache, 1 computed")), "{log3:?}");
+    assert!(
+        log3.iter()
+            .any(|l| l.contains("12 from the cache, 1 computed")),
+        "{log3:?}"
+    );
 }

@@ -462,6 +462,16 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
     })
 }
 
+/// How many batches [`epoch_batches`] makes of `n` items.
+fn batch_count(n: usize, batch: usize) -> usize {
+    let chunks = n.div_ceil(batch.max(1));
+    if chunks > 1 && n % batch.max(1) == 1 {
+        chunks - 1
+    } else {
+        chunks
+    }
+}
+
 /// Batches of indices for one epoch, shuffled; a final batch of one is dropped.
 fn epoch_batches(n: usize, batch: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..n).collect();
@@ -470,6 +480,7 @@ fn epoch_batches(n: usize, batch: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
     if out.len() > 1 && out.last().is_some_and(|b| b.len() == 1) {
         out.pop();
     }
+    debug_assert_eq!(out.len(), batch_count(n, batch));
     out
 }
 
@@ -774,10 +785,15 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     }
     let (train_preset, eval_preset) = presets(opts.arch.normalization(), opts.arch.input_size());
     // The pretrained weights file the backbone came from (the key of the feature cache).
-    let pretrained: Option<PathBuf> = if opts.resume {
-        Run::open(&opts.out)?.config.weights.path
+    // The run being resumed, read once: its weights record and its completed epochs.
+    let prior = if opts.resume {
+        Some(Run::open(&opts.out)?)
     } else {
-        report.as_ref().map(|r| r.path.clone())
+        None
+    };
+    let pretrained: Option<PathBuf> = match &prior {
+        Some(run) => run.config.weights.path.clone(),
+        None => report.as_ref().map(|r| r.path.clone()),
     };
     let data_root = std::fs::canonicalize(&opts.data).map_err(|e| Error::io(&opts.data, e))?;
     let config = RunConfig {
@@ -822,10 +838,9 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             ),
         });
     }
-    let earlier = if opts.resume {
-        Run::open(&opts.out)?.read_metrics()?
-    } else {
-        vec![]
+    let earlier = match &prior {
+        Some(run) => run.read_metrics()?,
+        None => vec![],
     };
     // A fresh run starts a new metrics file; a resumed one keeps the completed epochs.
     let metrics = opts.out.join(files::METRICS);
@@ -928,8 +943,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             head = checkpoint::with_param_ids(head, &st.param_ids, &opts.out)?;
             optim = checkpoint::load_optimizer(&opts.out, optim)?;
         }
-        let batches_per_epoch =
-            epoch_batches(tl.len(), opts.batch_size, &mut epoch_rng(opts.seed, 1)).len();
+        let batches_per_epoch = batch_count(tl.len(), opts.batch_size);
         let total = batches_per_epoch * head_epochs;
         on_event(Event::Phase {
             phase: "head",
@@ -1025,12 +1039,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             model = checkpoint::with_param_ids(model, &st.param_ids, &opts.out)?;
             optim = checkpoint::load_optimizer(&opts.out, optim)?;
         }
-        let batches_per_epoch = epoch_batches(
-            train_imgs.len(),
-            opts.batch_size,
-            &mut epoch_rng(opts.seed, 1),
-        )
-        .len();
+        let batches_per_epoch = batch_count(train_imgs.len(), opts.batch_size);
         let total = batches_per_epoch * full_epochs;
         on_event(Event::Phase {
             phase: "full",
