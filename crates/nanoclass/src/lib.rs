@@ -17,6 +17,7 @@ pub mod bench;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod live;
 pub mod model;
 pub mod run;
 pub mod train;
