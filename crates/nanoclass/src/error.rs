@@ -37,6 +37,11 @@ pub enum Error {
     /// Training cannot go on (bad settings, non-finite loss, ...).
     #[error("{0}")]
     Train(String),
+    /// A camera source could not be opened or failed while capturing. `device` is the source's
+    /// URI (`v4l2:///dev/video0`, `file:///data/clip.mp4`), `reason` what went wrong
+    /// (`no such device`, `not a video capture device`, ...).
+    #[error("camera {device}: {reason}")]
+    Camera { device: String, reason: String },
     /// Anything else, with its message.
     #[error("{0}")]
     Other(String),
