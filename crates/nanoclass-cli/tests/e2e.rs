@@ -138,3 +138,140 @@ fn weights_list_shows_the_registry_with_official_urls() {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
 }
+
+/// A small marker set (see `nanoclass::data::markers`) from the real hymenoptera photos.
+fn marker_set(dir: &Path, train: usize, val: usize) {
+    nanoclass::data::markers::MarkerSet {
+        source: shared_data().join("hymenoptera"),
+        out: dir.to_path_buf(),
+        size: 224,
+        radius: 6.0,
+        categories: 1,
+        train,
+        val,
+        seed: 3,
+    }
+    .write()
+    .unwrap();
+}
+
+#[test]
+fn regression_trains_evaluates_in_pixels_and_predicts_points_in_input_pixels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("points");
+    marker_set(&data, 24, 8);
+    let run = tmp.path().join("run");
+    let out = bin()
+        .args(["train"])
+        .arg(&data)
+        .args([
+            "--task",
+            "regression",
+            "--arch",
+            "efficientnet_lite0",
+            "--mode",
+            "full",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--out",
+        ])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stdout = ok(out, "train --task regression");
+    assert!(
+        stdout.contains("best mean held-out point error"),
+        "{stdout}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["task"], "regression");
+    assert_eq!(config["eval_preset"]["resize"], 224);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    assert!(m["val_error_px"].as_f64().is_some(), "{m}");
+    assert!(m["train_top1"].is_null(), "{m}");
+
+    let out = bin()
+        .args(["eval"])
+        .arg(&run)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
+    assert_eq!(report["task"], "regression");
+    assert_eq!(report["input_size"], 224);
+    assert!(report["pixel_space"].as_str().unwrap().contains("224x224"));
+    assert_eq!(report["overall"]["n"], 8);
+    let cat = &report["per_category"][0];
+    assert_eq!(cat["category"], "marker");
+    assert_eq!(cat["n"], 8);
+    let (mean, p90) = (
+        cat["mean_px"].as_f64().unwrap(),
+        cat["p90_px"].as_f64().unwrap(),
+    );
+    assert!(mean.is_finite() && p90 >= 0.0 && p90 <= cat["max_px"].as_f64().unwrap());
+    // Eight tiles of 224 px, four per row, 4 px gaps.
+    let png = image::image_dimensions(run.join("eval/points.png")).unwrap();
+    assert_eq!(png, (4 * 228 + 4, 2 * 228 + 4));
+
+    // predict: points in pixels of the input image. The same photo in the middle of a
+    // 448x224 canvas: the model's view (the centre square) is exactly the photo, so the point
+    // must come out 112 px further right, whatever the model.
+    let file = std::fs::read_dir(data.join("val/marker"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // Both as PNG, from the same decoded pixels.
+    let img = image::open(&file).unwrap().to_rgb8();
+    let photo_png = tmp.path().join("photo.png");
+    img.save(&photo_png).unwrap();
+    let big = tmp.path().join("wide.png");
+    let mut canvas = image::RgbImage::from_pixel(448, 224, image::Rgb([0, 0, 0]));
+    image::imageops::replace(&mut canvas, &img, 112, 0);
+    canvas.save(&big).unwrap();
+    let out = bin()
+        .args(["predict"])
+        .arg(&run)
+        .arg(&photo_png)
+        .arg(&big)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let text = ok(out, "predict");
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["width"], 224);
+    assert_eq!(rows[1]["width"], 448);
+    let point = |r: &serde_json::Value| {
+        let p = &r["points"][0];
+        assert_eq!(p["category"], "marker");
+        [p["x"].as_f64().unwrap(), p["y"].as_f64().unwrap()]
+    };
+    let (photo, wide) = (point(&rows[0]), point(&rows[1]));
+    assert!(
+        (wide[0] - photo[0] - 112.0).abs() < 0.01 && (wide[1] - photo[1]).abs() < 0.01,
+        "{photo:?} in the photo, {wide:?} in the canvas"
+    );
+
+    // A classification command line on point data is refused by path, and the run's task is
+    // not confused: classification-style output is never printed for it.
+    let out = bin()
+        .args(["train"])
+        .arg(shared_data().join("hymenoptera"))
+        .args(["--task", "regression", "--out"])
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected <x>_<y>_<uuid>.jpg"), "{err}");
+    assert!(err.contains("hymenoptera"), "{err}");
+}

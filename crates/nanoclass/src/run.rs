@@ -43,6 +43,34 @@ pub mod files {
 pub enum Task {
     /// One label per image among `N` classes; the head has `N` logits.
     Classification,
+    /// One `(x, y)` point per image for its category among `K` (the DLI course's regression
+    /// project); the head has `2K` outputs, `(x, y)` of category `k` at `2k, 2k + 1`, in the
+    /// normalised coordinates of [`crate::eval::regression::normalise`].
+    Regression,
+}
+
+impl Task {
+    /// The name used on the command line and in `config.json`: `classification`, `regression`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Classification => "classification",
+            Task::Regression => "regression",
+        }
+    }
+
+    /// Head outputs for `k` labels: `k` for classification, `2k` for regression.
+    pub fn outputs(self, k: usize) -> usize {
+        match self {
+            Task::Classification => k,
+            Task::Regression => 2 * k,
+        }
+    }
+}
+
+impl std::fmt::Display for Task {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// How the backbone is trained.
@@ -162,14 +190,24 @@ pub struct EpochMetrics {
     pub epoch: usize,
     /// `head` or `full`.
     pub phase: String,
-    /// Mean training loss (cross-entropy).
+    /// Mean training loss (classification: cross-entropy; regression: squared error of the
+    /// normalised point, see [`Task::Regression`]).
     pub train_loss: f64,
-    /// Training top-1 over the epoch (augmented images, train-mode model).
-    pub train_top1: f64,
+    /// Training top-1 over the epoch (augmented images, train-mode model); None for regression.
+    #[serde(default)]
+    pub train_top1: Option<f64>,
     /// Held-out loss, when there is a held-out set.
     pub val_loss: Option<f64>,
-    /// Held-out top-1, when there is a held-out set.
+    /// Held-out top-1, when there is a held-out set (classification).
     pub val_top1: Option<f64>,
+    /// Regression: mean distance between predicted and true points over the epoch's augmented
+    /// training views, in pixels of the model input (`crop x crop`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_error_px: Option<f64>,
+    /// Regression: mean held-out distance between predicted and true points, in pixels of the
+    /// model input (eval preset), when there is a held-out set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_error_px: Option<f64>,
     /// Learning rate at the end of the epoch.
     pub lr: f64,
     /// Wall time of the epoch in seconds.
@@ -279,6 +317,33 @@ impl Run {
         })
     }
 
+    /// Refuses a run of another task, naming both: a classification run and a regression run
+    /// are never used in each other's place.
+    ///
+    /// # Errors
+    /// [`Error::Run`] `"is a regression run (config.json task), not a classification run"`.
+    pub fn check_task(&self, want: Task) -> Result<()> {
+        if self.config.task == want {
+            return Ok(());
+        }
+        let article = |t: Task| match t {
+            Task::Classification => "a classification",
+            Task::Regression => "a regression",
+        };
+        Err(run_err(
+            &self.dir,
+            format!(
+                "is {} run (config.json task \"{}\"), not {} run; use it with a command for {} \
+                 runs, or train a {} run",
+                article(self.config.task),
+                self.config.task,
+                article(want),
+                self.config.task,
+                want
+            ),
+        ))
+    }
+
     /// Path of the best model.
     pub fn model_path(&self) -> PathBuf {
         self.dir.join(files::MODEL)
@@ -290,7 +355,7 @@ impl Run {
         let mut m = BTreeMap::new();
         m.insert("producer".into(), "nanoclass".into());
         m.insert("nanoclass_version".into(), c.nanoclass_version.clone());
-        m.insert("task".into(), "classification".into());
+        m.insert("task".into(), c.task.name().into());
         m.insert("arch".into(), c.arch.name().into());
         m.insert(
             "labels".into(),

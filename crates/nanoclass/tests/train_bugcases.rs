@@ -33,6 +33,7 @@ fn make_split(root: &Path, classes: &[(&str, usize)]) {
 fn options(data: &Path, out: &Path, mode: Mode) -> TrainOptions {
     TrainOptions {
         data: data.to_path_buf(),
+        task: nanoclass::run::Task::Classification,
         arch: Arch::Resnet18,
         weights: "none".into(),
         mode,
@@ -51,6 +52,7 @@ fn options(data: &Path, out: &Path, mode: Mode) -> TrainOptions {
         resume: false,
         force: false,
         feature_cache: None,
+        stop: None,
     }
 }
 

@@ -93,6 +93,21 @@ impl Crop {
         }
         [x, y]
     }
+
+    /// The inverse of [`Crop::map_point`]: a point of the `out_size x out_size` model input back
+    /// to continuous pixel coordinates of the source image.
+    pub fn unmap_point(&self, point: [f32; 2], out_size: u32) -> [f32; 2] {
+        let size = out_size as f32;
+        let x = if self.flipped {
+            size - point[0]
+        } else {
+            point[0]
+        };
+        [
+            self.x + x * self.w / size,
+            self.y + point[1] * self.h / size,
+        ]
+    }
 }
 
 /// The evaluation transform: resize the shorter side to `resize` (bilinear, aspect kept, small
@@ -165,6 +180,19 @@ impl EvalPreset {
         let resized = resize(img, w, h);
         let (left, top) = centre_offsets(w, h, crop);
         to_chw(&resized, left, top, crop, &self.norm)
+    }
+
+    /// The view [`EvalPreset::apply`] normalises: the resized, centre-cropped `crop x crop` RGB
+    /// image (for drawing points on what the model saw).
+    pub fn view(&self, img: &RgbImage) -> RgbImage {
+        if img.width() == 0 || img.height() == 0 {
+            return RgbImage::new(self.crop, self.crop);
+        }
+        let target = self.resize.max(self.crop);
+        let (w, h) = shorter_side_size(img.width(), img.height(), target);
+        let resized = resize(img, w, h);
+        let (left, top) = centre_offsets(w, h, self.crop);
+        imageops::crop_imm(&resized, left, top, self.crop, self.crop).to_image()
     }
 
     /// The shorter side to ask of the decoder ([`crate::data::decode::DecodeOptions::min_side`]):
@@ -420,6 +448,29 @@ impl TrainPreset {
     /// Like [`TrainPreset::apply`], also returning the source box and whether the view was
     /// mirrored, so that a regression target can be moved with [`Crop::map_point`].
     pub fn apply_with_flip(&self, img: &RgbImage, rng: &mut impl Rng) -> (Vec<f32>, Crop) {
+        self.apply_in_box(img, None, rng)
+    }
+
+    /// Like [`TrainPreset::apply_with_flip`] for a regression target: the crop box is drawn
+    /// (up to 10 times, torchvision's count of tries) until it holds `point` (continuous pixel
+    /// coordinates of `img`) at least [`KEEP_MARGIN`] of the box's width and height inside its
+    /// edges; when no draw does, the box is the centre square (the eval view). So the target
+    /// is always in view and moves with the pixels ([`Crop::map_point`]).
+    pub fn apply_keeping(
+        &self,
+        img: &RgbImage,
+        point: [f32; 2],
+        rng: &mut impl Rng,
+    ) -> (Vec<f32>, Crop) {
+        self.apply_in_box(img, Some(point), rng)
+    }
+
+    fn apply_in_box(
+        &self,
+        img: &RgbImage,
+        keep: Option<[f32; 2]>,
+        rng: &mut impl Rng,
+    ) -> (Vec<f32>, Crop) {
         let crop = self.crop;
         if img.width() == 0 || img.height() == 0 {
             let none = Crop {
@@ -431,8 +482,24 @@ impl TrainPreset {
             };
             return (black(crop, &self.norm), none);
         }
-        let (x, y, w, h) =
-            random_resized_crop_box(img.width(), img.height(), self.scale, self.ratio, rng);
+        let (iw, ih) = (img.width(), img.height());
+        let (x, y, w, h) = match keep {
+            None => random_resized_crop_box(iw, ih, self.scale, self.ratio, rng),
+            Some(p) => {
+                let holds = |&(x, y, w, h): &(u32, u32, u32, u32)| {
+                    let (mx, my) = (w as f32 * KEEP_MARGIN, h as f32 * KEEP_MARGIN);
+                    p[0] >= x as f32 + mx
+                        && p[0] <= (x + w) as f32 - mx
+                        && p[1] >= y as f32 + my
+                        && p[1] <= (y + h) as f32 - my
+                };
+                let drawn = (0..10)
+                    .map(|_| random_resized_crop_box(iw, ih, self.scale, self.ratio, rng))
+                    .find(holds);
+                // The centre square: torchvision's fallback box for ratio 1.
+                drawn.unwrap_or_else(|| random_resized_crop_box(iw, ih, [1.0; 2], [1.0; 2], rng))
+            }
+        };
         let region = imageops::crop_imm(img, x, y, w, h).to_image();
         let mut view = resize(&region, crop, crop);
         let flipped = self.hflip > 0.0 && rng.random::<f32>() < self.hflip;
@@ -546,6 +613,53 @@ pub fn presets(norm: Normalization, input_size: u32) -> (TrainPreset, EvalPreset
         train,
         EvalPreset {
             resize,
+            crop: input_size,
+            norm,
+        },
+    )
+}
+
+/// How far inside its crop box a regression target must be ([`TrainPreset::apply_keeping`]),
+/// as a fraction of the box's width and height: 1/16, 14 pixels of a 224-pixel view, so that
+/// what was clicked is seen with some of its surroundings.
+pub const KEEP_MARGIN: f32 = 1.0 / 16.0;
+
+/// Resizes `img` so that its shorter side is `size` (bilinear with antialiasing, aspect kept,
+/// the longer side truncated as torchvision's `Resize(size)` does); the first step of
+/// [`EvalPreset::apply`] when `resize <= crop`. Returns the image unchanged when it already has
+/// that size.
+pub fn resize_shorter_side(img: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = shorter_side_size(img.width(), img.height(), size);
+    resize(img, w, h)
+}
+
+/// The presets of the regression task (points must stay in view and move with the pixels), for
+/// a model with a square input of `input_size` pixels:
+///
+/// - evaluation: resize the shorter side to `input_size` and take the centre square (no margin
+///   is cut off a square image, unlike the 256/224 classification preset, so a point near the
+///   border stays in view);
+/// - training: a mild `RandomResizedCrop` (area 50-100 % of the image, aspect ratio 3/4 to
+///   4/3) whose box must hold the point ([`TrainPreset::apply_keeping`]: redrawn up to 10
+///   times, else the centre square), so no crop cuts the point out of view and the target is
+///   moved and scaled with the pixels; horizontal flip p = 0.5 (x mirrored with the pixels,
+///   as the course's `XYDataset` does with `random_hflip`); the course's
+///   `ColorJitter(0.2, 0.2, 0.2, 0.2)`. The course itself resizes to 224x224 and applies only
+///   the jitter and the flip; the crops add the translation and scale variety that a few
+///   hundred images lack.
+pub fn regression_presets(norm: Normalization, input_size: u32) -> (TrainPreset, EvalPreset) {
+    let train = TrainPreset {
+        crop: input_size,
+        scale: [0.5, 1.0],
+        ratio: [3.0 / 4.0, 4.0 / 3.0],
+        hflip: 0.5,
+        jitter: ColorJitter::COURSE,
+        norm,
+    };
+    (
+        train,
+        EvalPreset {
+            resize: input_size,
             crop: input_size,
             norm,
         },

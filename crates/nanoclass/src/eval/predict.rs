@@ -10,9 +10,10 @@ use crate::data::decode::DecodeOptions;
 use crate::data::folder::Sample;
 use crate::data::loader::{Skipped, decode_batches};
 use crate::eval::metrics::{ConfusionMatrix, EvalReport};
+use crate::eval::regression::{PointTile, RegressionReport, denormalise, distance, output_points};
 use crate::model::Net;
 use crate::model::weights::load_net;
-use crate::run::{Run, SplitRecord};
+use crate::run::{Run, SplitRecord, Task};
 use crate::train::default_device;
 use crate::{Error, Result};
 
@@ -28,7 +29,9 @@ pub enum EvalSplit {
 }
 
 /// A trained model ready for inference: the run's network in eval mode, its eval preset and
-/// labels.
+/// labels. [`Predictor::open`] opens classification runs only, [`Predictor::open_regression`]
+/// regression runs only, and [`Predictor::open_any`] either (for callers that look at
+/// [`Predictor::task`]), so one task's model is never used as the other's.
 #[derive(Debug)]
 pub struct Predictor {
     /// The run it came from.
@@ -47,12 +50,38 @@ pub struct FileLogits {
 }
 
 impl Predictor {
-    /// Loads `model.safetensors` of a run directory. The model's labels metadata must equal the
-    /// run's labels.
+    /// Loads `model.safetensors` of a classification run directory. The model's labels
+    /// metadata must equal the run's labels.
+    ///
+    /// # Errors
+    /// Those of [`Predictor::open_any`]; [`Error::Run`] for a regression run
+    /// ([`Run::check_task`]).
     pub fn open(run_dir: &Path) -> Result<Predictor> {
+        Run::open(run_dir)?.check_task(Task::Classification)?;
+        Predictor::open_any(run_dir)
+    }
+
+    /// Loads `model.safetensors` of a regression run directory.
+    ///
+    /// # Errors
+    /// Those of [`Predictor::open_any`]; [`Error::Run`] for a classification run.
+    pub fn open_regression(run_dir: &Path) -> Result<Predictor> {
+        Run::open(run_dir)?.check_task(Task::Regression)?;
+        Predictor::open_any(run_dir)
+    }
+
+    /// Loads `model.safetensors` of a run of either task (see [`Predictor::task`]). The model
+    /// file's labels and task metadata must equal the run's, and its head must have the task's
+    /// output count (`K` classes, or `2K` for `K` regression categories).
+    ///
+    /// # Errors
+    /// [`Error::Run`] when the run has no model or the model disagrees with the run;
+    /// [`Error::Weights`] when the file cannot be loaded.
+    pub fn open_any(run_dir: &Path) -> Result<Predictor> {
         let run = Run::open(run_dir)?;
         let device = default_device();
         let labels = run.config.labels.clone();
+        let task = run.config.task;
         let path = run.model_path();
         if !path.exists() {
             return Err(Error::Run {
@@ -60,17 +89,30 @@ impl Predictor {
                 reason: "no model.safetensors: training did not finish an epoch".into(),
             });
         }
-        let (net, report) = load_net(run.config.arch, &path, labels.len(), Some(&labels), &device)?;
+        let outputs = task.outputs(labels.len());
+        let (net, report) = load_net(run.config.arch, &path, outputs, Some(&labels), &device)?;
         if report.head != crate::model::weights::HeadLoad::Loaded {
             return Err(Error::Run {
                 path: path.clone(),
                 reason: format!(
-                    "the model has {} outputs but the run has {} labels",
+                    "the model has {} outputs but the {} run has {} labels ({} outputs)",
                     match report.head {
                         crate::model::weights::HeadLoad::Fresh { file_outputs, .. } => file_outputs,
-                        crate::model::weights::HeadLoad::Loaded => labels.len(),
+                        crate::model::weights::HeadLoad::Loaded => outputs,
                     },
-                    labels.len()
+                    task,
+                    labels.len(),
+                    outputs
+                ),
+            });
+        }
+        if let Some(t) = report.metadata.get("task")
+            && t != task.name()
+        {
+            return Err(Error::Run {
+                path: path.clone(),
+                reason: format!(
+                    "the model file is for task \"{t}\" but the run's config.json says \"{task}\""
                 ),
             });
         }
@@ -81,9 +123,176 @@ impl Predictor {
         })
     }
 
-    /// Class names, index = output index.
+    /// Class names, index = output index (regression: category names; category `k` has
+    /// outputs `2k`, `2k + 1`).
     pub fn labels(&self) -> &[String] {
         &self.run.config.labels
+    }
+
+    /// The run's task.
+    pub fn task(&self) -> Task {
+        self.run.config.task
+    }
+
+    fn require(&self, want: Task) -> Result<()> {
+        self.run.check_task(want)
+    }
+
+    /// Regression: predicted points in pixels of the model input (`crop x crop`), one per
+    /// category, for preprocessed images (`pixels` as for [`Predictor::logits`]). Returns `n`
+    /// rows of `labels().len()` points.
+    ///
+    /// # Errors
+    /// [`Error::Run`] when the run is not a regression run.
+    pub fn input_points(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<Vec<[f32; 2]>>> {
+        self.require(Task::Regression)?;
+        let size = self.run.config.eval_preset.crop as f32;
+        Ok(self
+            .logits(pixels, n)
+            .iter()
+            .map(|row| {
+                output_points(row)
+                    .into_iter()
+                    .map(|p| denormalise(p, size, size))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Regression: the predicted point of every category for one decoded image, in continuous
+    /// pixel coordinates of that image (see [`crate::eval::regression`]): the eval preset's view
+    /// is predicted and mapped back through its crop box.
+    ///
+    /// # Errors
+    /// [`Error::Run`] when the run is not a regression run.
+    pub fn points_for_image(&self, img: &image::RgbImage) -> Result<Vec<[f32; 2]>> {
+        Ok(self
+            .points_for_images(std::slice::from_ref(img))?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`Predictor::points_for_image`] for several images in one forward pass.
+    ///
+    /// # Errors
+    /// [`Error::Run`] when the run is not a regression run.
+    pub fn points_for_images(&self, imgs: &[image::RgbImage]) -> Result<Vec<Vec<[f32; 2]>>> {
+        self.require(Task::Regression)?;
+        if imgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let preset = self.run.config.eval_preset;
+        let pixels: Vec<f32> = imgs.iter().flat_map(|i| preset.apply(i)).collect();
+        let rows = self.input_points(pixels, imgs.len())?;
+        Ok(rows
+            .into_iter()
+            .zip(imgs)
+            .map(|(row, img)| {
+                let b = preset.crop_box(img.width(), img.height());
+                row.into_iter()
+                    .map(|p| b.unmap_point(p, preset.crop))
+                    .collect()
+            })
+            .collect())
+    }
+
+    /// Regression: decodes files at full size (so that the points are in pixels of the file as
+    /// displayed, EXIF orientation applied) and predicts every category's point. Undecodable
+    /// files are returned as skipped.
+    ///
+    /// # Errors
+    /// [`Error::Run`] when the run is not a regression run.
+    pub fn points_for_files(
+        &self,
+        paths: &[PathBuf],
+        batch_size: usize,
+    ) -> Result<(Vec<FilePoints>, Vec<Skipped>)> {
+        self.require(Task::Regression)?;
+        let mut out = Vec::with_capacity(paths.len());
+        let mut skipped = Vec::new();
+        for chunk in paths.chunks(batch_size.max(1)) {
+            let samples: Vec<Sample> = chunk
+                .iter()
+                .map(|p| Sample {
+                    path: p.clone(),
+                    label: 0,
+                    point: None,
+                })
+                .collect();
+            let (decoded, skip) =
+                crate::data::loader::decode_samples(&samples, &DecodeOptions::default());
+            skipped.extend(skip);
+            let imgs: Vec<image::RgbImage> = decoded.iter().map(|(_, i)| i.clone()).collect();
+            let points = self.points_for_images(&imgs)?;
+            for ((s, img), points) in decoded.into_iter().zip(points) {
+                out.push(FilePoints {
+                    path: s.path,
+                    width: img.width(),
+                    height: img.height(),
+                    points,
+                });
+            }
+        }
+        Ok((out, skipped))
+    }
+
+    /// Regression: scores held-out samples (each with its category in `label` and its point,
+    /// in pixels of the file, in `point`): the distance between the predicted and the true point
+    /// of the sample's category, in pixels of the model input (the eval preset's
+    /// `crop x crop` view), per category and overall. Samples whose true point falls outside
+    /// the view are counted in [`RegressionReport::out_of_view`] and not scored. Also returns
+    /// up to `tiles` views with their true and predicted points, for
+    /// [`crate::eval::regression::write_points_png`].
+    ///
+    /// # Errors
+    /// [`Error::Run`] when the run is not a regression run.
+    pub fn evaluate_regression(
+        &self,
+        samples: &[Sample],
+        batch_size: usize,
+        tiles: usize,
+    ) -> Result<(RegressionReport, Vec<PointTile>, Vec<Skipped>)> {
+        self.require(Task::Regression)?;
+        let preset = self.run.config.eval_preset;
+        let size = preset.crop;
+        let mut errors = Vec::new();
+        let mut drawn = Vec::new();
+        let mut skipped = Vec::new();
+        let mut out_of_view = 0;
+        for chunk in samples.chunks(batch_size.max(1)) {
+            let (decoded, skip) =
+                crate::data::loader::decode_samples(chunk, &DecodeOptions::default());
+            skipped.extend(skip);
+            let pixels: Vec<f32> = decoded.iter().flat_map(|(_, i)| preset.apply(i)).collect();
+            let rows = self.input_points(pixels, decoded.len())?;
+            for ((s, img), row) in decoded.iter().zip(rows) {
+                let Some(point) = s.point else {
+                    return Err(Error::Dataset {
+                        path: s.path.clone(),
+                        reason: "no target point: not a regression sample".into(),
+                    });
+                };
+                let truth = preset
+                    .crop_box(img.width(), img.height())
+                    .map_point(point, size);
+                if !in_view(truth, size) {
+                    out_of_view += 1;
+                    continue;
+                }
+                let pred = row.get(s.label).copied().unwrap_or([f32::NAN; 2]);
+                errors.push((s.label, distance(pred, truth)));
+                if drawn.len() < tiles {
+                    drawn.push(PointTile {
+                        view: preset.view(img),
+                        truth: vec![truth],
+                        pred: vec![pred],
+                    });
+                }
+            }
+        }
+        let mut report = RegressionReport::new(self.labels(), size, &errors);
+        report.out_of_view = out_of_view;
+        Ok((report, drawn, skipped))
     }
 
     /// Logits for preprocessed images: `pixels` is `[n, 3, crop, crop]` flattened, as the run's
@@ -142,9 +351,13 @@ impl Predictor {
     /// - [`EvalSplit::All`]: every image under `data`, whatever its split.
     ///
     /// The dataset's classes must be known to the model (a subset is fine); an unknown class is
-    /// an error naming it.
+    /// an error naming it. A regression run reads the dataset as a regression set
+    /// ([`crate::data::folder::scan_regression_folder`]), so every sample carries its point.
     pub fn held_out(&self, data: &Path, split: EvalSplit) -> Result<(Vec<Sample>, String)> {
-        let ds = crate::data::folder::scan_image_folder(data)?;
+        let ds = match self.task() {
+            Task::Classification => crate::data::folder::scan_image_folder(data)?,
+            Task::Regression => crate::data::folder::scan_regression_folder(data)?,
+        };
         let labels = &self.run.config.labels;
         let map: Vec<Option<usize>> = ds
             .classes
@@ -243,6 +456,25 @@ impl Predictor {
         };
         (report, skipped)
     }
+}
+
+/// Predicted points for one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilePoints {
+    /// The file.
+    pub path: PathBuf,
+    /// Width of the decoded image (as displayed), in pixels.
+    pub width: u32,
+    /// Height of the decoded image, in pixels.
+    pub height: u32,
+    /// One `[x, y]` per category (label order), in continuous pixel coordinates of the image.
+    pub points: Vec<[f32; 2]>,
+}
+
+/// True when a point of a `size x size` view lies inside it (`0 <= x, y <= size`).
+pub fn in_view(p: [f32; 2], size: u32) -> bool {
+    let s = size as f32;
+    (0.0..=s).contains(&p[0]) && (0.0..=s).contains(&p[1])
 }
 
 /// Index of the largest logit (the lowest index among ties).

@@ -14,6 +14,15 @@
 //! at once with the step and learning rate, before anything is saved, so the best checkpoint
 //! stays intact. A final training batch of one image is dropped (BatchNorm needs two values per
 //! channel in train mode).
+//!
+//! The regression task ([`Task::Regression`], the course's second project) goes through the same
+//! loop: the head has `2K` outputs for `K` categories, the loss is the mean squared error of each
+//! image's own category pair (outputs `2k, 2k + 1`) against its point normalised by
+//! [`crate::eval::regression::normalise`] over the model's view, geometric augmentation moves
+//! the target with the pixels ([`crate::data::presets::regression_presets`]: a mirrored view
+//! mirrors x), and the best model is the one with the lowest mean held-out error in pixels.
+//! Regression images are decoded at full size (the file name's point is in pixels of the file)
+//! and their shorter side resized to the input size once, before training.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -31,10 +40,11 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
 use crate::data::decode::DecodeOptions;
-use crate::data::folder::{Sample, scan_image_folder};
+use crate::data::folder::{Sample, scan_image_folder, scan_regression_folder};
 use crate::data::loader::{Batch, Skipped, decode_batches, decode_samples, prefetch};
-use crate::data::presets::{EvalPreset, presets};
+use crate::data::presets::{EvalPreset, presets, regression_presets};
 use crate::data::split::stratified_split;
+use crate::eval::regression::{denormalise, distance, normalise};
 use crate::model::weights::{LoadReport, load_net, save_net};
 use crate::model::{Arch, Net, registry};
 use crate::run::{
@@ -52,8 +62,10 @@ use features::FeatureCache;
 /// Everything `nanoclass train` needs.
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
-    /// Dataset root (ImageFolder or DLI layout).
+    /// Dataset root (ImageFolder or DLI layout; for regression `<category>/<x>_<y>_<uuid>.jpg`).
     pub data: PathBuf,
+    /// Classification (one label per image) or regression (one point per image).
+    pub task: Task,
     /// Backbone.
     pub arch: Arch,
     /// Starting weights: a registry name, a file path, or `none` (random init).
@@ -90,6 +102,10 @@ pub struct TrainOptions {
     pub force: bool,
     /// Root of the on-disk frozen-feature cache ([`features::default_dir`]); None disables it.
     pub feature_cache: Option<PathBuf>,
+    /// Cancellation: when the flag becomes true, training stops before its next optimizer step
+    /// (and after feature extraction) with [`Error::Train`] saying so. Epochs already completed
+    /// stay saved, so a run stopped after its first epoch is a usable model.
+    pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// What the training loop reports while it runs.
@@ -125,8 +141,11 @@ pub enum Event {
         steps: usize,
         /// Running mean training loss of the epoch.
         loss: f64,
-        /// Running training top-1 of the epoch.
-        top1: f64,
+        /// Running training top-1 of the epoch (classification).
+        top1: Option<f64>,
+        /// Running mean training point error of the epoch, in pixels of the model input
+        /// (regression).
+        error_px: Option<f64>,
     },
     /// An epoch finished (after validation).
     Epoch(EpochMetrics),
@@ -137,8 +156,11 @@ pub enum Event {
 pub struct TrainSummary {
     /// Run directory.
     pub run_dir: PathBuf,
-    /// Best held-out top-1 (None without a held-out set).
+    /// Best held-out top-1 (None without a held-out set, and for regression).
     pub best_val_top1: Option<f64>,
+    /// Regression: lowest mean held-out point error, in pixels of the model input (None without
+    /// a held-out set, and for classification).
+    pub best_val_error_px: Option<f64>,
     /// Epoch of the best model (1-based).
     pub best_epoch: usize,
     /// Files that could not be decoded.
@@ -167,7 +189,8 @@ pub fn default_device() -> Device {
     }
 }
 
-/// Builds the starting network for `arch` with `n` outputs from a weights spec.
+/// Builds the starting network for `arch` with `outputs` head outputs (see [`Task::outputs`])
+/// from a weights spec.
 ///
 /// `spec` is `none` (random init), an existing file path, or a registry name resolved through
 /// [`registry::resolve`] (cache, then installed package); an unknown name is an error listing the
@@ -176,10 +199,11 @@ pub fn initial_net(
     arch: Arch,
     spec: &str,
     labels: &[String],
+    outputs: usize,
     device: &Device,
 ) -> Result<(Net, Option<LoadReport>)> {
     if spec == "none" {
-        return Ok((Net::new(arch, labels.len(), device), None));
+        return Ok((Net::new(arch, outputs, device), None));
     }
     let path = if Path::new(spec).is_dir() && Path::new(spec).join(files::MODEL).is_file() {
         // A run directory: start from its best model.
@@ -205,7 +229,7 @@ pub fn initial_net(
             names.join(", ")
         )));
     };
-    let (net, report) = load_net(arch, &path, labels.len(), Some(labels), device)?;
+    let (net, report) = load_net(arch, &path, outputs, Some(labels), device)?;
     Ok((net, Some(report)))
 }
 
@@ -217,7 +241,10 @@ struct Data {
 }
 
 fn prepare_data(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Data> {
-    let ds = scan_image_folder(&opts.data)?;
+    let ds = match opts.task {
+        Task::Classification => scan_image_folder(&opts.data)?,
+        Task::Regression => scan_regression_folder(&opts.data)?,
+    };
     for w in &ds.warnings {
         on_event(Event::Warn(w.clone()));
     }
@@ -382,6 +409,19 @@ pub fn scheduled_lr(
     }
 }
 
+/// Err when `opts.stop` is set: the user asked training to stop, before step `step` of epoch
+/// `epoch` (1-based).
+fn check_stop(opts: &TrainOptions, epoch: usize, step: usize) -> Result<()> {
+    match &opts.stop {
+        Some(flag) if flag.load(std::sync::atomic::Ordering::Relaxed) => {
+            Err(Error::Train(format!(
+                "training stopped on request before step {step} of epoch {epoch}; completed epochs are kept"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn non_finite(epoch: usize, step: usize, lr: f64) -> Error {
     Error::Train(format!(
         "the training loss became non-finite at epoch {epoch}, step {step} (learning rate {lr:.3e}); \
@@ -415,6 +455,75 @@ fn loss_and_correct(logits: Tensor<2>, labels: &[usize], device: &Device) -> (Te
     (loss, correct)
 }
 
+/// What one image is scored against: its class (classification), or its category and its point
+/// normalised over the model's view (regression, [`crate::eval::regression::normalise`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Target {
+    label: usize,
+    point: [f32; 2],
+}
+
+/// The loss of a batch and its score: the number of correct top-1 predictions
+/// (classification), or the sum of the distances between predicted and true points in pixels of
+/// the `size x size` model input (regression).
+///
+/// Regression loss: the course's `mean((outputs[i][2k:2k+2] - xy[i])**2)` averaged over the
+/// batch, i.e. the squared error of each image's own category pair, summed and divided by `2B`.
+/// The other categories' outputs get no gradient from that image.
+fn batch_loss(
+    task: Task,
+    out: Tensor<2>,
+    targets: &[Target],
+    size: usize,
+    device: &Device,
+) -> (Tensor<1>, f64) {
+    match task {
+        Task::Classification => {
+            let labels: Vec<usize> = targets.iter().map(|t| t.label).collect();
+            let (loss, correct) = loss_and_correct(out, &labels, device);
+            (loss, correct as f64)
+        }
+        Task::Regression => {
+            let [b, k2] = out.dims();
+            let mut mask = vec![0.0f32; b * k2];
+            let mut want = vec![0.0f32; b * k2];
+            for (i, t) in targets.iter().enumerate() {
+                let j = i * k2 + 2 * t.label;
+                mask[j] = 1.0;
+                mask[j + 1] = 1.0;
+                want[j] = t.point[0];
+                want[j + 1] = t.point[1];
+            }
+            let values: Vec<f32> = out
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .unwrap_or_default();
+            let sz = size as f32;
+            let err: f64 = targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let j = i * k2 + 2 * t.label;
+                    let pred = [
+                        values.get(j).copied().unwrap_or(f32::NAN),
+                        values.get(j + 1).copied().unwrap_or(f32::NAN),
+                    ];
+                    distance(denormalise(pred, sz, sz), denormalise(t.point, sz, sz))
+                })
+                .sum();
+            let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, k2]), device);
+            let want = Tensor::<2>::from_data(TensorData::new(want, [b, k2]), device);
+            let diff = (out - want) * mask;
+            let loss = (diff.clone() * diff)
+                .sum()
+                .div_scalar((2 * b.max(1)) as f32);
+            (loss, err)
+        }
+    }
+}
+
 fn scalar(t: Tensor<1>) -> f64 {
     t.into_data()
         .convert::<f32>()
@@ -438,6 +547,7 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
     let c = Run::open(run_dir)?.config;
     Ok(TrainOptions {
         data: c.data,
+        task: c.task,
         arch: c.arch,
         weights: c.weights.spec,
         mode: c.mode,
@@ -459,6 +569,7 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
         resume: true,
         force: false,
         feature_cache: features::default_dir(),
+        stop: None,
     })
 }
 
@@ -484,26 +595,31 @@ fn epoch_batches(n: usize, batch: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
     out
 }
 
-/// Held-out evaluation of a head on cached features: (loss, top-1).
+/// Held-out evaluation of a head on cached features: (loss, top-1) for classification, (loss,
+/// mean point error in pixels of the `size x size` input) for regression.
 fn eval_head(
+    task: Task,
     head: &Linear,
     feats: &[f32],
-    labels: &[usize],
+    targets: &[Target],
     c: usize,
+    size: usize,
     device: &Device,
 ) -> Option<(f64, f64)> {
-    if labels.is_empty() {
+    if targets.is_empty() {
         return None;
     }
-    let x = Tensor::<2>::from_data(TensorData::new(feats.to_vec(), [labels.len(), c]), device);
-    let (loss, correct) = loss_and_correct(head.forward(x), labels, device);
-    Some((scalar(loss), correct as f64 / labels.len() as f64))
+    let x = Tensor::<2>::from_data(TensorData::new(feats.to_vec(), [targets.len(), c]), device);
+    let (loss, score) = batch_loss(task, head.forward(x), targets, size, device);
+    Some((scalar(loss), score / targets.len() as f64))
 }
 
-/// Held-out evaluation of the whole network on preprocessed tensors: (loss, top-1).
+/// Held-out evaluation of the whole network on preprocessed `crop x crop` tensors: (loss,
+/// top-1) or (loss, mean point error in pixels), as [`eval_head`].
 fn eval_net(
+    task: Task,
     net: &Net,
-    val: &[(Vec<f32>, usize)],
+    val: &[(Vec<f32>, Target)],
     crop: usize,
     batch: usize,
     device: &Device,
@@ -513,22 +629,19 @@ fn eval_net(
     }
     let eval = net.valid();
     let mut loss_sum = 0.0;
-    let mut correct = 0;
+    let mut score = 0.0;
     for chunk in val.chunks(batch.max(1)) {
         let mut px = Vec::with_capacity(chunk.len() * 3 * crop * crop);
         for (t, _) in chunk {
             px.extend_from_slice(t);
         }
-        let labels: Vec<usize> = chunk.iter().map(|(_, l)| *l).collect();
+        let targets: Vec<Target> = chunk.iter().map(|(_, t)| *t).collect();
         let x = Tensor::<4>::from_data(TensorData::new(px, [chunk.len(), 3, crop, crop]), device);
-        let (loss, c) = loss_and_correct(eval.forward(x), &labels, device);
+        let (loss, s) = batch_loss(task, eval.forward(x), &targets, crop, device);
         loss_sum += scalar(loss) * chunk.len() as f64;
-        correct += c;
+        score += s;
     }
-    Some((
-        loss_sum / val.len() as f64,
-        correct as f64 / val.len() as f64,
-    ))
+    Some((loss_sum / val.len() as f64, score / val.len() as f64))
 }
 
 fn head_is_finite(net: &Net) -> bool {
@@ -543,18 +656,28 @@ fn head_is_finite(net: &Net) -> bool {
     w.iter().all(|v| v.is_finite())
 }
 
-/// Running training loss and top-1 of one epoch.
-#[derive(Default)]
+/// Running training loss and score (top-1, or mean point error in pixels) of one epoch.
 struct EpochStats {
+    task: Task,
     loss_sum: f64,
-    correct: usize,
+    score: f64,
     seen: usize,
 }
 
 impl EpochStats {
-    fn add(&mut self, loss: f64, correct: usize, n: usize) {
+    fn new(task: Task) -> Self {
+        EpochStats {
+            task,
+            loss_sum: 0.0,
+            score: 0.0,
+            seen: 0,
+        }
+    }
+
+    /// Adds a batch of `n` images: its mean loss and its score (see [`batch_loss`]).
+    fn add(&mut self, loss: f64, score: f64, n: usize) {
         self.loss_sum += loss * n as f64;
-        self.correct += correct;
+        self.score += score;
         self.seen += n;
     }
 
@@ -562,21 +685,28 @@ impl EpochStats {
         self.loss_sum / self.seen.max(1) as f64
     }
 
-    fn top1(&self) -> f64 {
-        self.correct as f64 / self.seen.max(1) as f64
+    /// (top-1, mean point error in pixels), the one of the task set.
+    fn figures(&self) -> (Option<f64>, Option<f64>) {
+        let mean = self.score / self.seen.max(1) as f64;
+        match self.task {
+            Task::Classification => (Some(mean), None),
+            Task::Regression => (None, Some(mean)),
+        }
     }
 
     fn step_event(&self, epoch: usize, step: usize, steps: usize) -> Event {
+        let (top1, error_px) = self.figures();
         Event::Step {
             epoch,
             step,
             steps,
             loss: self.loss(),
-            top1: self.top1(),
+            top1,
+            error_px,
         }
     }
 
-    /// The epoch's metrics line; `val` is (held-out loss, held-out top-1).
+    /// The epoch's metrics line; `val` is (held-out loss, held-out top-1 or mean point error).
     fn metrics(
         &self,
         epoch: usize,
@@ -585,20 +715,27 @@ impl EpochStats {
         lr: f64,
         seconds: f64,
     ) -> EpochMetrics {
+        let (train_top1, train_error_px) = self.figures();
+        let regression = self.task == Task::Regression;
         EpochMetrics {
             epoch,
             phase: phase.into(),
             train_loss: self.loss(),
-            train_top1: self.top1(),
+            train_top1,
             val_loss: val.map(|v| v.0),
-            val_top1: val.map(|v| v.1),
+            val_top1: val.filter(|_| !regression).map(|v| v.1),
+            train_error_px,
+            val_error_px: val.filter(|_| regression).map(|v| v.1),
             lr,
             seconds,
         }
     }
 }
 
+/// The best epoch so far. Its score is (held-out top-1, -held-out loss) for classification and
+/// (-mean held-out point error in pixels, -held-out loss) for regression: higher is better.
 struct Tracker {
+    task: Task,
     best: Option<(f64, f64)>,
     best_epoch: usize,
 }
@@ -625,7 +762,10 @@ impl Tracker {
         let meta = run.model_metadata();
         let valid = net.valid();
         save_net(&valid, &run.dir.join(files::LAST), &meta)?;
-        let score = m.val_top1.map(|t| (t, -m.val_loss.unwrap_or(0.0)));
+        let score = match self.task {
+            Task::Classification => m.val_top1.map(|t| (t, -m.val_loss.unwrap_or(0.0))),
+            Task::Regression => m.val_error_px.map(|e| (-e, -m.val_loss.unwrap_or(0.0))),
+        };
         let better = match (score, self.best) {
             (Some(s), Some(b)) => s > b,
             (Some(_), None) => true,
@@ -764,8 +904,13 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let (net, report) = match &state {
         Some(st) => {
             let last = opts.out.join(files::LAST);
-            let (net, report) =
-                load_net(opts.arch, &last, data.labels.len(), Some(&data.labels), &ad)?;
+            let (net, report) = load_net(
+                opts.arch,
+                &last,
+                opts.task.outputs(data.labels.len()),
+                Some(&data.labels),
+                &ad,
+            )?;
             on_event(Event::Info(format!(
                 "resuming {} after epoch {} ({} phase)",
                 opts.out.display(),
@@ -774,7 +919,13 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             )));
             (net, Some(report))
         }
-        None => initial_net(opts.arch, &opts.weights, &data.labels, &ad)?,
+        None => initial_net(
+            opts.arch,
+            &opts.weights,
+            &data.labels,
+            opts.task.outputs(data.labels.len()),
+            &ad,
+        )?,
     };
     match &report {
         Some(r) => on_event(Event::Info(r.to_string())),
@@ -783,7 +934,10 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             opts.arch
         ))),
     }
-    let (train_preset, eval_preset) = presets(opts.arch.normalization(), opts.arch.input_size());
+    let (train_preset, eval_preset) = match opts.task {
+        Task::Classification => presets(opts.arch.normalization(), opts.arch.input_size()),
+        Task::Regression => regression_presets(opts.arch.normalization(), opts.arch.input_size()),
+    };
     // The pretrained weights file the backbone came from (the key of the feature cache).
     // The run being resumed, read once: its weights record and its completed epochs.
     let prior = if opts.resume {
@@ -798,7 +952,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let data_root = std::fs::canonicalize(&opts.data).map_err(|e| Error::io(&opts.data, e))?;
     let config = RunConfig {
         nanoclass_version: env!("CARGO_PKG_VERSION").to_string(),
-        task: Task::Classification,
+        task: opts.task,
         arch: opts.arch,
         labels: data.labels.clone(),
         eval_preset,
@@ -852,14 +1006,19 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         run.append_metrics(m)?;
     }
     on_event(Event::Info(format!(
-        "{} classes, {} training and {} held-out images; run directory {}",
+        "{} {}, {} training and {} held-out images; run directory {}",
         n_classes,
+        match opts.task {
+            Task::Classification => "classes",
+            Task::Regression => "regression categories",
+        },
         data.train.len(),
         data.val.len(),
         run.dir.display()
     )));
 
     let mut tracker = Tracker {
+        task: opts.task,
         best: state.as_ref().and_then(|s| s.best),
         best_epoch: state.as_ref().map_or(0, |s| s.best_epoch),
     };
@@ -875,6 +1034,28 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let mut net = net;
     let mut train_samples = data.train.clone();
     let mut val_samples = data.val.clone();
+    let size = eval_preset.crop as usize;
+    // Regression: every image decoded once at full size and brought to the input size, its
+    // point moved with it; the held-out target is the point in the eval preset's view.
+    let mut reg = None;
+    let mut eval_targets = std::collections::HashMap::new();
+    if opts.task == Task::Regression {
+        let train_imgs = regression_images(&train_samples, &eval_preset, &mut skipped, on_event);
+        let val_imgs = regression_images(&val_samples, &eval_preset, &mut skipped, on_event);
+        for (s, img) in train_imgs.iter().chain(&val_imgs) {
+            eval_targets.insert(s.path.clone(), eval_target(s, img, &eval_preset));
+        }
+        train_samples = train_imgs.iter().map(|(s, _)| s.clone()).collect();
+        val_samples = val_imgs.iter().map(|(s, _)| s.clone()).collect();
+        check_classes(&data.labels, &train_samples, &opts.data)?;
+        reg = Some((train_imgs, val_imgs));
+    }
+    let target_of = |s: &Sample| -> Target {
+        eval_targets.get(&s.path).copied().unwrap_or(Target {
+            label: s.label,
+            point: [0.0; 2],
+        })
+    };
     if head_epochs > done {
         let c = opts.arch.feature_dim();
         let all: Vec<PathBuf> = train_samples
@@ -926,11 +1107,11 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             let Some(f) = f else { continue };
             if i < n_train {
                 tf.extend(f);
-                tl.push(train_samples[i].label);
+                tl.push(target_of(&train_samples[i]));
                 kept_train.push(train_samples[i].clone());
             } else {
                 vf.extend(f);
-                vl.push(val_samples[i - n_train].label);
+                vl.push(target_of(&val_samples[i - n_train]));
                 kept_val.push(val_samples[i - n_train].clone());
             }
         }
@@ -960,18 +1141,19 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 opts.batch_size,
                 &mut epoch_rng(opts.seed, epoch_no),
             );
-            let mut stats = EpochStats::default();
+            let mut stats = EpochStats::new(opts.task);
             let mut lr = opts.lr;
             for (k, b) in batches.iter().enumerate() {
+                check_stop(opts, epoch_no, k + 1)?;
                 lr = scheduled_lr(opts.lr, opts.schedule, step_global, total, head_epochs);
                 step_global += 1;
                 let mut x = Vec::with_capacity(b.len() * c);
                 for &i in b {
                     x.extend_from_slice(&tf[i * c..(i + 1) * c]);
                 }
-                let y: Vec<usize> = b.iter().map(|&i| tl[i]).collect();
+                let y: Vec<Target> = b.iter().map(|&i| tl[i]).collect();
                 let x = Tensor::<2>::from_data(TensorData::new(x, [b.len(), c]), &ad);
-                let (loss, corr) = loss_and_correct(head.forward(x), &y, &ad);
+                let (loss, corr) = batch_loss(opts.task, head.forward(x), &y, size, &ad);
                 let lv = scalar(loss.clone());
                 if !lv.is_finite() {
                     return Err(non_finite(epoch_no, k + 1, lr));
@@ -981,7 +1163,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 stats.add(lv, corr, b.len());
                 on_event(stats.step_event(epoch_no, k + 1, batches.len()));
             }
-            let val = eval_head(&head.valid(), &vf, &vl, c, &device);
+            let val = eval_head(opts.task, &head.valid(), &vf, &vl, c, size, &device);
             net = net.with_head(head.clone());
             let ids = checkpoint::param_ids(&head);
             tracker.end_epoch(
@@ -1006,8 +1188,13 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             min_side: Some(eval_preset.decode_min_side()),
         };
         let td = Instant::now();
-        let (train_imgs, skip_t) = decode_samples(&train_samples, &decode);
-        let (val_imgs, skip_v) = decode_samples(&val_samples, &decode);
+        let ((train_imgs, skip_t), (val_imgs, skip_v)) = match reg.take() {
+            Some((t, v)) => ((t, vec![]), (v, vec![])),
+            None => (
+                decode_samples(&train_samples, &decode),
+                decode_samples(&val_samples, &decode),
+            ),
+        };
         on_event(Event::Info(format!(
             "decoded {} images in {:.1} s",
             train_imgs.len() + val_imgs.len(),
@@ -1022,9 +1209,9 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         }
         let kept: Vec<Sample> = train_imgs.iter().map(|(s, _)| s.clone()).collect();
         check_classes(&data.labels, &kept, &opts.data)?;
-        let val_tensors: Vec<(Vec<f32>, usize)> = val_imgs
+        let val_tensors: Vec<(Vec<f32>, Target)> = val_imgs
             .par_iter()
-            .map(|(s, img)| (eval_preset.apply(img), s.label))
+            .map(|(s, img)| (eval_preset.apply(img), target_of(s)))
             .collect();
         drop(val_imgs);
         let train_imgs = std::sync::Arc::new(train_imgs);
@@ -1063,32 +1250,56 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 .collect();
             let imgs = train_imgs.clone();
             let tp = train_preset;
+            let task = opts.task;
             let stream = prefetch(chunks, 2, move |(b, seed): (Vec<usize>, u64)| {
-                let tensors: Vec<Vec<f32>> = b
+                let views: Vec<(Vec<f32>, Target)> = b
                     .par_iter()
                     .enumerate()
                     .map(|(j, &i)| {
                         let mut r = StdRng::seed_from_u64(seed.wrapping_add(j as u64));
-                        tp.apply(&imgs[i].1, &mut r)
+                        let s = &imgs[i].0;
+                        let (pixels, view) = match (task, s.point) {
+                            (Task::Regression, Some(p)) => tp.apply_keeping(&imgs[i].1, p, &mut r),
+                            _ => tp.apply_with_flip(&imgs[i].1, &mut r),
+                        };
+                        // The target moves with the pixels: cropped, scaled and mirrored alike.
+                        let point = match (task, s.point) {
+                            (Task::Regression, Some(p)) => {
+                                let size = tp.crop as f32;
+                                normalise(view.map_point(p, tp.crop), size, size)
+                            }
+                            _ => [0.0; 2],
+                        };
+                        let target = Target {
+                            label: s.label,
+                            point,
+                        };
+                        (pixels, target)
                     })
                     .collect();
-                let labels: Vec<usize> = b.iter().map(|&i| imgs[i].0.label).collect();
+                let mut pixels = Vec::with_capacity(views.iter().map(|v| v.0.len()).sum());
+                let mut items = Vec::with_capacity(views.len());
+                for (p, t) in views {
+                    pixels.extend(p);
+                    items.push(t);
+                }
                 Batch {
-                    pixels: tensors.concat(),
-                    n: labels.len(),
-                    items: labels,
+                    pixels,
+                    n: items.len(),
+                    items,
                 }
             });
-            let mut stats = EpochStats::default();
+            let mut stats = EpochStats::new(opts.task);
             let mut lr = opts.lr;
             for (k, batch) in stream.enumerate() {
+                check_stop(opts, epoch_no, k + 1)?;
                 lr = scheduled_lr(opts.lr, opts.schedule, step_global, total, full_epochs);
                 step_global += 1;
                 let x = Tensor::<4>::from_data(
                     TensorData::new(batch.pixels, [batch.n, 3, crop, crop]),
                     &ad,
                 );
-                let (loss, corr) = loss_and_correct(model.forward(x), &batch.items, &ad);
+                let (loss, corr) = batch_loss(opts.task, model.forward(x), &batch.items, crop, &ad);
                 let lv = scalar(loss.clone());
                 if !lv.is_finite() {
                     return Err(non_finite(epoch_no, k + 1, lr));
@@ -1106,7 +1317,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 stats.add(lv, corr, batch.n);
                 on_event(stats.step_event(epoch_no, k + 1, nb));
             }
-            let val = eval_net(&model, &val_tensors, crop, 32, &device);
+            let val = eval_net(opts.task, &model, &val_tensors, crop, 32, &device);
             let ids = checkpoint::param_ids(&model);
             tracker.end_epoch(
                 &run,
@@ -1123,13 +1334,85 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     }
     Ok(TrainSummary {
         run_dir: run.dir.clone(),
-        best_val_top1: tracker.best.map(|b| b.0),
+        best_val_top1: tracker
+            .best
+            .filter(|_| opts.task == Task::Classification)
+            .map(|b| b.0),
+        best_val_error_px: tracker
+            .best
+            .filter(|_| opts.task == Task::Regression)
+            .map(|b| -b.0),
         best_epoch: tracker.best_epoch,
         skipped,
         train_images: train_samples.len(),
         val_images: val_samples.len(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Regression samples decoded at full size (the file name's point is in pixels of the file as
+/// displayed), their shorter side resized to the eval preset's input size, and their point
+/// scaled alike. Undecodable files are reported and added to `skipped`; a sample whose point
+/// falls outside the model's view (outside the image, or outside the centre square of a
+/// non-square image) is left out with a warning, since no view of it shows the point.
+fn regression_images(
+    samples: &[Sample],
+    eval: &EvalPreset,
+    skipped: &mut Vec<Skipped>,
+    on_event: &mut dyn FnMut(Event),
+) -> Vec<(Sample, image::RgbImage)> {
+    let (decoded, skip) = decode_samples(samples, &DecodeOptions::default());
+    for s in &skip {
+        on_event(Event::Warn(s.to_string()));
+    }
+    skipped.extend(skip);
+    let resized: Vec<(Sample, image::RgbImage)> = decoded
+        .into_par_iter()
+        .map(|(mut s, img)| {
+            let small = crate::data::presets::resize_shorter_side(&img, eval.crop);
+            let (sx, sy) = (
+                small.width() as f32 / img.width() as f32,
+                small.height() as f32 / img.height() as f32,
+            );
+            s.point = s.point.map(|p| [p[0] * sx, p[1] * sy]);
+            (s, small)
+        })
+        .collect();
+    let mut kept = Vec::with_capacity(resized.len());
+    let mut outside = Vec::new();
+    for (s, img) in resized {
+        let view = s.point.map(|p| {
+            eval.crop_box(img.width(), img.height())
+                .map_point(p, eval.crop)
+        });
+        match view {
+            Some(v) if crate::eval::predict::in_view(v, eval.crop) => kept.push((s, img)),
+            _ => outside.push(s.path),
+        }
+    }
+    if let Some(first) = outside.first() {
+        on_event(Event::Warn(format!(
+            "{} image(s) left out: their point is outside the model's view (the centre square \
+             of the image); first: {}",
+            outside.len(),
+            first.display()
+        )));
+    }
+    kept
+}
+
+/// The held-out target of a regression sample whose image is already at the input size (see
+/// [`regression_images`]): its point in the eval preset's view, normalised.
+fn eval_target(s: &Sample, img: &image::RgbImage, eval: &EvalPreset) -> Target {
+    let size = eval.crop as f32;
+    let p = s.point.unwrap_or([0.0; 2]);
+    let v = eval
+        .crop_box(img.width(), img.height())
+        .map_point(p, eval.crop);
+    Target {
+        label: s.label,
+        point: normalise(v, size, size),
+    }
 }
 
 /// Every class must keep at least one decodable training image (policy 4 of the bug cases).
