@@ -49,6 +49,11 @@ pub struct LiveResult {
     pub label: Option<String>,
     /// Model time for this frame (preprocessing and forward pass), in milliseconds.
     pub ms: f64,
+    /// Regression runs: the predicted point of each category (label order), in continuous
+    /// pixel coordinates of the frame (see [`crate::eval::regression`]), smoothed like the
+    /// probabilities; `probs` and `top` are then empty and `label` None. None for
+    /// classification runs.
+    pub points: Option<Vec<[f32; 2]>>,
 }
 
 /// A trained run loaded for live use.
@@ -60,10 +65,11 @@ pub struct Live {
 }
 
 impl Live {
-    /// Loads the run in `run_dir` (see [`Predictor::open`]).
+    /// Loads the run in `run_dir`, classification or regression (see [`Predictor::open_any`];
+    /// [`LiveResult::points`] says which).
     ///
     /// # Errors
-    /// Those of [`Predictor::open`]; [`Error::Other`] when `smoothing` is outside `[0, 1)` or
+    /// Those of [`Predictor::open_any`]; [`Error::Other`] when `smoothing` is outside `[0, 1)` or
     /// `threshold` outside `[0, 1]`.
     pub fn open(run_dir: &Path, opts: LiveOptions) -> Result<Live> {
         if !(0.0..1.0).contains(&opts.smoothing) {
@@ -75,9 +81,11 @@ impl Live {
         if let Some(t) = opts.threshold
             && !(0.0..=1.0).contains(&t)
         {
-            return Err(Error::Other(format!("threshold must be in [0, 1], got {t}")));
+            return Err(Error::Other(format!(
+                "threshold must be in [0, 1], got {t}"
+            )));
         }
-        let predictor = Predictor::open(run_dir)?;
+        let predictor = Predictor::open_any(run_dir)?;
         Ok(Live {
             predictor,
             opts,
@@ -119,6 +127,29 @@ impl Live {
             return Vec::new();
         }
         let start = Instant::now();
+        if self.predictor.task() == crate::run::Task::Regression {
+            // The same path as `predict`: the eval view, the model, back to frame pixels.
+            let rows = match self.predictor.points_for_images(frames) {
+                Ok(rows) => rows,
+                Err(_) => return Vec::new(), // not reached: the task was just checked
+            };
+            let ms = start.elapsed().as_secs_f64() * 1000.0 / frames.len() as f64;
+            return rows
+                .into_iter()
+                .map(|row| {
+                    let flat: Vec<f32> = row.iter().flatten().copied().collect();
+                    let smoothed = self.smooth(flat);
+                    let points = smoothed.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
+                    LiveResult {
+                        probs: Vec::new(),
+                        top: Vec::new(),
+                        label: None,
+                        ms,
+                        points: Some(points),
+                    }
+                })
+                .collect();
+        }
         let preset = self.predictor.run.config.eval_preset;
         let mut pixels = Vec::with_capacity(frames.len() * 3 * (preset.crop as usize).pow(2));
         for frame in frames {
@@ -150,8 +181,95 @@ impl Live {
             top,
             label,
             ms,
+            points: None,
         }
     }
+}
+
+/// Height of one text line of [`annotate`], in pixels.
+const LINE_PX: u32 = 18;
+/// Colours of [`annotate`]: the confident top-1, an unsure top-1, the other lines.
+const TOP1: plotters::style::RGBColor = plotters::style::RGBColor(80, 220, 100);
+const UNSURE: plotters::style::RGBColor = plotters::style::RGBColor(255, 191, 0);
+const OTHER: plotters::style::RGBColor = plotters::style::RGBColor(230, 230, 230);
+
+/// A copy of `frame` with the result drawn on it: a dark band at the top with one line per
+/// entry of `result.top` (`label  93.1%`, the top-1 in green, or `(unsure)` in amber when it is
+/// below the threshold) and, when `fps` is given, the frame rate at the right. For a regression
+/// result, each category's point is marked with a ring and its name.
+///
+/// # Errors
+/// [`Error::Other`] when the embedded font cannot be parsed (never for the font shipped).
+pub fn annotate(
+    frame: &RgbImage,
+    result: &LiveResult,
+    labels: &[String],
+    fps: Option<f64>,
+) -> Result<RgbImage> {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+    crate::eval::metrics::font().map_err(Error::Other)?;
+    let (w, h) = frame.dimensions();
+    let mut buf = frame.as_raw().clone();
+    let lines = result.top.len().max(1) as u32;
+    let points = result.points.as_deref().unwrap_or_default();
+    let band = (lines * LINE_PX + 8).min(h);
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let draw = || -> std::result::Result<(), String> {
+            let e = |e: DrawingAreaErrorKind<_>| e.to_string();
+            root.draw(&Rectangle::new(
+                [(0, 0), (w as i32, band as i32)],
+                RGBAColor(0, 0, 0, 0.6).filled(),
+            ))
+            .map_err(e)?;
+            let font = |color: &'static RGBColor| {
+                TextStyle::from((crate::eval::metrics::FONT, LINE_PX as f64 - 3.0).into_font())
+                    .color(color)
+                    .pos(Pos::new(HPos::Left, VPos::Top))
+            };
+            for (row, &(i, p)) in result.top.iter().enumerate() {
+                let (text, color) = if row == 0 && result.label.is_none() {
+                    (
+                        format!("(unsure) {}  {:.1}%", labels[i], p * 100.0),
+                        &UNSURE,
+                    )
+                } else if row == 0 {
+                    (format!("{}  {:.1}%", labels[i], p * 100.0), &TOP1)
+                } else {
+                    (format!("{}  {:.1}%", labels[i], p * 100.0), &OTHER)
+                };
+                let y = 4 + row as i32 * LINE_PX as i32;
+                root.draw(&Text::new(text, (6, y), font(color)))
+                    .map_err(e)?;
+            }
+            for (k, &[x, y]) in points.iter().enumerate() {
+                let centre = (x.round() as i32, y.round() as i32);
+                let radius = (w.min(h) / 40).max(4) as i32;
+                root.draw(&Circle::new(centre, radius + 2, BLACK.stroke_width(2)))
+                    .map_err(e)?;
+                root.draw(&Circle::new(centre, radius, TOP1.stroke_width(3)))
+                    .map_err(e)?;
+                let name = labels.get(k).cloned().unwrap_or_default();
+                let at = (centre.0 + radius + 4, centre.1 - LINE_PX as i32 / 2);
+                root.draw(&Text::new(name, at, font(&TOP1))).map_err(e)?;
+            }
+            if let Some(fps) = fps {
+                let style = font(&OTHER).pos(Pos::new(HPos::Right, VPos::Top));
+                root.draw(&Text::new(
+                    format!("{fps:.1} FPS"),
+                    (w as i32 - 6, 4),
+                    style,
+                ))
+                .map_err(e)?;
+            }
+            root.present().map_err(e)
+        };
+        draw().map_err(|e| Error::Other(format!("drawing the live result: {e}")))?;
+    }
+    RgbImage::from_raw(w, h, buf)
+        .ok_or_else(|| Error::Other("drawing the live result: buffer size changed".into()))
 }
 
 /// One step of the exponential moving average `a * prev + (1 - a) * p`; without a previous value
@@ -186,7 +304,37 @@ mod tests {
         // No smoothing: the new frame alone.
         assert_eq!(ema(Some(&first), vec![0.0, 1.0], 0.0), vec![0.0, 1.0]);
         // A changed label count restarts the average.
-        assert_eq!(ema(Some(&first), vec![0.2, 0.3, 0.5], 0.75), vec![0.2, 0.3, 0.5]);
+        assert_eq!(
+            ema(Some(&first), vec![0.2, 0.3, 0.5], 0.75),
+            vec![0.2, 0.3, 0.5]
+        );
+    }
+
+    #[test]
+    fn annotation_draws_a_band_and_leaves_the_rest() {
+        let frame = RgbImage::from_pixel(160, 120, image::Rgb([200, 40, 40]));
+        let result = LiveResult {
+            probs: vec![0.9, 0.1],
+            top: vec![(0, 0.9), (1, 0.1)],
+            label: Some("ants".into()),
+            ms: 1.0,
+            points: None,
+        };
+        let labels = vec!["ants".to_string(), "bees".to_string()];
+        let out = annotate(&frame, &result, &labels, Some(30.0)).unwrap();
+        assert_eq!(out.dimensions(), (160, 120));
+        // The band darkens the top rows; below it the frame is untouched.
+        let band = out.get_pixel(150, 30);
+        assert!(band[0] < 120, "band pixel {band:?}");
+        assert_eq!(out.get_pixel(80, 100), frame.get_pixel(80, 100));
+        // Text was drawn: some pixel in the band is green-dominant (the top-1 colour).
+        let greenish = (0..40u32)
+            .flat_map(|y| (0..100u32).map(move |x| (x, y)))
+            .any(|(x, y)| {
+                let p = out.get_pixel(x, y);
+                p[1] > 150 && p[1] > p[0] + 40
+            });
+        assert!(greenish);
     }
 
     #[test]

@@ -708,10 +708,10 @@ fn write_atomic(
 /// `assets/fonts/LICENSE-DejaVu.txt`), compiled in so rendering needs no system font.
 static DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 /// The family name the embedded font is registered under in plotters' font table.
-const FONT: &str = "nanoclass-dejavu-sans";
+pub(crate) const FONT: &str = "nanoclass-dejavu-sans";
 
 /// The embedded font, parsed once, and registered with plotters under [`FONT`].
-fn font() -> std::result::Result<&'static FontRef<'static>, String> {
+pub(crate) fn font() -> std::result::Result<&'static FontRef<'static>, String> {
     static PARSED: OnceLock<std::result::Result<FontRef<'static>, String>> = OnceLock::new();
     PARSED
         .get_or_init(|| {
