@@ -1,0 +1,56 @@
+//! `nanoclass studio`: flags, then [`nanoclass_studio::serve`] on a tokio runtime.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Args;
+
+/// Flags of `nanoclass studio`.
+#[derive(Args, Debug)]
+pub struct StudioArgs {
+    /// Data folder: one sub-folder per task, each with its ImageFolder dataset (`data/`) and
+    /// its trained runs (`runs/<n>/`). Created when missing.
+    #[arg(long, default_value = "studio-data")]
+    data: PathBuf,
+    /// Device camera shown and captured by the page: `v4l2:///dev/video0`,
+    /// `file:///folder?fps=10` (images, looping) or a video file. Can also be chosen on the page.
+    #[arg(long, value_name = "URI")]
+    source: Option<String>,
+    /// Address to listen on. Anything but a loopback address requires an access token.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Access token required on every request (default: none on loopback, a random one
+    /// otherwise, printed in the URL).
+    #[arg(long)]
+    token: Option<String>,
+    /// Largest upload or frame accepted, in MiB (larger requests get 413).
+    #[arg(long, default_value_t = 25)]
+    max_upload_mb: usize,
+}
+
+/// Runs the studio until the process is stopped.
+pub fn run(a: StudioArgs) -> Result<ExitCode> {
+    if a.max_upload_mb == 0 {
+        return Err(anyhow!("--max-upload-mb must be at least 1"));
+    }
+    let mut config = nanoclass_studio::StudioConfig::new(a.data);
+    config.source = a.source;
+    config.token = a.token;
+    config.max_upload_bytes = a.max_upload_mb.saturating_mul(1024 * 1024);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime
+        .block_on(nanoclass_studio::serve(nanoclass_studio::ServeOptions {
+            host: a.host,
+            port: a.port,
+            config,
+        }))
+        .map_err(|e| anyhow!(e))?;
+    Ok(ExitCode::SUCCESS)
+}

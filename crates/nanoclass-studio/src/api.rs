@@ -1,0 +1,824 @@
+//! The JSON API's handlers. Every file and model operation runs on the blocking pool
+//! (`spawn_blocking`) or on its own thread, never on the async workers. The endpoints are listed
+//! in the README's "Studio" section.
+
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use nanoclass::data::decode::{DecodeOptions, decode_bytes, is_image_extension};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::live::{LiveQuery, Scores};
+use crate::store::{TaskKind, staleness};
+use crate::training::{Next, TrainRequest, options};
+
+/// Runs blocking work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
+}
+
+/// `GET /api/info`.
+pub async fn info(State(st): State<AppState>) -> Json<Value> {
+    let archs: Vec<&str> = nanoclass::model::Arch::ALL
+        .iter()
+        .map(|a| a.name())
+        .collect();
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "data": st.inner.store.root(),
+        "source": st.inner.source.status(),
+        "backbones": archs,
+        "modes": ["frozen", "full", "finetune"],
+        "task_kinds": ["classification"],
+        "max_upload_bytes": st.inner.max_upload,
+    }))
+}
+
+// ---------------------------------------------------------------- tasks
+
+/// `GET /api/tasks`.
+pub async fn list_tasks(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    let store = st.inner.store.clone();
+    let tasks = blocking(move || store.list_tasks()).await?;
+    Ok(Json(json!(tasks)))
+}
+
+/// Body of `POST /api/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    /// Task name (a folder name: the category rules apply).
+    pub name: String,
+    /// Task kind (default `classification`).
+    pub kind: Option<TaskKind>,
+}
+
+/// `POST /api/tasks` → 201.
+pub async fn create_task(
+    State(st): State<AppState>,
+    Json(body): Json<NewTask>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let store = st.inner.store.clone();
+    let kind = body.kind.unwrap_or(TaskKind::Classification);
+    let t = blocking(move || store.create_task(&body.name, kind)).await?;
+    Ok((StatusCode::CREATED, Json(json!(t))))
+}
+
+/// `GET /api/tasks/{task}`.
+pub async fn get_task(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let store = st.inner.store.clone();
+    let t = blocking(move || store.task_info(&task)).await?;
+    Ok(Json(json!(t)))
+}
+
+/// `DELETE /api/tasks/{task}` → 204 (the folder moves to `DATA/.trash/`).
+pub async fn delete_task(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    if st.inner.trainer.running(&task) {
+        return Err(ApiError::conflict(format!(
+            "task {task:?} is training; stop it first"
+        )));
+    }
+    let store = st.inner.store.clone();
+    blocking(move || store.delete_task(&task)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- categories
+
+/// Body of `POST .../categories` and `PATCH .../categories/{category}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Named {
+    /// Category name (folder name).
+    pub name: String,
+}
+
+fn refuse_while_training(st: &AppState, task: &str) -> ApiResult<()> {
+    if st.inner.trainer.running(task) {
+        return Err(ApiError::conflict(format!(
+            "task {task:?} is training; stop it or wait before changing its categories"
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /api/tasks/{task}/categories` → 201.
+pub async fn add_category(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+    Json(body): Json<Named>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let store = st.inner.store.clone();
+    let c = blocking(move || store.add_category(&task, &body.name)).await?;
+    Ok((StatusCode::CREATED, Json(json!(c))))
+}
+
+/// `PATCH /api/tasks/{task}/categories/{category}` (rename).
+pub async fn rename_category(
+    State(st): State<AppState>,
+    UrlPath((task, category)): UrlPath<(String, String)>,
+    Json(body): Json<Named>,
+) -> ApiResult<Json<Value>> {
+    refuse_while_training(&st, &task)?;
+    let store = st.inner.store.clone();
+    let c = blocking(move || store.rename_category(&task, &category, &body.name)).await?;
+    Ok(Json(json!(c)))
+}
+
+/// `DELETE /api/tasks/{task}/categories/{category}` → 204 (moved to the task's `trash/`).
+pub async fn delete_category(
+    State(st): State<AppState>,
+    UrlPath((task, category)): UrlPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    refuse_while_training(&st, &task)?;
+    let store = st.inner.store.clone();
+    blocking(move || store.delete_category(&task, &category)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- images
+
+/// `GET /api/tasks/{task}/categories/{category}/images`.
+pub async fn list_images(
+    State(st): State<AppState>,
+    UrlPath((task, category)): UrlPath<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let store = st.inner.store.clone();
+    let imgs = blocking(move || store.list_images(&task, &category)).await?;
+    Ok(Json(json!(imgs)))
+}
+
+/// The file extension for encoded image bytes, from their signature (they decoded already).
+fn extension_for(bytes: &[u8]) -> Option<&'static str> {
+    use image::ImageFormat as F;
+    let ext = match image::guess_format(bytes).ok()? {
+        F::Jpeg => "jpg",
+        F::Png => "png",
+        F::Gif => "gif",
+        F::Bmp => "bmp",
+        F::WebP => "webp",
+        F::Tiff => "tiff",
+        _ => return None,
+    };
+    is_image_extension(Path::new(&format!("x.{ext}"))).then_some(ext)
+}
+
+/// Checks that every upload decodes (with the training decoder), then saves them all; one bad
+/// file saves nothing and answers 400 naming it and the reason.
+fn save_checked(
+    st: &AppState,
+    task: &str,
+    category: &str,
+    items: Vec<(String, Bytes)>,
+) -> ApiResult<Vec<String>> {
+    let store = &st.inner.store;
+    store.category_dir(task, category)?;
+    let mut ready = Vec::new();
+    for (name, bytes) in &items {
+        let img = decode_bytes(
+            bytes,
+            Path::new(name),
+            &DecodeOptions {
+                min_side: Some(256),
+            },
+        )
+        .map_err(|e| ApiError::bad_request(format!("{e}; nothing was saved")))?;
+        match extension_for(bytes) {
+            Some(ext) => ready.push((bytes.to_vec(), ext)),
+            // A format that decodes but is not one the dataset scanner lists: store as JPEG.
+            None => ready.push((
+                crate::source::encode_jpeg(&img)
+                    .map_err(ApiError::internal)?
+                    .to_vec(),
+                "jpg",
+            )),
+        }
+    }
+    ready
+        .into_iter()
+        .map(|(bytes, ext)| store.save_image(task, category, &bytes, ext))
+        .collect()
+}
+
+fn rejection(status: StatusCode, text: String) -> ApiError {
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "the upload is larger than the limit (--max-upload-mb); nothing was saved".to_string()
+    } else {
+        text
+    };
+    ApiError::new(status, message)
+}
+
+/// `POST /api/tasks/{task}/categories/{category}/images` → 201: `multipart/form-data` (any
+/// number of files) or a raw image body. 400 when a file does not decode, 413 over the size
+/// limit; in both cases nothing is saved.
+pub async fn upload_images(
+    State(st): State<AppState>,
+    UrlPath((task, category)): UrlPath<(String, String)>,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    {
+        let store = st.inner.store.clone();
+        let (t, c) = (task.clone(), category.clone());
+        blocking(move || store.category_dir(&t, &c)).await?;
+    }
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let mut items = Vec::new();
+    if multipart {
+        let mut mp = Multipart::from_request(req, &st)
+            .await
+            .map_err(|r| rejection(r.status(), r.body_text()))?;
+        while let Some(field) = mp
+            .next_field()
+            .await
+            .map_err(|e| rejection(e.status(), e.body_text()))?
+        {
+            let name = field.file_name().unwrap_or("upload").to_string();
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| rejection(e.status(), e.body_text()))?;
+            items.push((name, data));
+        }
+    } else {
+        let data = Bytes::from_request(req, &st)
+            .await
+            .map_err(|r| rejection(r.status(), r.body_text()))?;
+        items.push(("upload".to_string(), data));
+    }
+    if items.is_empty() {
+        return Err(ApiError::bad_request("no file in the request"));
+    }
+    let st2 = st.clone();
+    let (t, c) = (task.clone(), category.clone());
+    let saved = blocking(move || save_checked(&st2, &t, &c, items)).await?;
+    let count = category_count(&st, &task, &category).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"saved": saved, "count": count})),
+    ))
+}
+
+async fn category_count(st: &AppState, task: &str, category: &str) -> ApiResult<usize> {
+    let store = st.inner.store.clone();
+    let (t, c) = (task.to_string(), category.to_string());
+    let cats = blocking(move || store.categories(&t)).await?;
+    Ok(cats
+        .into_iter()
+        .find(|x| x.name == c)
+        .map_or(0, |x| x.count))
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("bmp") => "image/bmp",
+        Some("webp") => "image/webp",
+        Some("tif" | "tiff") => "image/tiff",
+        _ => "application/octet-stream",
+    }
+}
+
+/// `GET /api/tasks/{task}/categories/{category}/images/{image}`: the file as stored.
+pub async fn get_image(
+    State(st): State<AppState>,
+    UrlPath((task, category, image)): UrlPath<(String, String, String)>,
+) -> ApiResult<Response> {
+    let store = st.inner.store.clone();
+    let (path, bytes) = blocking(move || {
+        let p = store.image_path(&task, &category, &image)?;
+        let b =
+            std::fs::read(&p).map_err(|e| ApiError::internal(format!("{}: {e}", p.display())))?;
+        Ok((p, b))
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, content_type(&path))], bytes).into_response())
+}
+
+/// Longest side of a thumbnail, in pixels.
+pub const THUMB_SIDE: u32 = 160;
+
+/// `GET /api/tasks/{task}/categories/{category}/images/{image}/thumb`: a JPEG at most
+/// [`THUMB_SIDE`] pixels on its longest side, in display orientation.
+pub async fn get_thumb(
+    State(st): State<AppState>,
+    UrlPath((task, category, image)): UrlPath<(String, String, String)>,
+) -> ApiResult<Response> {
+    let store = st.inner.store.clone();
+    let jpeg = blocking(move || {
+        let p = store.image_path(&task, &category, &image)?;
+        let img = nanoclass::data::decode::decode_file(
+            &p,
+            &DecodeOptions {
+                min_side: Some(THUMB_SIDE),
+            },
+        )?;
+        let (w, h) = img.dimensions();
+        let s = (THUMB_SIDE as f32 / w.max(h) as f32).min(1.0);
+        let t = if s < 1.0 {
+            image::imageops::thumbnail(
+                &img,
+                ((w as f32 * s).round() as u32).max(1),
+                ((h as f32 * s).round() as u32).max(1),
+            )
+        } else {
+            img
+        };
+        crate::source::encode_jpeg(&t).map_err(ApiError::internal)
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        jpeg,
+    )
+        .into_response())
+}
+
+/// `DELETE /api/tasks/{task}/categories/{category}/images/{image}` → 204 (moved to `trash/`).
+pub async fn delete_image(
+    State(st): State<AppState>,
+    UrlPath((task, category, image)): UrlPath<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let store = st.inner.store.clone();
+    blocking(move || store.delete_image(&task, &category, &image)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// How long a capture waits for the device's next frame.
+pub const CAPTURE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `POST /api/tasks/{task}/categories/{category}/capture` → 201: saves the device source's
+/// next frame as JPEG. 409 without a source, 503 when no frame comes.
+pub async fn capture(
+    State(st): State<AppState>,
+    UrlPath((task, category)): UrlPath<(String, String)>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    {
+        let store = st.inner.store.clone();
+        let (t, c) = (task.clone(), category.clone());
+        blocking(move || store.category_dir(&t, &c)).await?;
+    }
+    if st.inner.source.status().uri.is_none() {
+        return Err(ApiError::conflict(
+            "no device source is set: start the studio with --source URI, or choose one on the page",
+        ));
+    }
+    let frame = st
+        .inner
+        .source
+        .next_frame(CAPTURE_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let store = st.inner.store.clone();
+    let (t, c) = (task.clone(), category.clone());
+    let name = blocking(move || store.save_image(&t, &c, &frame.jpeg, "jpg")).await?;
+    let count = category_count(&st, &task, &category).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"saved": [name], "count": count})),
+    ))
+}
+
+/// Body of `POST .../import`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// A folder on the machine running the studio.
+    pub path: PathBuf,
+}
+
+/// `POST /api/tasks/{task}/categories/{category}/import`: copies every image file directly in
+/// a folder on the server into the category. Files that do not decode are skipped and listed
+/// with the reason; 400 when the path is not a folder.
+pub async fn import_folder(
+    State(st): State<AppState>,
+    UrlPath((task, category)): UrlPath<(String, String)>,
+    Json(body): Json<ImportRequest>,
+) -> ApiResult<Json<Value>> {
+    let store = st.inner.store.clone();
+    let limit = st.inner.max_upload;
+    let (t, c) = (task.clone(), category.clone());
+    let (imported, skipped) = blocking(move || {
+        store.category_dir(&t, &c)?;
+        let dir = body.path;
+        if !dir.is_dir() {
+            return Err(ApiError::bad_request(format!(
+                "{}: not a folder on the studio's machine",
+                dir.display()
+            )));
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| ApiError::bad_request(format!("{}: {e}", dir.display())))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.is_file()
+                    && is_image_extension(p)
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        files.sort();
+        let mut imported = Vec::new();
+        let mut skipped = Vec::new();
+        for f in files {
+            let bytes = match std::fs::read(&f) {
+                Ok(b) => b,
+                Err(e) => {
+                    skipped.push(json!({"file": f, "reason": e.to_string()}));
+                    continue;
+                }
+            };
+            if bytes.len() > limit {
+                skipped.push(json!({"file": f, "reason": format!("{} bytes, over the upload limit of {limit}", bytes.len())}));
+                continue;
+            }
+            if let Err(e) = decode_bytes(&bytes, &f, &DecodeOptions { min_side: Some(256) }) {
+                skipped.push(json!({"file": f, "reason": e.to_string()}));
+                continue;
+            }
+            let ext = extension_for(&bytes).unwrap_or("jpg");
+            imported.push(store.save_image(&t, &c, &bytes, ext)?);
+        }
+        Ok((imported, skipped))
+    })
+    .await?;
+    let count = category_count(&st, &task, &category).await?;
+    Ok(Json(
+        json!({"imported": imported.len(), "saved": imported, "skipped": skipped, "count": count}),
+    ))
+}
+
+// ---------------------------------------------------------------- training
+
+/// `POST /api/tasks/{task}/train` → 202: starts training into a new run `runs/<n>`.
+pub async fn start_training(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+    Json(req): Json<TrainRequest>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let store = st.inner.store.clone();
+    let t = task.clone();
+    let cache = st.inner.feature_cache.clone();
+    let (run, opts) = blocking(move || {
+        let cats = store.categories(&t)?;
+        let with_images = cats.iter().filter(|c| c.count > 0).count();
+        if cats.len() < 2 || with_images < cats.len() {
+            let empty: Vec<&str> = cats
+                .iter()
+                .filter(|c| c.count == 0)
+                .map(|c| c.name.as_str())
+                .collect();
+            return Err(ApiError::bad_request(if cats.len() < 2 {
+                format!(
+                    "task {t:?} has {} categor{}: at least 2 are needed to train a classifier",
+                    cats.len(),
+                    if cats.len() == 1 { "y" } else { "ies" }
+                )
+            } else {
+                format!("categories without images: {}", empty.join(", "))
+            }));
+        }
+        let run = store.next_run_id(&t)?;
+        let out = store.runs_dir(&t)?.join(run.to_string());
+        let kind = store.task_meta(&t)?.kind;
+        let opts = options(&req, kind, store.data_dir(&t)?, out, cache)?;
+        Ok((run, opts))
+    })
+    .await?;
+    let job = st.inner.trainer.start(&task, run, opts)?;
+    Ok((StatusCode::ACCEPTED, Json(job.snapshot())))
+}
+
+/// `GET /api/tasks/{task}/train`: the latest job (state and events), or `{"state": "idle"}`.
+pub async fn training_status(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let store = st.inner.store.clone();
+    let t = task.clone();
+    blocking(move || store.task_dir(&t)).await?;
+    Ok(Json(match st.inner.trainer.job(&task) {
+        Some(j) => j.snapshot(),
+        None => json!({"task": task, "state": "idle", "events": []}),
+    }))
+}
+
+/// `POST /api/tasks/{task}/train/stop`: asks the running job to stop; 409 when none runs.
+pub async fn stop_training(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let store = st.inner.store.clone();
+    let t = task.clone();
+    blocking(move || store.task_dir(&t)).await?;
+    match st.inner.trainer.job(&task) {
+        Some(j) if j.state() == crate::training::JobState::Running => {
+            j.request_stop();
+            Ok(Json(json!({"stopping": true, "run": j.run})))
+        }
+        _ => Err(ApiError::conflict(format!("task {task:?} is not training"))),
+    }
+}
+
+fn sse_json(v: &impl serde::Serialize) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(serde_json::to_string(v).unwrap_or_else(|_| "{}".into())))
+}
+
+/// `GET /api/tasks/{task}/train/events`: server-sent events, one JSON object each (see
+/// [`crate::training`]), replaying the latest job from its start; the stream ends after the
+/// job's last event. 404 when the task has never trained in this server's life.
+pub async fn training_events(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let store = st.inner.store.clone();
+    let t = task.clone();
+    blocking(move || store.task_dir(&t)).await?;
+    let job = st
+        .inner
+        .trainer
+        .job(&task)
+        .ok_or_else(|| ApiError::not_found(format!("task {task:?} has no training job")))?;
+    let rx = job.subscribe();
+    let s = stream::unfold((0usize, job, rx), |(i, job, mut rx)| async move {
+        loop {
+            match job.next(i) {
+                Next::Event(ev) => return Some((sse_json(&ev), (i + 1, job, rx))),
+                Next::End => return None,
+                Next::Wait => {
+                    if rx.changed().await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    });
+    Ok(Sse::new(s).keep_alive(KeepAlive::default()))
+}
+
+// ---------------------------------------------------------------- runs and live
+
+/// `GET /api/tasks/{task}/runs`: model versions, newest first, each with its staleness.
+pub async fn list_runs(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+) -> ApiResult<Json<Value>> {
+    let store = st.inner.store.clone();
+    let runs = blocking(move || store.list_runs(&task)).await?;
+    Ok(Json(json!(runs)))
+}
+
+/// `GET /api/tasks/{task}/runs/{run}`: one run with its per-epoch metrics.
+pub async fn get_run(
+    State(st): State<AppState>,
+    UrlPath((task, run)): UrlPath<(String, u32)>,
+) -> ApiResult<Json<Value>> {
+    let store = st.inner.store.clone();
+    let v = blocking(move || {
+        let info = store.run_info(&task, run)?;
+        let dir = store.run_dir(&task, run)?;
+        let metrics = nanoclass::run::Run::open(&dir)?
+            .read_metrics()
+            .unwrap_or_default();
+        let mut v = json!(info);
+        v["metrics"] = json!(metrics);
+        Ok(v)
+    })
+    .await?;
+    Ok(Json(v))
+}
+
+/// The run's directory after checking that its labels are all still categories (409 with
+/// "retrain needed" otherwise).
+fn fresh_run(st: &AppState, task: &str, run: u32) -> ApiResult<PathBuf> {
+    let store = &st.inner.store;
+    let dir = store.run_dir(task, run)?;
+    let cats = store.category_names(task)?;
+    let labels = nanoclass::run::Run::open(&dir)?.config.labels;
+    match staleness(&labels, &cats) {
+        (true, note) => Err(ApiError::conflict(note.unwrap_or_default())),
+        _ => Ok(dir),
+    }
+}
+
+/// `POST /api/tasks/{task}/runs/{run}/predict?smoothing=&threshold=`: scores one encoded image
+/// (a browser camera frame). 409 when the model is stale or not ready.
+pub async fn predict(
+    State(st): State<AppState>,
+    UrlPath((task, run)): UrlPath<(String, u32)>,
+    Query(q): Query<LiveQuery>,
+    body: Bytes,
+) -> ApiResult<Json<Scores>> {
+    let opts = q.options()?;
+    let st2 = st.clone();
+    let scores = blocking(move || {
+        let dir = fresh_run(&st2, &task, run)?;
+        let img = decode_bytes(
+            &body,
+            Path::new("frame"),
+            &DecodeOptions {
+                min_side: Some(256),
+            },
+        )?;
+        let live = st2.inner.models.get(&dir, opts)?;
+        let mut live = live
+            .lock()
+            .map_err(|_| ApiError::internal("model lock poisoned"))?;
+        let r = live.process(&img);
+        Ok(Scores::new(run, &live, r, None))
+    })
+    .await?;
+    Ok(Json(scores))
+}
+
+/// How often a live stream rechecks that its model is still valid.
+const STALE_CHECK: Duration = Duration::from_secs(1);
+
+/// `GET /api/tasks/{task}/runs/{run}/live?smoothing=&threshold=`: server-sent events with the
+/// scores of the device source's frames, as fast as the model runs (frames that arrive while
+/// the model is busy are skipped). When the model becomes stale (a category deleted or
+/// renamed) a `{"type": "stale", "message"}` event ends the stream.
+pub async fn live_stream(
+    State(st): State<AppState>,
+    UrlPath((task, run)): UrlPath<(String, u32)>,
+    Query(q): Query<LiveQuery>,
+) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
+    let opts = q.options()?;
+    if st.inner.source.status().uri.is_none() {
+        return Err(ApiError::conflict(
+            "no device source is set: start the studio with --source URI, or choose one on the page",
+        ));
+    }
+    let st2 = st.clone();
+    let t = task.clone();
+    let live = blocking(move || {
+        let dir = fresh_run(&st2, &t, run)?;
+        crate::live::open(&dir, opts)
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Value>(2);
+    let handle = tokio::runtime::Handle::current();
+    let mut frames = st.inner.source.subscribe();
+    let st3 = st.clone();
+    std::thread::Builder::new()
+        .name("studio-live".into())
+        .spawn(move || {
+            let mut live = live;
+            let mut checked = std::time::Instant::now();
+            loop {
+                if tx.is_closed() {
+                    return;
+                }
+                if checked.elapsed() >= STALE_CHECK {
+                    checked = std::time::Instant::now();
+                    if let Err(e) = fresh_run(&st3, &task, run) {
+                        let _ = tx.blocking_send(json!({"type": "stale", "message": e.message}));
+                        return;
+                    }
+                }
+                match handle
+                    .block_on(async { tokio::time::timeout(STALE_CHECK, frames.changed()).await })
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
+                let Some(frame) = frames.borrow_and_update().clone() else {
+                    continue;
+                };
+                let r = live.process(&frame.image);
+                let s = Scores::new(run, &live, r, Some(frame.index));
+                let mut v = json!(s);
+                v["type"] = json!("scores");
+                if tx.blocking_send(v).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| ApiError::internal(format!("cannot start the live thread: {e}")))?;
+    let s = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|v| (sse_json(&v), rx))
+    });
+    Ok(Sse::new(s).keep_alive(KeepAlive::default()))
+}
+
+// ---------------------------------------------------------------- device source
+
+/// `GET /api/source`: the device source's status.
+pub async fn source_status(State(st): State<AppState>) -> Json<Value> {
+    Json(json!(st.inner.source.status()))
+}
+
+/// Body of `PUT /api/source`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceRequest {
+    /// A camera URI (`v4l2:///dev/video0`, `file:///folder?fps=10`, a video file).
+    pub uri: String,
+}
+
+/// `PUT /api/source`: opens another device source (400 with the camera's reason when it
+/// cannot be opened; the previous source then stays).
+pub async fn set_source(
+    State(st): State<AppState>,
+    Json(body): Json<SourceRequest>,
+) -> ApiResult<Json<Value>> {
+    let hub = st.inner.source.clone();
+    let status = blocking(move || hub.set_source(&body.uri).map_err(ApiError::bad_request)).await?;
+    Ok(Json(json!(status)))
+}
+
+/// `GET /api/source/frame`: the device source's next frame as JPEG (409 without a source).
+pub async fn source_frame(State(st): State<AppState>) -> ApiResult<Response> {
+    if st.inner.source.status().uri.is_none() {
+        return Err(ApiError::conflict("no device source is set"));
+    }
+    let f = st
+        .inner
+        .source
+        .next_frame(CAPTURE_TIMEOUT)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        f.jpeg.clone(),
+    )
+        .into_response())
+}
+
+/// `GET /api/source/stream`: the device source as an MJPEG stream
+/// (`multipart/x-mixed-replace`), usable as an `<img>` source in any browser.
+pub async fn source_stream(State(st): State<AppState>) -> ApiResult<Response> {
+    if st.inner.source.status().uri.is_none() {
+        return Err(ApiError::conflict("no device source is set"));
+    }
+    let rx: tokio::sync::watch::Receiver<Option<Arc<crate::source::SharedFrame>>> =
+        st.inner.source.subscribe();
+    let s = stream::unfold(rx, |mut rx| async move {
+        loop {
+            if rx.changed().await.is_err() {
+                return None;
+            }
+            let frame = rx.borrow_and_update().clone();
+            if let Some(f) = frame {
+                let mut part = format!(
+                    "--frame\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                    f.jpeg.len()
+                )
+                .into_bytes();
+                part.extend_from_slice(&f.jpeg);
+                part.extend_from_slice(b"\r\n");
+                return Some((Ok::<_, Infallible>(Bytes::from(part)), rx));
+            }
+        }
+    });
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "multipart/x-mixed-replace; boundary=frame",
+        )
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from_stream(s))
+        .map_err(|e| ApiError::internal(e.to_string()))
+}

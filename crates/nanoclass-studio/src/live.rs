@@ -1,0 +1,146 @@
+//! Live scoring with [`nanoclass::live::Live`] (the same path as `nanoclass live`).
+//!
+//! Loaded models are cached by run directory *and* by the size and modification time of its
+//! `model.safetensors`, so a retrained or still-training run is reloaded, never served stale.
+//! The caller checks that the run's labels are still categories ([`crate::store::staleness`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use nanoclass::live::{Live, LiveOptions, LiveResult};
+use nanoclass::run::files;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ApiError, ApiResult};
+
+/// Live settings from the page (query string).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct LiveQuery {
+    /// Exponential moving average factor in `[0, 1)` over frames (0: none).
+    pub smoothing: Option<f32>,
+    /// Top-1 probability in `[0, 1]` below which no label is given.
+    pub threshold: Option<f32>,
+}
+
+impl LiveQuery {
+    /// The options for [`Live::open`]: every class listed (`top_k` = all).
+    pub fn options(&self) -> ApiResult<LiveOptions> {
+        let smoothing = self.smoothing.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&smoothing) {
+            return Err(ApiError::bad_request(format!(
+                "smoothing must be in [0, 1), got {smoothing}"
+            )));
+        }
+        if let Some(t) = self.threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            return Err(ApiError::bad_request(format!(
+                "threshold must be in [0, 1], got {t}"
+            )));
+        }
+        Ok(LiveOptions {
+            top_k: usize::MAX,
+            threshold: self.threshold.filter(|t| *t > 0.0),
+            smoothing,
+        })
+    }
+}
+
+/// Scores of one frame, as sent to the page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scores {
+    /// Run number of the model.
+    pub run: u32,
+    /// Labels, index order.
+    pub labels: Vec<String>,
+    /// Probabilities per label (after smoothing), sum 1.
+    pub probs: Vec<f32>,
+    /// Top-1 label, None below the threshold.
+    pub label: Option<String>,
+    /// Top-1 index and probability (even below the threshold).
+    pub top: Option<(usize, f32)>,
+    /// Model time for the frame in milliseconds.
+    pub ms: f64,
+    /// Camera frame number (device source only).
+    pub frame: Option<u64>,
+}
+
+impl Scores {
+    /// From a [`LiveResult`] of `live`.
+    pub fn new(run: u32, live: &Live, r: LiveResult, frame: Option<u64>) -> Scores {
+        Scores {
+            run,
+            labels: live.labels().to_vec(),
+            probs: r.probs,
+            label: r.label,
+            top: r.top.first().copied(),
+            ms: r.ms,
+            frame,
+        }
+    }
+}
+
+type Key = (PathBuf, Option<SystemTime>, u64, u32, u32);
+
+/// Loaded models, most recently used last; at most [`ModelCache::CAPACITY`].
+#[derive(Debug, Default)]
+pub struct ModelCache {
+    entries: Mutex<Vec<(Key, Arc<Mutex<Live>>)>>,
+}
+
+fn key(run_dir: &Path, opts: &LiveOptions) -> Key {
+    let meta = std::fs::metadata(run_dir.join(files::MODEL)).ok();
+    (
+        run_dir.to_path_buf(),
+        meta.as_ref().and_then(|m| m.modified().ok()),
+        meta.map_or(0, |m| m.len()),
+        opts.smoothing.to_bits(),
+        opts.threshold.unwrap_or(-1.0).to_bits(),
+    )
+}
+
+impl ModelCache {
+    /// Models kept loaded.
+    pub const CAPACITY: usize = 4;
+
+    /// The loaded model of `run_dir` with `opts`, loading it (blocking) when needed.
+    pub fn get(&self, run_dir: &Path, opts: LiveOptions) -> ApiResult<Arc<Mutex<Live>>> {
+        let k = key(run_dir, &opts);
+        {
+            let mut entries = self
+                .entries
+                .lock()
+                .map_err(|_| ApiError::internal("model cache poisoned"))?;
+            if let Some(i) = entries.iter().position(|(ek, _)| *ek == k) {
+                let e = entries.remove(i);
+                let live = e.1.clone();
+                entries.push(e);
+                return Ok(live);
+            }
+            // Older versions of the same run are dropped.
+            entries.retain(|(ek, _)| ek.0 != k.0 || (ek.3, ek.4) != (k.3, k.4));
+        }
+        let live = Arc::new(Mutex::new(open(run_dir, opts)?));
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| ApiError::internal("model cache poisoned"))?;
+        entries.push((k, live.clone()));
+        while entries.len() > Self::CAPACITY {
+            entries.remove(0);
+        }
+        Ok(live)
+    }
+}
+
+/// Loads a run for live use; a run without a model yet is 409.
+pub fn open(run_dir: &Path, opts: LiveOptions) -> ApiResult<Live> {
+    if !run_dir.join(files::MODEL).is_file() {
+        return Err(ApiError::conflict(format!(
+            "run {} has no model yet: training has not finished an epoch",
+            run_dir.display()
+        )));
+    }
+    Live::open(run_dir, opts).map_err(ApiError::from)
+}

@@ -1,0 +1,434 @@
+//! Background training jobs. `nanoclass::train::train` runs on its own OS thread (never on the
+//! async workers); its events become JSON objects kept in the job's history, which any number of
+//! event streams replay and follow.
+//!
+//! Events (`type` field):
+//! - `info`, `warn`: `{message}`;
+//! - `features`: `{done, total}` images embedded by the backbone;
+//! - `phase`: `{phase, epochs, steps}`;
+//! - `step`: `{epoch, step, steps, loss}` (at most about 4 a second);
+//! - `epoch`: `{epoch, phase, train_loss, val_loss, val_top1, lr, seconds}`; `val_*` are
+//!   held-out figures (None without a held-out set), training accuracy is not sent;
+//! - `done`: `{run, best_val_top1, best_epoch, train_images, val_images, seconds, eval}`, with
+//!   `eval` the held-out confusion matrix and per-class figures;
+//! - `stopped`: `{run, message, kept}` (`kept`: a model of the completed epochs exists);
+//! - `error`: `{message}`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use nanoclass::eval::predict::{EvalSplit, Predictor};
+use nanoclass::model::Arch;
+use nanoclass::run::{Mode, OptimizerKind, Schedule, Task, files, write_atomic};
+use nanoclass::train::{Event, TrainOptions, train};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::error::{ApiError, ApiResult};
+use crate::store::TaskKind;
+
+/// Training settings from the page. Missing fields take the `nanoclass train` defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// Backbone: `resnet18`, `resnet34`, `resnet50`, `efficientnet_lite0` (default
+    /// `efficientnet_lite0`).
+    pub arch: Option<String>,
+    /// Pretrained weights: a registry name (default: the one named like `arch`) or `none`.
+    pub weights: Option<String>,
+    /// `frozen` (default), `full` or `finetune`.
+    pub mode: Option<String>,
+    /// Epochs (default 30 frozen, 10 full, 5 finetune); 1..=1000.
+    pub epochs: Option<usize>,
+    /// Head-only epochs before the full phase in `finetune` (default 10).
+    pub head_epochs: Option<usize>,
+    /// Images per batch, 2..=512 (default 16).
+    pub batch_size: Option<usize>,
+    /// Learning rate, (0, 10] (default 1e-3).
+    pub lr: Option<f64>,
+    /// Seed (default 0).
+    pub seed: Option<u64>,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Training.
+    Running,
+    /// Finished every epoch.
+    Done,
+    /// Stopped on request.
+    Stopped,
+    /// Failed with an error.
+    Failed,
+}
+
+/// One training of one task.
+#[derive(Debug)]
+pub struct Job {
+    /// Task name.
+    pub task: String,
+    /// Run number (`runs/<run>`).
+    pub run: u32,
+    stop: Arc<AtomicBool>,
+    log: Mutex<Log>,
+    notify: watch::Sender<usize>,
+}
+
+/// A job's events and state, under one lock so a reader never sees the final state without
+/// the final event.
+#[derive(Debug)]
+struct Log {
+    events: Vec<Value>,
+    state: JobState,
+}
+
+/// What an event stream reader gets next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// Event `i`.
+    Event(Value),
+    /// No event yet; the job runs.
+    Wait,
+    /// The job has ended and every event was read.
+    End,
+}
+
+impl Job {
+    /// Current state.
+    pub fn state(&self) -> JobState {
+        self.log.lock().map(|l| l.state).unwrap_or(JobState::Failed)
+    }
+
+    /// Events so far.
+    pub fn history(&self) -> Vec<Value> {
+        self.log
+            .lock()
+            .map(|l| l.events.clone())
+            .unwrap_or_default()
+    }
+
+    /// Event number `i`, or whether to wait or stop.
+    pub fn next(&self, i: usize) -> Next {
+        match self.log.lock() {
+            Ok(l) => match l.events.get(i) {
+                Some(e) => Next::Event(e.clone()),
+                None if l.state == JobState::Running => Next::Wait,
+                None => Next::End,
+            },
+            Err(_) => Next::End,
+        }
+    }
+
+    /// Wakes when events are added.
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.notify.subscribe()
+    }
+
+    /// Asks the job to stop before its next optimizer step.
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn push(&self, ev: Value) {
+        self.append(ev, None);
+    }
+
+    fn finish(&self, state: JobState, ev: Value) {
+        self.append(ev, Some(state));
+    }
+
+    fn append(&self, ev: Value, state: Option<JobState>) {
+        let n = match self.log.lock() {
+            Ok(mut l) => {
+                l.events.push(ev);
+                if let Some(s) = state {
+                    l.state = s;
+                }
+                l.events.len()
+            }
+            Err(_) => return,
+        };
+        self.notify.send_replace(n);
+    }
+
+    /// A JSON summary: task, run, state, events.
+    pub fn snapshot(&self) -> Value {
+        json!({
+            "task": self.task,
+            "run": self.run,
+            "state": self.state(),
+            "events": self.history(),
+        })
+    }
+}
+
+/// The jobs of every task: one running job at a time in the whole studio (training uses every
+/// core), and the latest job of each task kept for its status.
+#[derive(Debug, Default)]
+pub struct Trainer {
+    jobs: Mutex<HashMap<String, Arc<Job>>>,
+}
+
+fn parse_mode(s: &str) -> ApiResult<Mode> {
+    match s {
+        "frozen" => Ok(Mode::Frozen),
+        "full" => Ok(Mode::Full),
+        "finetune" => Ok(Mode::Finetune),
+        _ => Err(ApiError::bad_request(format!(
+            "mode {s:?}: expected frozen, full or finetune"
+        ))),
+    }
+}
+
+/// Turns a request into training options for a task of `kind` on `data` → `out`, checking
+/// every range.
+pub fn options(
+    req: &TrainRequest,
+    kind: TaskKind,
+    data: PathBuf,
+    out: PathBuf,
+    feature_cache: Option<PathBuf>,
+) -> ApiResult<TrainOptions> {
+    let arch_name = req.arch.as_deref().unwrap_or("efficientnet_lite0");
+    let arch = Arch::parse(arch_name).ok_or_else(|| {
+        let known: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+        ApiError::bad_request(format!(
+            "backbone {arch_name:?}: expected one of {}",
+            known.join(", ")
+        ))
+    })?;
+    let mode = parse_mode(req.mode.as_deref().unwrap_or("frozen"))?;
+    let epochs = req.epochs.unwrap_or(match mode {
+        Mode::Frozen => 30,
+        Mode::Full => 10,
+        Mode::Finetune => 5,
+    });
+    if !(1..=1000).contains(&epochs) {
+        return Err(ApiError::bad_request(format!(
+            "epochs must be in 1..=1000, got {epochs}"
+        )));
+    }
+    let head_epochs = req.head_epochs.unwrap_or(10);
+    if head_epochs > 1000 {
+        return Err(ApiError::bad_request(format!(
+            "head epochs must be in 0..=1000, got {head_epochs}"
+        )));
+    }
+    let batch_size = req.batch_size.unwrap_or(16);
+    if !(2..=512).contains(&batch_size) {
+        return Err(ApiError::bad_request(format!(
+            "batch size must be in 2..=512 (BatchNorm needs two images per batch), got {batch_size}"
+        )));
+    }
+    let lr = req.lr.unwrap_or(1e-3);
+    if !(lr.is_finite() && lr > 0.0 && lr <= 10.0) {
+        return Err(ApiError::bad_request(format!(
+            "learning rate must be in (0, 10], got {lr}"
+        )));
+    }
+    Ok(TrainOptions {
+        data,
+        task: match kind {
+            TaskKind::Classification => Task::Classification,
+        },
+        arch,
+        weights: req
+            .weights
+            .clone()
+            .unwrap_or_else(|| arch.name().to_string()),
+        mode,
+        epochs,
+        head_epochs,
+        batch_size,
+        lr,
+        body_lr_factor: 0.1,
+        optimizer: OptimizerKind::Adam,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        schedule: Schedule::Cosine,
+        seed: req.seed.unwrap_or(0),
+        val_fraction: 0.2,
+        out,
+        resume: false,
+        force: false,
+        feature_cache,
+        stop: None,
+    })
+}
+
+fn event_json(ev: Event) -> Value {
+    match ev {
+        Event::Info(m) => json!({"type": "info", "message": m}),
+        Event::Warn(m) => json!({"type": "warn", "message": m}),
+        Event::Features { done, total } => {
+            json!({"type": "features", "done": done, "total": total})
+        }
+        Event::Phase {
+            phase,
+            epochs,
+            steps,
+        } => json!({"type": "phase", "phase": phase, "epochs": epochs, "steps": steps}),
+        Event::Step {
+            epoch,
+            step,
+            steps,
+            loss,
+            ..
+        } => json!({"type": "step", "epoch": epoch, "step": step, "steps": steps, "loss": loss}),
+        Event::Epoch(m) => json!({
+            "type": "epoch",
+            "epoch": m.epoch,
+            "phase": m.phase,
+            "train_loss": m.train_loss,
+            "val_loss": m.val_loss,
+            "val_top1": m.val_top1,
+            "lr": m.lr,
+            "seconds": m.seconds,
+        }),
+    }
+}
+
+impl Trainer {
+    /// The latest job of `task`.
+    pub fn job(&self, task: &str) -> Option<Arc<Job>> {
+        self.jobs.lock().ok().and_then(|j| j.get(task).cloned())
+    }
+
+    /// True while any job runs.
+    pub fn busy(&self) -> Option<Arc<Job>> {
+        self.jobs.lock().ok().and_then(|j| {
+            j.values()
+                .find(|job| job.state() == JobState::Running)
+                .cloned()
+        })
+    }
+
+    /// True while a job of `task` runs.
+    pub fn running(&self, task: &str) -> bool {
+        self.job(task)
+            .is_some_and(|j| j.state() == JobState::Running)
+    }
+
+    /// Starts training `task` with `opts` into run `run` on a new thread; 409 while another
+    /// job runs.
+    pub fn start(&self, task: &str, run: u32, mut opts: TrainOptions) -> ApiResult<Arc<Job>> {
+        let mut jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| ApiError::internal("trainer state poisoned"))?;
+        if let Some(j) = jobs.values().find(|j| j.state() == JobState::Running) {
+            return Err(ApiError::conflict(format!(
+                "task {:?} is training (run {}); stop it or wait for it to finish",
+                j.task, j.run
+            )));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        opts.stop = Some(stop.clone());
+        let job = Arc::new(Job {
+            task: task.to_string(),
+            run,
+            stop,
+            log: Mutex::new(Log {
+                events: Vec::new(),
+                state: JobState::Running,
+            }),
+            notify: watch::channel(0).0,
+        });
+        let j = job.clone();
+        std::thread::Builder::new()
+            .name(format!("studio-train-{run}"))
+            .spawn(move || run_job(&j, &opts))
+            .map_err(|e| ApiError::internal(format!("cannot start the training thread: {e}")))?;
+        jobs.insert(task.to_string(), job.clone());
+        Ok(job)
+    }
+}
+
+fn run_job(job: &Job, opts: &TrainOptions) {
+    let t0 = Instant::now();
+    let mut last_step = Instant::now() - std::time::Duration::from_secs(1);
+    let mut last_features = last_step;
+    let mut on_event = |ev: Event| {
+        let now = Instant::now();
+        match &ev {
+            Event::Step { step, steps, .. }
+                if step != steps && now.duration_since(last_step).as_millis() < 250 =>
+            {
+                return;
+            }
+            Event::Step { .. } => last_step = now,
+            Event::Features { done, total }
+                if done != total && now.duration_since(last_features).as_millis() < 250 =>
+            {
+                return;
+            }
+            Event::Features { .. } => last_features = now,
+            _ => {}
+        }
+        job.push(event_json(ev));
+    };
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| train(opts, &mut on_event)));
+    let kept = opts.out.join(files::MODEL).is_file();
+    match result {
+        Ok(Ok(summary)) => {
+            let eval = evaluate(&summary.run_dir, &opts.data);
+            let eval = match eval {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    job.push(json!({"type": "warn", "message": format!("held-out evaluation failed: {e}")}));
+                    None
+                }
+            };
+            job.finish(
+                JobState::Done,
+                json!({
+                    "type": "done",
+                    "run": job.run,
+                    "best_val_top1": summary.best_val_top1,
+                    "best_epoch": summary.best_epoch,
+                    "train_images": summary.train_images,
+                    "val_images": summary.val_images,
+                    "skipped": summary.skipped.len(),
+                    "seconds": t0.elapsed().as_secs_f64(),
+                    "eval": eval,
+                }),
+            );
+        }
+        Ok(Err(e)) if job.stop.load(Ordering::Relaxed) => job.finish(
+            JobState::Stopped,
+            json!({"type": "stopped", "run": job.run, "message": e.to_string(), "kept": kept}),
+        ),
+        Ok(Err(e)) => job.finish(
+            JobState::Failed,
+            json!({"type": "error", "message": e.to_string()}),
+        ),
+        Err(_) => job.finish(
+            JobState::Failed,
+            json!({"type": "error", "message": "training failed unexpectedly (a panic in the training thread)"}),
+        ),
+    }
+}
+
+/// The held-out evaluation of a finished run (the split recorded at training time), written
+/// to `RUN/eval/eval.json` and returned.
+fn evaluate(
+    run_dir: &std::path::Path,
+    data: &std::path::Path,
+) -> nanoclass::Result<nanoclass::eval::metrics::EvalReport> {
+    let p = Predictor::open(run_dir)?;
+    let (samples, _) = p.held_out(data, EvalSplit::Val)?;
+    let (report, _) = p.evaluate(&samples, 32);
+    let dir = run_dir.join("eval");
+    std::fs::create_dir_all(&dir).map_err(|e| nanoclass::Error::io(&dir, e))?;
+    let bytes = serde_json::to_vec_pretty(&report)
+        .map_err(|e| nanoclass::Error::Other(format!("eval.json: {e}")))?;
+    write_atomic(&dir.join("eval.json"), &bytes)?;
+    Ok(report)
+}

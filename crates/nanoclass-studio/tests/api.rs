@@ -1,0 +1,1176 @@
+//! Router tests: every endpoint of `app()` through `tower::ServiceExt::oneshot`, without a
+//! server, including the bad inputs (names that would leave the data folder, oversized and
+//! undecodable uploads, unknown tasks, stale models).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{Request, StatusCode, header};
+use futures_util::StreamExt;
+use nanoclass_studio::{AppState, StudioConfig, app};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn shared_data() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
+    assert!(
+        p.join("hymenoptera").is_dir(),
+        "real test data missing: {} (the repository expects ../shared/data beside it)",
+        p.display()
+    );
+    p
+}
+
+/// The first `n` photos of a hymenoptera class.
+fn photos(split: &str, class: &str, n: usize) -> Vec<PathBuf> {
+    let dir = shared_data().join("hymenoptera").join(split).join(class);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v.truncate(n);
+    assert_eq!(v.len(), n, "{}", dir.display());
+    v
+}
+
+fn config(dir: &Path) -> StudioConfig {
+    StudioConfig {
+        data: dir.join("studio"),
+        source: None,
+        token: None,
+        max_upload_bytes: nanoclass_studio::DEFAULT_MAX_UPLOAD_BYTES,
+        feature_cache: None,
+    }
+}
+
+fn router(cfg: StudioConfig) -> Router {
+    app(AppState::new(cfg).expect("studio state"))
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Resp {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<Value>) -> Resp {
+    let mut b = Request::builder().method(method).uri(uri);
+    let body = match body {
+        Some(v) => {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    send(app, b.body(body).unwrap()).await
+}
+
+async fn raw(app: &Router, uri: &str, bytes: Vec<u8>, content_type: &str) -> Resp {
+    let req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(bytes))
+        .unwrap();
+    send(app, req).await
+}
+
+fn multipart(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "nanoclass-test-boundary";
+    let mut body = Vec::new();
+    for (name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// Files in a folder (names), sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn task_with(app: &Router, task: &str, cats: &[&str]) {
+    let r = call(app, "POST", "/api/tasks", Some(json!({"name": task}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    for c in cats {
+        let r = call(
+            app,
+            "POST",
+            &format!("/api/tasks/{task}/categories"),
+            Some(json!({ "name": c })),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    }
+}
+
+fn enc(s: &str) -> String {
+    // Percent-encodes everything but unreserved ASCII (RFC 3986).
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn tiny_png() -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(8, 6, image::Rgb([200, 10, 10]))
+        .write_to(&mut out, image::ImageFormat::Png)
+        .unwrap();
+    out.into_inner()
+}
+
+#[tokio::test]
+async fn page_and_assets_are_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    let r = call(&app, "GET", "/", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&r.body).contains("<script src=\"app.js\">"));
+    let r = call(&app, "GET", "/app.js", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let r = call(&app, "GET", "/style.css", None).await;
+    assert!(
+        r.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let r = call(&app, "GET", "/api/info", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let info = r.json();
+    assert!(
+        info["backbones"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("efficientnet_lite0"))
+    );
+    assert_eq!(info["source"]["uri"], Value::Null);
+    let r = call(&app, "GET", "/api/nothing-here", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.error().contains("no such"));
+}
+
+#[tokio::test]
+async fn tasks_are_created_listed_and_moved_to_the_trash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "thumbs up", "kind": "classification"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    assert_eq!(r.json()["kind"], "classification");
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(tmp.path().join("studio/thumbs up/task.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(meta["kind"], "classification");
+    assert!(tmp.path().join("studio/thumbs up/data").is_dir());
+
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "thumbs up"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "x", "kind": "detection"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    for bad in ["..", "a/b", ".hidden", "", "a\\b", "tab\there"] {
+        let r = call(&app, "POST", "/api/tasks", Some(json!({ "name": bad }))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(r.error().starts_with("task name"), "{bad:?}: {}", r.error());
+    }
+    // Nothing was created outside the data folder, and only the one task inside it.
+    assert_eq!(listing(tmp.path()), vec!["studio"]);
+    assert_eq!(listing(&tmp.path().join("studio")), vec!["thumbs up"]);
+
+    let r = call(&app, "GET", "/api/tasks", None).await;
+    let names: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, vec!["thumbs up"]);
+    let r = call(&app, "GET", "/api/tasks/thumbs%20up", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["categories"], json!([]));
+    let r = call(&app, "GET", "/api/tasks/nope", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.error().contains("\"nope\""));
+    let r = call(&app, "GET", "/api/tasks/..%2Fstudio", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = call(&app, "GET", "/api/tasks/%2E%2E", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let r = call(&app, "DELETE", "/api/tasks/thumbs%20up", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        call(&app, "GET", "/api/tasks/thumbs%20up", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let trash = listing(&tmp.path().join("studio/.trash"));
+    assert_eq!(trash.len(), 1);
+    assert!(trash[0].ends_with("-thumbs up"), "{trash:?}");
+    assert_eq!(
+        call(&app, "DELETE", "/api/tasks/nope", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn categories_are_folders_and_names_cannot_leave_the_dataset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    task_with(&app, "t", &["蜂 bee", "red apple"]).await;
+    let data = tmp.path().join("studio/t/data");
+    assert_eq!(listing(&data), vec!["red apple", "蜂 bee"]);
+    let r = call(&app, "GET", "/api/tasks/t", None).await;
+    // Byte order of the names, the order the trainer gives the labels.
+    assert_eq!(
+        r.json()["categories"],
+        json!([{"name": "red apple", "count": 0}, {"name": "蜂 bee", "count": 0}])
+    );
+
+    for bad in ["..", "a/b", "../x", "a\\b", ".", ".git", "x\ny", " lead"] {
+        let r = call(
+            &app,
+            "POST",
+            "/api/tasks/t/categories",
+            Some(json!({ "name": bad })),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        assert!(
+            r.error().starts_with("category name"),
+            "{bad:?}: {}",
+            r.error()
+        );
+    }
+    // Names in the URL are decoded, then checked: %2F is a slash, %2E%2E is "..".
+    for bad in ["..%2Fx", "a%2Fb", "%2E%2E", "..%5C..%5Cx"] {
+        let r = call(
+            &app,
+            "GET",
+            &format!("/api/tasks/t/categories/{bad}/images"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        let r = call(
+            &app,
+            "DELETE",
+            &format!("/api/tasks/t/categories/{bad}"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(listing(&data), vec!["red apple", "蜂 bee"]);
+    assert_eq!(listing(&tmp.path().join("studio")), vec!["t"]);
+
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks/t/categories",
+        Some(json!({"name": "red apple"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks/nope/categories",
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Rename.
+    let r = call(
+        &app,
+        "PATCH",
+        &format!("/api/tasks/t/categories/{}", enc("red apple")),
+        Some(json!({"name": "green apple"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(listing(&data), vec!["green apple", "蜂 bee"]);
+    let r = call(
+        &app,
+        "PATCH",
+        &format!("/api/tasks/t/categories/{}", enc("green apple")),
+        Some(json!({"name": "蜂 bee"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = call(
+        &app,
+        "PATCH",
+        &format!("/api/tasks/t/categories/{}", enc("green apple")),
+        Some(json!({"name": "../escape"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = call(
+        &app,
+        "PATCH",
+        "/api/tasks/t/categories/missing",
+        Some(json!({"name": "y"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // Delete moves the folder to the task's trash.
+    let r = call(
+        &app,
+        "DELETE",
+        &format!("/api/tasks/t/categories/{}", enc("蜂 bee")),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(listing(&data), vec!["green apple"]);
+    let trash = listing(&tmp.path().join("studio/t/trash"));
+    assert!(
+        trash.len() == 1 && trash[0].ends_with("-蜂 bee"),
+        "{trash:?}"
+    );
+    let r = call(&app, "DELETE", "/api/tasks/t/categories/missing", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn uploads_are_checked_by_the_decoder_and_saved_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.max_upload_bytes = 400_000;
+    let app = router(cfg);
+    task_with(&app, "t", &["ants"]).await;
+    let dir = tmp.path().join("studio/t/data/ants");
+    let url = "/api/tasks/t/categories/ants/images";
+    let ant = std::fs::read(&photos("train", "ants", 1)[0]).unwrap();
+    assert!(ant.len() < 400_000);
+
+    // A raw JPEG body.
+    let r = raw(&app, url, ant.clone(), "image/jpeg").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    assert_eq!(r.json()["count"], 1);
+    let saved = r.json()["saved"][0].as_str().unwrap().to_string();
+    assert!(saved.ends_with(".jpg"));
+    assert_eq!(
+        std::fs::read(dir.join(&saved)).unwrap(),
+        ant,
+        "stored byte for byte"
+    );
+
+    // Multipart with two files; a PNG named .jpg is stored as .png (format from the bytes).
+    let png = tiny_png();
+    let (ct, body) = multipart(&[("a.jpg", &png), ("b.jpg", &ant)]);
+    let r = raw(&app, url, body, &ct).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    let saved: Vec<String> = r.json()["saved"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(saved.len(), 2);
+    assert!(
+        saved[0].ends_with(".png") && saved[1].ends_with(".jpg"),
+        "{saved:?}"
+    );
+    assert_eq!(r.json()["count"], 3);
+    let before = listing(&dir);
+
+    // A truncated JPEG: 400 naming the reason; nothing saved, no temporary file left.
+    let cut = ant[..ant.len() / 2].to_vec();
+    let r = raw(&app, url, cut.clone(), "image/jpeg").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error().contains("truncated") && r.error().contains("nothing was saved"),
+        "{}",
+        r.error()
+    );
+    // Not an image at all.
+    let r = raw(
+        &app,
+        url,
+        b"<html>not an image</html>".to_vec(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("unknown image format"), "{}", r.error());
+    let r = raw(&app, url, vec![], "image/jpeg").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("empty"), "{}", r.error());
+    // One bad file among good ones: none is saved, and the bad one is named.
+    let (ct, body) = multipart(&[("good.jpg", &ant), ("broken.jpg", &cut)]);
+    let r = raw(&app, url, body, &ct).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("broken.jpg"), "{}", r.error());
+    // Over the limit: 413, raw and multipart.
+    let big = vec![0u8; 500_000];
+    let r = raw(&app, url, big.clone(), "image/jpeg").await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (ct, body) = multipart(&[("big.jpg", &big)]);
+    let r = raw(&app, url, body, &ct).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(listing(&dir), before, "nothing saved by a refused upload");
+
+    // Unknown task or category.
+    assert_eq!(
+        raw(
+            &app,
+            "/api/tasks/nope/categories/ants/images",
+            ant.clone(),
+            "image/jpeg"
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        raw(
+            &app,
+            "/api/tasks/t/categories/bees/images",
+            ant.clone(),
+            "image/jpeg"
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        raw(
+            &app,
+            "/api/tasks/t/categories/..%2F..%2Fx/images",
+            ant.clone(),
+            "image/jpeg"
+        )
+        .await
+        .status,
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn images_are_listed_served_thumbnailed_and_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    task_with(&app, "t", &["ants"]).await;
+    let url = "/api/tasks/t/categories/ants/images";
+    let ant = std::fs::read(&photos("train", "ants", 1)[0]).unwrap();
+    let name = raw(&app, url, ant.clone(), "image/jpeg").await.json()["saved"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let r = call(&app, "GET", url, None).await;
+    assert_eq!(r.json(), json!([{"name": name, "bytes": ant.len()}]));
+    let r = call(&app, "GET", &format!("{url}/{name}"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "image/jpeg");
+    assert_eq!(r.body.to_vec(), ant);
+    let r = call(&app, "GET", &format!("{url}/{name}/thumb"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let thumb = image::load_from_memory(&r.body).unwrap();
+    let full = image::load_from_memory(&ant).unwrap();
+    assert_eq!(thumb.width().max(thumb.height()), 160);
+    let (ra, rt) = (
+        full.width() as f32 / full.height() as f32,
+        thumb.width() as f32 / thumb.height() as f32,
+    );
+    assert!((ra - rt).abs() < 0.02, "aspect kept: {ra} vs {rt}");
+
+    for bad in ["..%2F..%2Ftask.json", ".hidden.jpg"] {
+        assert_eq!(
+            call(&app, "GET", &format!("{url}/{bad}"), None)
+                .await
+                .status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        call(&app, "GET", &format!("{url}/missing.jpg"), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "DELETE", &format!("{url}/missing.jpg"), None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let r = call(&app, "DELETE", &format!("{url}/{name}"), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert_eq!(call(&app, "GET", url, None).await.json(), json!([]));
+    let trash = listing(&tmp.path().join("studio/t/trash"));
+    assert!(
+        trash.len() == 1 && trash[0].ends_with(&format!("ants-{name}")),
+        "{trash:?}"
+    );
+}
+
+#[tokio::test]
+async fn folders_on_the_device_are_imported_skipping_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    task_with(&app, "t", &["bees"]).await;
+    let src = tmp.path().join("camera roll");
+    std::fs::create_dir(&src).unwrap();
+    for p in photos("train", "bees", 3) {
+        std::fs::copy(&p, src.join(p.file_name().unwrap())).unwrap();
+    }
+    let good = std::fs::read(&photos("train", "bees", 1)[0]).unwrap();
+    std::fs::write(src.join("cut.JPG"), &good[..good.len() / 3]).unwrap();
+    std::fs::write(src.join(".DS_Store"), b"junk").unwrap();
+    std::fs::write(src.join("notes.txt"), b"hello").unwrap();
+    let url = "/api/tasks/t/categories/bees/import";
+    let r = call(&app, "POST", url, Some(json!({"path": src}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let v = r.json();
+    assert_eq!(v["imported"], 3);
+    assert_eq!(v["count"], 3);
+    let skipped = v["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0]["file"].as_str().unwrap().ends_with("cut.JPG"));
+    assert!(skipped[0]["reason"].as_str().unwrap().contains("truncated"));
+    let r = call(
+        &app,
+        "POST",
+        url,
+        Some(json!({"path": tmp.path().join("nowhere")})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("not a folder"));
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks/nope/categories/bees/import",
+        Some(json!({"path": src})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+/// A folder source of real ant photos at 20 frames per second.
+fn ant_source(tmp: &Path) -> String {
+    let dir = tmp.join("camera");
+    std::fs::create_dir_all(&dir).unwrap();
+    for p in photos("val", "ants", 3) {
+        std::fs::copy(&p, dir.join(p.file_name().unwrap())).unwrap();
+    }
+    format!("file://{}?fps=20", dir.display())
+}
+
+async fn first_chunk_with(body: Body, needle: &str, limit: Duration) -> String {
+    let mut stream = body.into_data_stream();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {needle:?} within {limit:?}: {}",
+                    String::from_utf8_lossy(&seen)
+                )
+            });
+        let chunk = next.expect("stream ended").unwrap();
+        seen.extend_from_slice(&chunk);
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_device_source_is_captured_streamed_and_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Without a source: capture and the stream say so.
+    let app0 = router(config(tmp.path()));
+    task_with(&app0, "t", &["ants"]).await;
+    let r = call(&app0, "POST", "/api/tasks/t/categories/ants/capture", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.error().contains("no device source"));
+    assert_eq!(
+        call(&app0, "GET", "/api/source/stream", None).await.status,
+        StatusCode::CONFLICT
+    );
+
+    let mut cfg = config(tmp.path());
+    cfg.source = Some(ant_source(tmp.path()));
+    let app = router(cfg);
+    let r = call(&app, "GET", "/api/source", None).await;
+    assert!(
+        r.json()["description"].as_str().unwrap().contains("camera"),
+        "{}",
+        r.json()
+    );
+
+    // One capture = one frame, saved as a JPEG of the photo's size.
+    let r = call(&app, "POST", "/api/tasks/t/categories/ants/capture", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    assert_eq!(r.json()["count"], 1);
+    let name = r.json()["saved"][0].as_str().unwrap().to_string();
+    let saved = image::open(tmp.path().join("studio/t/data/ants").join(&name)).unwrap();
+    let sizes: Vec<(u32, u32)> = photos("val", "ants", 3)
+        .iter()
+        .map(|p| image::image_dimensions(p).unwrap())
+        .collect();
+    assert!(
+        sizes.contains(&(saved.width(), saved.height())),
+        "{:?} not among {sizes:?}",
+        (saved.width(), saved.height())
+    );
+    let r = call(&app, "POST", "/api/tasks/t/categories/ants/capture", None).await;
+    assert_eq!(r.json()["count"], 2);
+    assert_eq!(
+        call(&app, "POST", "/api/tasks/t/categories/nope/capture", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // A single frame, and the MJPEG stream.
+    let r = call(&app, "GET", "/api/source/frame", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(image::load_from_memory(&r.body).is_ok());
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get("/api/source/stream")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "multipart/x-mixed-replace; boundary=frame"
+    );
+    let text = first_chunk_with(
+        resp.into_body(),
+        "Content-Type: image/jpeg",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(text.starts_with("--frame\r\n"));
+
+    // Replacing the source: a bad URI is refused with the camera's reason; the old one stays.
+    let r = call(
+        &app,
+        "PUT",
+        "/api/source",
+        Some(json!({"uri": "file:///no/such/folder"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("/no/such/folder"), "{}", r.error());
+    let r = call(
+        &app,
+        "PUT",
+        "/api/source",
+        Some(json!({"uri": ant_source(&tmp.path().join("second"))})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    assert_eq!(r.json()["generation"], 2);
+    assert!(r.json()["uri"].as_str().unwrap().contains("second"));
+    let r = call(&app, "POST", "/api/tasks/t/categories/ants/capture", None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+}
+
+#[tokio::test]
+async fn a_token_guards_every_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.token = Some("s3cret".into());
+    let app = router(cfg);
+    for uri in ["/", "/api/tasks", "/app.js", "/api/source/stream"] {
+        let r = call(&app, "GET", uri, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    assert!(
+        call(&app, "GET", "/api/tasks", None)
+            .await
+            .error()
+            .contains("token")
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/tasks?token=wrong", None)
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = call(&app, "GET", "/?token=s3cret", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cookie = r.headers[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(
+        cookie.starts_with("nanoclass_token=s3cret;") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+    let req = |h: (&str, &str)| {
+        Request::get("/api/tasks")
+            .header(h.0, h.1)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(
+        send(&app, req(("cookie", "a=b; nanoclass_token=s3cret")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, req(("authorization", "Bearer s3cret")))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&app, req(("authorization", "Bearer s3cre")))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&app, req(("cookie", "nanoclass_token=nope")))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn binding_beyond_loopback_requires_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = nanoclass_studio::start(nanoclass_studio::ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        config: config(tmp.path()),
+    })
+    .await
+    .unwrap();
+    assert!(local.token.is_none());
+    assert_eq!(
+        local.url,
+        format!("http://127.0.0.1:{}/", local.addr.port())
+    );
+    local.task.abort();
+    let open = nanoclass_studio::start(nanoclass_studio::ServeOptions {
+        host: "0.0.0.0".into(),
+        port: 0,
+        config: config(tmp.path()),
+    })
+    .await
+    .unwrap();
+    let token = open.token.clone().expect("a token is generated");
+    assert_eq!(token.len(), 32);
+    assert!(
+        open.url.ends_with(&format!("?token={token}")),
+        "{}",
+        open.url
+    );
+    open.task.abort();
+    let bad = nanoclass_studio::start(nanoclass_studio::ServeOptions {
+        host: "not-a-host".into(),
+        port: 0,
+        config: config(tmp.path()),
+    })
+    .await;
+    assert!(bad.unwrap_err().contains("not-a-host"));
+}
+
+async fn train_and_wait(app: &Router, task: &str, body: Value) -> Vec<Value> {
+    let r = call(app, "POST", &format!("/api/tasks/{task}/train"), Some(body)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.error());
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get(format!("/api/tasks/{task}/train/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    // The stream ends after the job's last event.
+    let body = tokio::time::timeout(
+        Duration::from_secs(600),
+        axum::body::to_bytes(resp.into_body(), usize::MAX),
+    )
+    .await
+    .expect("training finished within 10 minutes")
+    .unwrap();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn training_streams_held_out_progress_and_live_scores_follow_the_categories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.source = Some(ant_source(tmp.path()));
+    let app = router(cfg);
+    task_with(&app, "hym", &["ants", "bees"]).await;
+    for class in ["ants", "bees"] {
+        let files: Vec<Vec<u8>> = photos("train", class, 15)
+            .iter()
+            .map(|p| std::fs::read(p).unwrap())
+            .collect();
+        let parts: Vec<(&str, &[u8])> = files.iter().map(|b| ("x.jpg", b.as_slice())).collect();
+        let (ct, body) = multipart(&parts);
+        let r = raw(
+            &app,
+            &format!("/api/tasks/hym/categories/{class}/images"),
+            body,
+            &ct,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    }
+    // Bad settings are refused before anything runs.
+    for (body, why) in [
+        (json!({"arch": "vgg16"}), "backbone"),
+        (json!({"mode": "half"}), "mode"),
+        (json!({"batch_size": 1}), "batch size"),
+        (json!({"lr": -1.0}), "learning rate"),
+        (json!({"epochs": 0}), "epochs"),
+    ] {
+        let r = call(&app, "POST", "/api/tasks/hym/train", Some(body)).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.error().contains(why), "{why}: {}", r.error());
+    }
+    assert_eq!(
+        call(&app, "POST", "/api/tasks/nope/train", Some(json!({})))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/tasks/hym/train", None).await.json()["state"],
+        "idle"
+    );
+    assert_eq!(
+        call(&app, "POST", "/api/tasks/hym/train/stop", None)
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/tasks/hym/train/events", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    let events = train_and_wait(
+        &app,
+        "hym",
+        json!({"arch": "efficientnet_lite0", "mode": "frozen", "epochs": 4, "batch_size": 8}),
+    )
+    .await;
+    let epochs: Vec<&Value> = events.iter().filter(|e| e["type"] == "epoch").collect();
+    assert_eq!(epochs.len(), 4, "{events:?}");
+    for e in &epochs {
+        let v = e["val_top1"].as_f64().expect("held-out top-1 each epoch");
+        assert!((0.0..=1.0).contains(&v));
+        assert!(
+            e.get("train_top1").is_none(),
+            "training accuracy is never sent"
+        );
+    }
+    let done = events.last().unwrap();
+    assert_eq!(done["type"], "done", "{events:?}");
+    assert_eq!(done["run"], 1);
+    // 15 per class, 20 % held out: 3 + 3.
+    assert_eq!(done["val_images"], 6);
+    let eval = &done["eval"];
+    let counts: u64 = eval["confusion"]["counts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|c| c.as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, 6);
+    assert_eq!(eval["confusion"]["classes"], json!(["ants", "bees"]));
+    assert!(
+        tmp.path()
+            .join("studio/hym/runs/1/eval/eval.json")
+            .is_file()
+    );
+    assert!(
+        tmp.path()
+            .join("studio/hym/runs/1/model.safetensors")
+            .is_file()
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/tasks/hym/train", None).await.json()["state"],
+        "done"
+    );
+
+    let runs = call(&app, "GET", "/api/tasks/hym/runs", None).await.json();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    assert_eq!(runs[0]["ready"], true);
+    assert_eq!(runs[0]["stale"], false);
+    assert_eq!(runs[0]["labels"], json!(["ants", "bees"]));
+    let r = call(&app, "GET", "/api/tasks/hym/runs/1", None).await;
+    assert_eq!(r.json()["metrics"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        call(&app, "GET", "/api/tasks/hym/runs/7", None)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/tasks/hym/runs/abc", None)
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // A held-out photo of each class, as a browser camera frame.
+    for (class, photo) in [
+        ("ants", &photos("val", "ants", 1)[0]),
+        ("bees", &photos("val", "bees", 1)[0]),
+    ] {
+        let r = raw(
+            &app,
+            "/api/tasks/hym/runs/1/predict",
+            std::fs::read(photo).unwrap(),
+            "image/jpeg",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+        let v = r.json();
+        assert_eq!(v["label"], class, "{v}");
+        let p: f64 = v["probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-4);
+    }
+    let r = raw(
+        &app,
+        "/api/tasks/hym/runs/1/predict",
+        b"garbage".to_vec(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = raw(
+        &app,
+        "/api/tasks/hym/runs/1/predict?smoothing=1.5",
+        std::fs::read(&photos("val", "ants", 1)[0]).unwrap(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // A threshold above every score gives no label.
+    let r = raw(
+        &app,
+        "/api/tasks/hym/runs/1/predict?threshold=1",
+        std::fs::read(&photos("val", "ants", 1)[0]).unwrap(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.json()["label"], Value::Null);
+
+    // Live scores of the device source (held-out ant photos) over server-sent events.
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get("/api/tasks/hym/runs/1/live?smoothing=0.5")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = first_chunk_with(
+        resp.into_body(),
+        "\"type\":\"scores\"",
+        Duration::from_secs(30),
+    )
+    .await;
+    let line = text.lines().find(|l| l.contains("\"scores\"")).unwrap();
+    let v: Value = serde_json::from_str(line.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(v["labels"], json!(["ants", "bees"]));
+    assert_eq!(v["run"], 1);
+
+    // A second category set: deleting "bees" makes run 1 stale; it is never used again.
+    let r = call(&app, "DELETE", "/api/tasks/hym/categories/bees", None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let runs = call(&app, "GET", "/api/tasks/hym/runs", None).await.json();
+    assert_eq!(runs[0]["stale"], true);
+    assert!(runs[0]["note"].as_str().unwrap().contains("retrain needed"));
+    let r = raw(
+        &app,
+        "/api/tasks/hym/runs/1/predict",
+        std::fs::read(&photos("val", "ants", 1)[0]).unwrap(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(
+        r.error().contains("retrain needed") && r.error().contains("[bees]"),
+        "{}",
+        r.error()
+    );
+    let r = call(&app, "GET", "/api/tasks/hym/runs/1/live", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // One category left: training is refused with the reason.
+    let r = call(&app, "POST", "/api/tasks/hym/train", Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("at least 2"), "{}", r.error());
+}
+
+#[tokio::test]
+async fn a_running_training_stops_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    task_with(&app, "s", &["ants", "bees"]).await;
+    for class in ["ants", "bees"] {
+        let r = call(
+            &app,
+            "POST",
+            &format!("/api/tasks/s/categories/{class}/import"),
+            Some(json!({"path": shared_data().join("hymenoptera/val").join(class)})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    }
+    let r = call(&app, "POST", "/api/tasks/s/train", Some(json!({"arch": "resnet18", "weights": "none", "mode": "full", "epochs": 50, "batch_size": 4}))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.error());
+    // One job at a time.
+    let r = call(&app, "POST", "/api/tasks/s/train", Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // Categories cannot change under a running job.
+    assert_eq!(
+        call(&app, "DELETE", "/api/tasks/s/categories/ants", None)
+            .await
+            .status,
+        StatusCode::CONFLICT
+    );
+    let r = call(&app, "POST", "/api/tasks/s/train/stop", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let resp = app
+        .clone()
+        .oneshot(
+            Request::get("/api/tasks/s/train/events")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(
+        Duration::from_secs(300),
+        axum::body::to_bytes(resp.into_body(), usize::MAX),
+    )
+    .await
+    .expect("stopped in time")
+    .unwrap();
+    let last: Value = serde_json::from_str(
+        String::from_utf8_lossy(&body)
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(last["type"], "stopped", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped on request")
+    );
+    assert_eq!(
+        call(&app, "GET", "/api/tasks/s/train", None).await.json()["state"],
+        "stopped"
+    );
+}

@@ -1,0 +1,725 @@
+//! End to end in a real headless Chromium, driven over WebDriver (chromedriver + fantoccini).
+//!
+//! The studio runs in-process on 127.0.0.1 with a device source made of real hymenoptera
+//! photos (`file://` folders, switched from the page per category); Chromium's fake camera plays
+//! a Y4M clip of a held-out ant photo then a held-out bee photo. Through the page the test
+//! creates a 2-category task, captures at least 20 frames per category, trains a frozen
+//! EfficientNet-Lite0, and checks that the live top-1 is right for a held-out photo of each
+//! category, from the device source and from the browser camera. It then deletes a category and
+//! checks that the live view asks for a retrain, and opens the page from an insecure origin to
+//! check the camera explanation. Screenshots of every step go to
+//! `$CARGO_TARGET_TMPDIR/studio-e2e/`; their paths and the measured figures are printed.
+//!
+//! Chromium (`chromium`) and chromedriver (`chromium-driver`) must be installed; without them
+//! the test fails and says so.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
+use fantoccini::{Client, ClientBuilder, Locator};
+use image::RgbImage;
+use nanoclass_studio::{ServeOptions, StudioConfig};
+use serde_json::{Value, json};
+
+const FRAMES_PER_CATEGORY: u64 = 20;
+
+fn shared_data() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/hymenoptera");
+    assert!(p.is_dir(), "real test data missing: {}", p.display());
+    p
+}
+
+fn photos(split: &str, class: &str) -> Vec<PathBuf> {
+    let dir = shared_data().join(split).join(class);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// Centre-crops to 4:3 and resizes to 640x480.
+fn frame_640x480(path: &Path) -> RgbImage {
+    let img = nanoclass::data::decode::decode_file(path, &Default::default()).unwrap();
+    let (w, h) = img.dimensions();
+    let (cw, ch) = if w * 3 > h * 4 {
+        (h * 4 / 3, h)
+    } else {
+        (w, w * 3 / 4)
+    };
+    let crop = image::imageops::crop_imm(&img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
+    image::imageops::resize(&crop, 640, 480, image::imageops::FilterType::Triangle)
+}
+
+/// Writes a YUV4MPEG2 clip (4:2:0, full-range BT.601 as in JPEG) of `seconds` of each image at
+/// 10 frames per second. Chromium's fake camera loops it.
+fn write_y4m(path: &Path, images: &[RgbImage], seconds: u32) {
+    let (w, h) = images[0].dimensions();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(out, "YUV4MPEG2 W{w} H{h} F10:1 Ip A1:1 C420jpeg").unwrap();
+    for img in images {
+        let mut y = Vec::with_capacity((w * h) as usize);
+        let mut u = Vec::with_capacity((w * h / 4) as usize);
+        let mut v = Vec::with_capacity((w * h / 4) as usize);
+        for p in img.pixels() {
+            let [r, g, b] = p.0.map(f32::from);
+            y.push(
+                (0.299 * r + 0.587 * g + 0.114 * b)
+                    .round()
+                    .clamp(0.0, 255.0) as u8,
+            );
+        }
+        for cy in 0..h / 2 {
+            for cx in 0..w / 2 {
+                let (mut cb, mut cr) = (0.0, 0.0);
+                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                    let [r, g, b] = img.get_pixel(cx * 2 + dx, cy * 2 + dy).0.map(f32::from);
+                    cb += 128.0 - 0.168736 * r - 0.331264 * g + 0.5 * b;
+                    cr += 128.0 + 0.5 * r - 0.418688 * g - 0.081312 * b;
+                }
+                u.push((cb / 4.0).round().clamp(0.0, 255.0) as u8);
+                v.push((cr / 4.0).round().clamp(0.0, 255.0) as u8);
+            }
+        }
+        for _ in 0..seconds * 10 {
+            out.write_all(b"FRAME\n").unwrap();
+            out.write_all(&y).unwrap();
+            out.write_all(&u).unwrap();
+            out.write_all(&v).unwrap();
+        }
+    }
+    out.flush().unwrap();
+}
+
+/// A folder holding copies of `files`.
+fn folder_of(dir: &Path, files: &[PathBuf]) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for f in files {
+        std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    dir.to_path_buf()
+}
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Page {
+    c: Client,
+    out: PathBuf,
+    shots: Vec<(PathBuf, String)>,
+}
+
+impl Page {
+    async fn shot(&mut self, name: &str, what: &str) {
+        let png = self.c.screenshot().await.unwrap();
+        let path = self.out.join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        self.shots.push((path, what.to_string()));
+    }
+
+    async fn js(&self, script: &str) -> Value {
+        self.c.execute(script, vec![]).await.unwrap()
+    }
+
+    /// Polls a JavaScript expression until it is truthy; on timeout saves a screenshot and
+    /// fails with the page's message line.
+    async fn wait(&mut self, expr: &str, timeout: Duration, what: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let v = self.js(&format!("return ({expr});")).await;
+            let truthy = match &v {
+                Value::Null => false,
+                Value::Bool(b) => *b,
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                Value::String(s) => !s.is_empty(),
+                _ => true,
+            };
+            if truthy {
+                return v;
+            }
+            if start.elapsed() > timeout {
+                self.shot("failure", what).await;
+                let msg = self
+                    .js("return document.getElementById('msg').textContent + ' | ' + document.getElementById('train-status').textContent + ' | ' + document.getElementById('camera-msg').textContent + ' | ' + document.getElementById('live-msg').textContent;")
+                    .await;
+                panic!("timed out after {timeout:?} waiting for {what} ({expr}); page says: {msg}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        self.c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self.c.find(Locator::Css(css)).await.unwrap();
+        el.clear().await.unwrap();
+        el.send_keys(text).await.unwrap();
+    }
+
+    async fn set_value(&self, css: &str, value: &str) {
+        self.c
+            .execute(
+                "const e = document.querySelector(arguments[0]); e.value = arguments[1]; e.dispatchEvent(new Event('change')); return true;",
+                vec![json!(css), json!(value)],
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn count(&self, category: &str) -> u64 {
+        self.c
+            .execute(
+                "const e = document.querySelector(`li.category[data-name=\"${arguments[0]}\"] .count`); return e ? Number(e.textContent) : -1;",
+                vec![json!(category)],
+            )
+            .await
+            .unwrap()
+            .as_f64()
+            .unwrap_or(-1.0) as u64
+    }
+
+    /// Holds the capture button down for `ms` milliseconds (continuous capture).
+    async fn hold_capture(&self, ms: u64) {
+        let button = self.c.find(Locator::Id("capture")).await.unwrap();
+        let mouse = MouseActions::new("mouse".into())
+            .then(PointerAction::MoveToElement {
+                element: button,
+                duration: None,
+                x: 0.0,
+                y: 0.0,
+            })
+            .then(PointerAction::Down {
+                button: MOUSE_BUTTON_LEFT,
+            })
+            .then(PointerAction::Pause {
+                duration: Duration::from_millis(ms),
+            })
+            .then(PointerAction::Up {
+                button: MOUSE_BUTTON_LEFT,
+            });
+        self.c.perform_actions(mouse).await.unwrap();
+    }
+
+    /// Points the device source at `uri` through the page's source field.
+    async fn use_device_source(&mut self, uri: &str) {
+        self.type_into("#source-uri", uri).await;
+        self.click("#source-set").await;
+        self.wait(
+            &format!(
+                "window.studio.deviceSource && window.studio.deviceSource.uri === {}",
+                json!(uri)
+            ),
+            Duration::from_secs(10),
+            "the device source to change",
+        )
+        .await;
+    }
+
+    /// Captures into `category` until it holds at least [`FRAMES_PER_CATEGORY`] images: one
+    /// click (one frame), then holds.
+    async fn capture_category(&mut self, category: &str) {
+        self.click(&format!("li.category[data-name=\"{category}\"] .name"))
+            .await;
+        self.wait(
+            &format!("window.studio.category === '{category}' && !document.getElementById('capture').disabled"),
+            Duration::from_secs(10),
+            "the category to be selected",
+        )
+        .await;
+        let before = self.count(category).await;
+        self.click("#capture").await;
+        self.wait(
+            &format!("Number(document.querySelector('li.category[data-name=\"{category}\"] .count').textContent) === {}", before + 1),
+            Duration::from_secs(10),
+            "one click to save one frame",
+        )
+        .await;
+        // The button is released quickly: exactly one frame.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(
+            self.count(category).await,
+            before + 1,
+            "one click saves one frame"
+        );
+        for _ in 0..4 {
+            if self.count(category).await >= FRAMES_PER_CATEGORY {
+                break;
+            }
+            self.hold_capture(3000).await;
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        let n = self.count(category).await;
+        assert!(n >= FRAMES_PER_CATEGORY, "{category}: {n} frames captured");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn studio_in_headless_chromium() {
+    let chromium = find_program(
+        "CHROME_BIN",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
+    let driver = find_program("CHROMEDRIVER", &["chromedriver"]);
+    let (Some(chromium), Some(driver_bin)) = (chromium, driver) else {
+        panic!(
+            "the studio's browser test needs Chromium and chromedriver: install them with \
+             `apt-get install -y chromium chromium-driver` (.ci/run does), or set CHROME_BIN and \
+             CHROMEDRIVER"
+        );
+    };
+
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio-e2e");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).expect("clear the previous test output");
+    }
+    std::fs::create_dir_all(&out).unwrap();
+
+    // Device sources: real photos per category, and one held-out photo each.
+    let cam = out.join("camera");
+    let ants = folder_of(&cam.join("ants"), &photos("train", "ants")[..30]);
+    let bees = folder_of(&cam.join("bees"), &photos("train", "bees")[..30]);
+    let held_ant = photos("val", "ants")[0].clone();
+    let held_bee = photos("val", "bees")[0].clone();
+    let one_ant = folder_of(&cam.join("heldout-ant"), std::slice::from_ref(&held_ant));
+    let one_bee = folder_of(&cam.join("heldout-bee"), std::slice::from_ref(&held_bee));
+    let uri = |dir: &Path, fps: u32| format!("file://{}?fps={fps}", dir.display());
+    // The browser's fake camera: the held-out ant, then the held-out bee, 4 s each, looping.
+    let clip = out.join("camera.y4m");
+    write_y4m(
+        &clip,
+        &[frame_640x480(&held_ant), frame_640x480(&held_bee)],
+        4,
+    );
+
+    let mut config = StudioConfig::new(out.join("studio-data"));
+    config.source = Some(uri(&ants, 10));
+    // A fresh feature cache: the measured training time includes computing every feature.
+    config.feature_cache = Some(out.join("feature-cache"));
+    let studio = nanoclass_studio::start(ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        config,
+    })
+    .await
+    .expect("studio starts");
+    let url = studio.url.clone();
+    let port = studio.addr.port();
+
+    let wd_port = free_port();
+    let log = std::fs::File::create(out.join("chromedriver.log")).unwrap();
+    let _driver = Driver(
+        Command::new(&driver_bin)
+            .arg(format!("--port={wd_port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_bin.display())),
+    );
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": chromium,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu",
+                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                format!("--use-file-for-fake-video-capture={}", clip.display()),
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--disable-quic", "--window-size=1100,1500",
+                format!("--user-data-dir={}", out.join("chromium-profile").display()),
+                // An origin that is not a secure context, for the camera explanation.
+                "--host-resolver-rules=MAP insecure.example 127.0.0.1",
+            ],
+        }),
+    );
+    let wd = format!("http://127.0.0.1:{wd_port}");
+    let start = Instant::now();
+    let client = loop {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&wd)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("no WebDriver session from {}: {e}", driver_bin.display()),
+        }
+    };
+    let mut page = Page {
+        c: client,
+        out: out.clone(),
+        shots: Vec::new(),
+    };
+
+    // 1. The empty studio.
+    page.c.goto(&url).await.unwrap();
+    page.wait(
+        "window.studio && document.getElementById('task-select')",
+        Duration::from_secs(10),
+        "the page",
+    )
+    .await;
+    page.wait(
+        "document.getElementById('source-device').checked",
+        Duration::from_secs(10),
+        "the device source to be chosen",
+    )
+    .await;
+    page.wait(
+        "document.getElementById('device-img').naturalWidth > 0",
+        Duration::from_secs(15),
+        "the device preview (MJPEG stream)",
+    )
+    .await;
+    page.shot("01-start", "empty studio, device camera preview")
+        .await;
+
+    // 2. A task with two categories.
+    page.type_into("#task-name", "hymenoptera").await;
+    page.click("#task-create").await;
+    page.wait(
+        "window.studio.task === 'hymenoptera'",
+        Duration::from_secs(10),
+        "the task",
+    )
+    .await;
+    for c in ["ants", "bees"] {
+        page.type_into("#cat-name", c).await;
+        page.click("#cat-add").await;
+        page.wait(
+            &format!("document.querySelector('li.category[data-name=\"{c}\"]')"),
+            Duration::from_secs(10),
+            "the category",
+        )
+        .await;
+    }
+    page.shot("02-task", "task with categories ants and bees")
+        .await;
+
+    // 3. Capture from the device source: ant photos into "ants", then bee photos into "bees".
+    page.capture_category("ants").await;
+    page.wait(
+        "document.querySelectorAll('#thumbs img').length >= 20",
+        Duration::from_secs(10),
+        "the thumbnails",
+    )
+    .await;
+    page.shot("03-captured-ants", "ants captured from the device source")
+        .await;
+    page.use_device_source(&uri(&bees, 10)).await;
+    page.capture_category("bees").await;
+    page.wait(
+        "document.querySelectorAll('#thumbs img').length >= 20",
+        Duration::from_secs(10),
+        "the thumbnails",
+    )
+    .await;
+    page.shot(
+        "04-captured-bees",
+        "bees captured after switching the device source",
+    )
+    .await;
+    let counts = (page.count("ants").await, page.count("bees").await);
+    let on_disk = |c: &str| {
+        std::fs::read_dir(out.join("studio-data/hymenoptera/data").join(c))
+            .unwrap()
+            .count() as u64
+    };
+    assert_eq!(
+        (on_disk("ants"), on_disk("bees")),
+        counts,
+        "the page's counts are the files on disk"
+    );
+
+    // 4. Train a frozen EfficientNet-Lite0.
+    page.set_value("#train-arch", "efficientnet_lite0").await;
+    page.set_value("#train-mode", "frozen").await;
+    page.type_into("#train-epochs", "15").await;
+    page.type_into("#train-batch", "16").await;
+    let t_train = Instant::now();
+    page.click("#train-start").await;
+    page.wait(
+        "window.studio.times.firstEpoch !== null",
+        Duration::from_secs(300),
+        "the first epoch",
+    )
+    .await;
+    let first_epoch_wall = t_train.elapsed().as_secs_f64();
+    page.shot(
+        "05-training",
+        "training in progress: first epochs on the chart",
+    )
+    .await;
+    page.wait(
+        "document.getElementById('train-status').dataset.state",
+        Duration::from_secs(300),
+        "training to end",
+    )
+    .await;
+    let state = page
+        .js("return document.getElementById('train-status').dataset.state;")
+        .await;
+    assert_eq!(state, "done", "training ended as {state}");
+    let done_wall = t_train.elapsed().as_secs_f64();
+    let times = page.js("return window.studio.times;").await;
+    let ms = |k: &str| times[k].as_f64().unwrap() - times["trainClicked"].as_f64().unwrap();
+    let (first_epoch_s, done_s) = (ms("firstEpoch") / 1000.0, ms("done") / 1000.0);
+    page.wait(
+        "document.querySelector('#confusion')",
+        Duration::from_secs(5),
+        "the confusion matrix",
+    )
+    .await;
+    let cm_rows = page
+        .js("return [...document.querySelectorAll('#confusion tr')].length;")
+        .await;
+    assert_eq!(cm_rows, 3, "header + one row per category");
+    page.shot(
+        "06-trained",
+        "training done: held-out chart, confusion matrix, per-class accuracy",
+    )
+    .await;
+
+    // 5. Live from the device source: a held-out ant, then a held-out bee.
+    page.wait("document.getElementById('live-model').options.length === 1 && !document.getElementById('live-start').disabled", Duration::from_secs(10), "the model in the selector").await;
+    page.use_device_source(&uri(&one_ant, 30)).await;
+    page.click("#live-start").await;
+    page.wait(
+        "document.getElementById('live-top1').dataset.label === 'ants'",
+        Duration::from_secs(30),
+        "live top-1 ants on a held-out ant",
+    )
+    .await;
+    // FPS over 5 s of live scores with the folder source.
+    let n0 = page
+        .js("return window.studio.liveCount;")
+        .await
+        .as_f64()
+        .unwrap();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let n1 = page
+        .js("return window.studio.liveCount;")
+        .await
+        .as_f64()
+        .unwrap();
+    let device_fps = (n1 - n0) / t0.elapsed().as_secs_f64();
+    let top_ant = page
+        .js("return document.getElementById('live-top1').textContent;")
+        .await;
+    page.shot(
+        "07-live-device-ant",
+        "live scores, device source showing a held-out ant",
+    )
+    .await;
+    page.use_device_source(&uri(&one_bee, 30)).await;
+    page.wait(
+        "document.getElementById('live-top1').dataset.label === 'bees'",
+        Duration::from_secs(30),
+        "live top-1 bees on a held-out bee",
+    )
+    .await;
+    let top_bee = page
+        .js("return document.getElementById('live-top1').textContent;")
+        .await;
+    page.shot(
+        "08-live-device-bee",
+        "live scores, device source showing a held-out bee",
+    )
+    .await;
+
+    // 6. Live from the browser's camera (the fake camera plays the held-out ant, then the bee).
+    page.click("#source-browser").await;
+    page.wait(
+        "document.getElementById('video').videoWidth === 640",
+        Duration::from_secs(15),
+        "the browser camera",
+    )
+    .await;
+    page.click("#live-start").await;
+    page.wait(
+        "document.getElementById('live-top1').dataset.label === 'ants'",
+        Duration::from_secs(30),
+        "browser camera: top-1 ants",
+    )
+    .await;
+    page.shot(
+        "09-live-browser-ant",
+        "live scores from the browser camera (held-out ant)",
+    )
+    .await;
+    let b0 = page
+        .js("return window.studio.liveCount;")
+        .await
+        .as_f64()
+        .unwrap();
+    let tb = Instant::now();
+    page.wait(
+        "document.getElementById('live-top1').dataset.label === 'bees'",
+        Duration::from_secs(30),
+        "browser camera: top-1 bees",
+    )
+    .await;
+    page.shot(
+        "10-live-browser-bee",
+        "live scores from the browser camera (held-out bee)",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let browser_fps = (page
+        .js("return window.studio.liveCount;")
+        .await
+        .as_f64()
+        .unwrap()
+        - b0)
+        / tb.elapsed().as_secs_f64();
+
+    // 7. Deleting a category: the live view stops and asks for a retrain.
+    page.click("li.category[data-name=\"bees\"] .delete").await;
+    page.c.accept_alert().await.unwrap();
+    page.wait(
+        "!document.querySelector('li.category[data-name=\"bees\"]')",
+        Duration::from_secs(10),
+        "the category to go",
+    )
+    .await;
+    let live_msg = page.wait("document.getElementById('live-msg').hidden === false && document.getElementById('live-msg').textContent.includes('retrain needed') && document.getElementById('live-msg').textContent", Duration::from_secs(10), "retrain needed").await;
+    assert!(page.js("return window.studio.live === null && document.getElementById('live-bars').children.length === 0;").await.as_bool().unwrap(), "no stale scores shown");
+    page.shot(
+        "11-retrain-needed",
+        "after deleting bees the live view asks for a retrain",
+    )
+    .await;
+
+    // 8. An insecure origin: no browser camera, an explanation, and the rest still works.
+    page.c
+        .goto(&format!("http://insecure.example:{port}/"))
+        .await
+        .unwrap();
+    page.wait(
+        "window.studio && window.studio.task === 'hymenoptera'",
+        Duration::from_secs(10),
+        "the page over an insecure origin",
+    )
+    .await;
+    page.click("#source-browser").await;
+    let cam_msg = page.wait("!document.getElementById('camera-msg').hidden && document.getElementById('camera-msg').textContent", Duration::from_secs(10), "the insecure-context explanation").await;
+    assert!(
+        cam_msg.as_str().unwrap().contains("secure context"),
+        "{cam_msg}"
+    );
+    let page_error = page
+        .js("return document.getElementById('msg').textContent;")
+        .await;
+    assert!(
+        !page_error.as_str().unwrap().contains("page error"),
+        "{page_error}"
+    );
+    page.shot(
+        "12-insecure-origin",
+        "opened over plain http from another host name: camera explanation",
+    )
+    .await;
+
+    // 9. Phone width: the page reflows to one column without sideways scrolling.
+    page.c.set_window_size(390, 844).await.unwrap();
+    page.c.goto(&url).await.unwrap();
+    page.wait(
+        "document.getElementById('task-select') && document.readyState === 'complete'",
+        Duration::from_secs(10),
+        "the page at phone width",
+    )
+    .await;
+    // Let the page finish filling in (task, runs, source) before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let widths = page
+        .c
+        .execute(
+            "const w = document.documentElement.clientWidth;
+             const wide = [...document.querySelectorAll('body *')]
+               .filter(e => e.getBoundingClientRect().right > w + 1)
+               .map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));
+             return [document.documentElement.scrollWidth, w, wide.slice(0, 8).join(', ')];",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (scroll, inner) = (widths[0].as_f64().unwrap(), widths[1].as_f64().unwrap());
+    assert!(
+        scroll <= inner + 1.0,
+        "at phone width the page scrolls sideways: {scroll} px wide in a {inner} px window; \
+         too wide: {}",
+        widths[2]
+    );
+    page.shot("13-phone", "the page at phone width (390 px)")
+        .await;
+
+    page.c.close().await.unwrap();
+    studio.task.abort();
+
+    let report = json!({
+        "frames": {"ants": counts.0, "bees": counts.1},
+        "train_to_first_epoch_s": first_epoch_s,
+        "train_to_done_s": done_s,
+        "train_to_first_epoch_wall_s": first_epoch_wall,
+        "train_to_done_wall_s": done_wall,
+        "live_fps_device_folder_source": device_fps,
+        "live_fps_browser_camera": browser_fps,
+        "live_top1_heldout_ant": top_ant,
+        "live_top1_heldout_bee": top_bee,
+        "after_category_delete": live_msg,
+    });
+    std::fs::write(
+        out.join("measurements.json"),
+        serde_json::to_vec_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    println!("studio e2e measurements: {report:#}");
+    for (p, what) in &page.shots {
+        println!("screenshot {}: {what}", p.display());
+    }
+    assert!(
+        device_fps > 0.5,
+        "live FPS with the folder source: {device_fps}"
+    );
+}
