@@ -12,8 +12,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nanoclass::data::decode::is_image_extension;
 use nanoclass::eval::metrics::{softmax, top_k};
 use nanoclass::eval::predict::{EvalSplit, Predictor};
+use nanoclass::eval::regression::write_points_png;
 use nanoclass::model::{Arch, registry};
-use nanoclass::run::{Mode, OptimizerKind, Schedule};
+use nanoclass::run::{Mode, OptimizerKind, Schedule, Task};
 use nanoclass::train::{Event, TrainOptions, resume_options, train};
 
 /// Transfer learning for image classification: fine-tune an ImageNet-pretrained backbone on
@@ -30,13 +31,27 @@ enum Command {
     /// Fine-tune a backbone on an ImageFolder dataset (`DATA/<class>/<image>`, optional
     /// `train/ val/ test/`) and write a run directory.
     Train(TrainArgs),
-    /// Held-out top-1, per-class precision/recall/F1 and the confusion matrix of a run.
+    /// Held-out top-1, per-class precision/recall/F1 and the confusion matrix of a run; for a
+    /// regression run, the mean and 90th-percentile point error per category and points.png.
     Eval(EvalArgs),
-    /// Classify image files or folders with a run's model.
+    /// Classify image files or folders with a run's model; for a regression run, print each
+    /// category's point in pixels of each image.
     Predict(PredictArgs),
     /// Pretrained weights: list the registry, download, or add a file you have.
     #[command(subcommand)]
     Weights(WeightsCommand),
+    /// Export a run's model as ONNX (input_0 / output_0, labels.txt beside it, as
+    /// jetson-inference's imagenet reads), a PyTorch .pth state dict, or safetensors.
+    Export(crate::export::ExportArgs),
+    /// Serve the studio web page: collect images per category from a camera or uploads,
+    /// train, and watch live scores (see the README's "Studio" section).
+    Studio(crate::studio::StudioArgs),
+    /// Save frames from a camera (V4L2), a folder of images or a video file into
+    /// DATA/<category>/ of an ImageFolder dataset.
+    Capture(crate::capture::CaptureArgs),
+    /// Run a trained model live over a camera (V4L2), a folder of images or a video file,
+    /// printing per-frame scores and FPS.
+    Live(crate::live::LiveArgs),
     /// Time inference and training steps on random 224x224 inputs (JSON on stdout); used by
     /// scripts/bench.py to compare with PyTorch.
     #[command(hide = true)]
@@ -71,6 +86,12 @@ impl From<ArchArg> for Arch {
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
+enum TaskArg {
+    Classification,
+    Regression,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
 enum ModeArg {
     Frozen,
     Full,
@@ -96,6 +117,11 @@ struct TrainArgs {
     /// folder. Not given with --resume (the run's own dataset is used).
     #[arg(required_unless_present = "resume", conflicts_with = "resume")]
     data: Option<PathBuf>,
+    /// classification: one class per image (class folders); regression: one (x, y) point per
+    /// image, from DLI course names `<category>/<x>_<y>_<uuid>.jpg` (head of 2 outputs per
+    /// category, squared-error loss, flips mirror the point).
+    #[arg(long, value_enum, default_value = "classification")]
+    task: TaskArg,
     /// Backbone.
     #[arg(long, value_enum, default_value = "resnet18")]
     arch: ArchArg,
@@ -196,10 +222,11 @@ struct PredictArgs {
     /// Classes to show per image (at least 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     top_k: u16,
-    /// JSON lines on stdout: path, top-k labels with probabilities, and the logits.
+    /// JSON lines on stdout: path, top-k labels with probabilities, and the logits (regression:
+    /// path, width, height and one {category, x, y} per category, in pixels of the image).
     #[arg(long, conflicts_with = "csv")]
     json: bool,
-    /// CSV on stdout: path,rank,label,probability.
+    /// CSV on stdout: path,rank,label,probability (regression: path,category,x,y).
     #[arg(long)]
     csv: bool,
     /// Images per batch.
@@ -234,6 +261,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(a) => cmd_eval(a),
         Command::Predict(a) => cmd_predict(a),
         Command::Weights(w) => cmd_weights(w),
+        Command::Export(a) => crate::export::run(a),
+        Command::Studio(a) => crate::studio::run(a),
+        Command::Capture(a) => crate::capture::run(a),
+        Command::Live(a) => crate::live::cmd_live(a),
         Command::Bench { arch, runs } => {
             let r = nanoclass::bench::run(arch.into(), 2, runs);
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&r)?)?;
@@ -284,6 +315,10 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
     });
     Ok(TrainOptions {
         data,
+        task: match a.task {
+            TaskArg::Classification => Task::Classification,
+            TaskArg::Regression => Task::Regression,
+        },
         arch,
         weights: a.weights.unwrap_or_else(|| arch.name().to_string()),
         mode,
@@ -310,6 +345,7 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
         } else {
             nanoclass::train::features::default_dir()
         },
+        stop: None,
     })
 }
 
@@ -339,27 +375,52 @@ fn run_training(opts: &TrainOptions) -> Result<ExitCode> {
             steps,
             loss,
             top1,
+            error_px,
         } => {
             let b = bar.get_or_insert_with(|| new_bar(steps as u64, &format!("epoch {epoch}")));
             b.set_length(steps as u64);
             b.set_position(step as u64);
-            b.set_message(format!("loss {loss:.4} train top-1 {top1:.3}"));
+            let figure = match (top1, error_px) {
+                (Some(t), _) => format!(" train top-1 {t:.3}"),
+                (None, Some(e)) => format!(" train error {e:.2} px"),
+                (None, None) => String::new(),
+            };
+            b.set_message(format!("loss {loss:.4}{figure}"));
         }
         Event::Epoch(m) => {
             if let Some(b) = bar.take() {
                 b.finish_and_clear();
             }
-            let val = match (m.val_loss, m.val_top1) {
-                (Some(l), Some(t)) => format!("val loss {l:.4} val top-1 {t:.4}"),
+            let val = match (m.val_loss, m.val_top1, m.val_error_px) {
+                (Some(l), Some(t), _) => format!("val loss {l:.4} val top-1 {t:.4}"),
+                (Some(l), None, Some(e)) => format!("val loss {l:.4} val error {e:.2} px"),
                 _ => "no held-out set".to_string(),
             };
+            let train_figure = match (m.train_top1, m.train_error_px) {
+                (Some(t), _) => format!(" top-1 {t:.3}"),
+                (None, Some(e)) => format!(" error {e:.2} px"),
+                (None, None) => String::new(),
+            };
             eprintln!(
-                "epoch {:>3} [{}] train loss {:.4} top-1 {:.3} | {} | lr {:.2e} | {:.1} s",
-                m.epoch, m.phase, m.train_loss, m.train_top1, val, m.lr, m.seconds
+                "epoch {:>3} [{}] train loss {:.4}{} | {} | lr {:.2e} | {:.1} s",
+                m.epoch, m.phase, m.train_loss, train_figure, val, m.lr, m.seconds
             );
         }
     };
     let summary = train(opts, &mut on_event)?;
+    if let Some(e) = summary.best_val_error_px {
+        println!(
+            "best mean held-out point error {:.2} px (pixels of the {} px model input) at epoch {} \
+             ({} held-out images); run {} ({:.1} s)",
+            e,
+            opts.arch.input_size(),
+            summary.best_epoch,
+            summary.val_images,
+            summary.run_dir.display(),
+            summary.seconds
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     match summary.best_val_top1 {
         Some(t) => println!(
             "best held-out top-1 {:.4} at epoch {} ({} held-out images); run {} ({:.1} s)",
@@ -400,7 +461,7 @@ fn new_bar(len: u64, prefix: &str) -> ProgressBar {
 
 fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let predictor = Predictor::open(&a.run)?;
+    let predictor = Predictor::open_any(&a.run)?;
     let data = a
         .data
         .clone()
@@ -423,6 +484,9 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
         samples.len(),
         data.display()
     );
+    if predictor.task() == Task::Regression {
+        return eval_regression(&predictor, &samples, &a);
+    }
     let (report, skipped) = predictor.evaluate(&samples, a.batch_size);
     for s in &skipped {
         eprintln!("warning: {s}");
@@ -445,6 +509,42 @@ fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
     } else {
         writeln!(out, "{}", report.to_text())?;
         writeln!(out, "confusion matrix PNG: {}", png.display())?;
+    }
+    if !skipped.is_empty() {
+        eprintln!("{} files skipped", skipped.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `eval` of a regression run: point errors per category in pixels of the model input, and
+/// `points.png` with predicted (red cross) against true (green ring) points on held-out images.
+fn eval_regression(
+    predictor: &Predictor,
+    samples: &[nanoclass::data::folder::Sample],
+    a: &EvalArgs,
+) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let (report, tiles, skipped) = predictor.evaluate_regression(samples, a.batch_size, 16)?;
+    for s in &skipped {
+        eprintln!("warning: {s}");
+    }
+    if report.overall.n == 0 {
+        bail!("no held-out image could be scored");
+    }
+    let out_dir = a.out.clone().unwrap_or_else(|| a.run.join("eval"));
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let png = out_dir.join("points.png");
+    write_points_png(&png, &tiles)?;
+    report.write_json(&out_dir.join("eval.json"))?;
+    if a.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        write!(out, "{}", report.to_text())?;
+        writeln!(
+            out,
+            "points PNG (green ring: true point, red cross: prediction): {}",
+            png.display()
+        )?;
     }
     if !skipped.is_empty() {
         eprintln!("{} files skipped", skipped.len());
@@ -486,8 +586,11 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let predictor = Predictor::open(&a.run)?;
+    let predictor = Predictor::open_any(&a.run)?;
     let files = collect_images(&a.paths)?;
+    if predictor.task() == Task::Regression {
+        return predict_points(&predictor, &files, &a);
+    }
     let (rows, skipped) = predictor.logits_for_files(&files, a.batch_size);
     let labels = predictor.labels();
     let k = usize::from(a.top_k).min(labels.len());
@@ -544,6 +647,71 @@ fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
     }
     if rows.is_empty() {
         bail!("no image could be classified");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `predict` with a regression run: every category's point in pixels of each input image
+/// (continuous coordinates, origin at the top-left corner).
+fn predict_points(predictor: &Predictor, files: &[PathBuf], a: &PredictArgs) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    let (rows, skipped) = predictor.points_for_files(files, a.batch_size)?;
+    let labels = predictor.labels();
+    if a.csv {
+        writeln!(out, "path,category,x,y")?;
+    }
+    for r in &rows {
+        if a.json {
+            let points: Vec<_> = labels
+                .iter()
+                .zip(&r.points)
+                .map(|(l, p)| serde_json::json!({"category": l, "x": p[0], "y": p[1]}))
+                .collect();
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "path": r.path,
+                    "width": r.width,
+                    "height": r.height,
+                    "points": points
+                })
+            )?;
+        } else if a.csv {
+            for (l, p) in labels.iter().zip(&r.points) {
+                writeln!(
+                    out,
+                    "{},{},{:.2},{:.2}",
+                    csv_field(&r.path.display().to_string()),
+                    csv_field(l),
+                    p[0],
+                    p[1]
+                )?;
+            }
+        } else {
+            let shown: Vec<String> = labels
+                .iter()
+                .zip(&r.points)
+                .map(|(l, p)| format!("{l} {:.1} {:.1}", p[0], p[1]))
+                .collect();
+            writeln!(out, "{}\t{}", r.path.display(), shown.join("\t"))?;
+        }
+    }
+    for s in &skipped {
+        eprintln!("warning: {s}");
+        if a.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"path": s.path, "error": s.reason})
+            )?;
+        }
+    }
+    if !skipped.is_empty() {
+        eprintln!("{} files skipped", skipped.len());
+    }
+    if rows.is_empty() {
+        bail!("no image could be predicted");
     }
     Ok(ExitCode::SUCCESS)
 }

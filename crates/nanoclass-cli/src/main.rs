@@ -3,7 +3,11 @@
 //! Flags are parsed by clap into raw structs, turned into the library's validated option
 //! structs, and run; an error is printed once with its whole chain and the exit code is 1.
 
+mod capture;
 mod cli;
+mod export;
+mod live;
+mod studio;
 
 use std::process::ExitCode;
 

@@ -11,12 +11,15 @@
 //!   and the pretrained-weights registry.
 //! - [`train`]: the training loop (frozen, full and finetune modes).
 //! - [`eval`]: held-out metrics, confusion matrix, predictions.
+//! - [`export`]: ONNX, PyTorch `.pth` and safetensors exports of a trained run.
 //! - [`run`]: the run directory that holds everything a trained model needs.
 
 pub mod bench;
+pub mod camera;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod live;
 pub mod model;
 pub mod run;
