@@ -247,6 +247,16 @@ fn b18_non_ascii_class_names_survive_scan_and_labels() {
     let labels_path = dir.path().join("labels.txt");
     write_labels(&labels_path, &ds.classes).expect("write labels");
     assert_eq!(read_labels(&labels_path).expect("read labels"), ds.classes);
+    // Shared with the model like the run's other files, not left private like a temp file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&labels_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "labels.txt mode {:o}", mode & 0o777);
+    }
 
     let mut with_bom = b"\xEF\xBB\xBF".to_vec();
     with_bom.extend_from_slice("красный\n日本\nred apple\n".as_bytes());

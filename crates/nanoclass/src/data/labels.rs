@@ -86,7 +86,8 @@ pub fn write_labels(path: &Path, labels: &[String]) -> Result<()> {
         .sync_all()
         .map_err(|e| Error::io(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    // The temporary file was private (0600); labels.txt is shared with the model.
+    crate::run::make_readable(path)
 }
 
 /// Checks that the number of labels equals the number of model outputs (logits).

@@ -348,8 +348,6 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
     };
     let labels = dir.join(files::LABELS);
     write_labels(&labels, &run.config.labels)?;
-    // Deployment files are meant to be copied and served: rw-r--r--.
-    crate::run::make_readable(&labels)?;
     let bytes = std::fs::metadata(&path)
         .map_err(|e| Error::io(&path, e))?
         .len();
