@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use nanoclass::data::decode::is_image_extension;
+use nanoclass::data::loader::Skipped;
 use nanoclass::eval::metrics::{softmax, top_k};
 use nanoclass::eval::predict::{EvalSplit, Predictor};
 use nanoclass::eval::regression::write_points_png;
@@ -631,20 +632,7 @@ fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
             writeln!(out, "{}\t{}", r.path.display(), shown.join("\t"))?;
         }
     }
-    for s in &skipped {
-        eprintln!("warning: {s}");
-        if a.json {
-            // One record per input, so a script can match outputs to inputs.
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({"path": s.path, "error": s.reason})
-            )?;
-        }
-    }
-    if !skipped.is_empty() {
-        eprintln!("{} files skipped", skipped.len());
-    }
+    report_skipped(&mut out, &skipped, a.json)?;
     if rows.is_empty() {
         bail!("no image could be classified");
     }
@@ -697,9 +685,20 @@ fn predict_points(predictor: &Predictor, files: &[PathBuf], a: &PredictArgs) -> 
             writeln!(out, "{}\t{}", r.path.display(), shown.join("\t"))?;
         }
     }
-    for s in &skipped {
+    report_skipped(&mut out, &skipped, a.json)?;
+    if rows.is_empty() {
+        bail!("no image could be predicted");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Warns about every file `predict` could not read, with a count; with `--json` each also gets
+/// an `{"path", "error"}` record, so there is one record per input and a script can match
+/// outputs to inputs.
+fn report_skipped(out: &mut impl Write, skipped: &[Skipped], json: bool) -> Result<()> {
+    for s in skipped {
         eprintln!("warning: {s}");
-        if a.json {
+        if json {
             writeln!(
                 out,
                 "{}",
@@ -710,10 +709,7 @@ fn predict_points(predictor: &Predictor, files: &[PathBuf], a: &PredictArgs) -> 
     if !skipped.is_empty() {
         eprintln!("{} files skipped", skipped.len());
     }
-    if rows.is_empty() {
-        bail!("no image could be predicted");
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn csv_field(s: &str) -> String {
