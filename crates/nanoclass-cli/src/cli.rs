@@ -14,6 +14,7 @@ use nanoclass::data::loader::Skipped;
 use nanoclass::eval::metrics::{softmax, top_k};
 use nanoclass::eval::predict::{EvalSplit, Predictor};
 use nanoclass::eval::regression::write_points_png;
+use nanoclass::instant::HeadChoice;
 use nanoclass::model::{Arch, registry};
 use nanoclass::run::{Mode, OptimizerKind, Schedule, Task};
 use nanoclass::train::{Event, TrainOptions, resume_options, train};
@@ -97,6 +98,14 @@ enum ModeArg {
     Frozen,
     Full,
     Finetune,
+    Instant,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum InstantHeadArg {
+    Auto,
+    Prototypes,
+    Linear,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -131,9 +140,15 @@ struct TrainArgs {
     #[arg(long)]
     weights: Option<String>,
     /// frozen: train the head on cached backbone features; full: train every layer;
-    /// finetune: head first, then every layer with a lower backbone learning rate.
+    /// finetune: head first, then every layer with a lower backbone learning rate;
+    /// instant: no gradient training, a head fitted in one go on the backbone features (class
+    /// prototypes, or a linear head when a leave-out check prefers it), in seconds.
     #[arg(long, value_enum, default_value = "frozen")]
     mode: ModeArg,
+    /// --mode instant: auto (the leave-out check chooses, from 3 images per class), prototypes
+    /// or linear.
+    #[arg(long, value_enum, default_value = "auto")]
+    instant_head: InstantHeadArg,
     /// Epochs (finetune: full-network epochs after the head epochs). Default: 30 frozen, 10
     /// full, 5 finetune.
     #[arg(long)]
@@ -291,6 +306,7 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
         ModeArg::Frozen => Mode::Frozen,
         ModeArg::Full => Mode::Full,
         ModeArg::Finetune => Mode::Finetune,
+        ModeArg::Instant => Mode::Instant,
     };
     let optimizer = match a.optimizer {
         OptimizerArg::Adam => OptimizerKind::Adam,
@@ -300,6 +316,7 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
         Mode::Frozen => 30,
         Mode::Full => 10,
         Mode::Finetune => 5,
+        Mode::Instant => 1,
     });
     let lr = a.lr.unwrap_or(match optimizer {
         OptimizerKind::Adam => 1e-3,
@@ -347,6 +364,11 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
             nanoclass::train::features::default_dir()
         },
         stop: None,
+        instant_head: match a.instant_head {
+            InstantHeadArg::Auto => HeadChoice::Auto,
+            InstantHeadArg::Prototypes => HeadChoice::Prototypes,
+            InstantHeadArg::Linear => HeadChoice::Linear,
+        },
     })
 }
 
@@ -445,6 +467,7 @@ fn mode_name(m: Mode) -> &'static str {
         Mode::Frozen => "frozen",
         Mode::Full => "full",
         Mode::Finetune => "finetune",
+        Mode::Instant => "instant",
     }
 }
 

@@ -30,6 +30,12 @@ pub struct StudioArgs {
     /// Largest upload or frame accepted, in MiB (larger requests get 413).
     #[arg(long, default_value_t = 25)]
     max_upload_mb: usize,
+    /// Weights of the instant preview's EfficientNet-Lite0 backbone (a registry name or a file).
+    #[arg(long, default_value = "efficientnet_lite0")]
+    instant_weights: String,
+    /// Turn off the instant preview (live scores from a model refitted on every capture).
+    #[arg(long)]
+    no_instant: bool,
 }
 
 /// Runs the studio until the process is stopped.
@@ -41,6 +47,7 @@ pub fn run(a: StudioArgs) -> Result<ExitCode> {
     config.source = a.source;
     config.token = a.token;
     config.max_upload_bytes = a.max_upload_mb.saturating_mul(1024 * 1024);
+    config.instant_weights = (!a.no_instant).then_some(a.instant_weights);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

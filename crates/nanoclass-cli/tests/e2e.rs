@@ -100,6 +100,94 @@ fn frozen_efficientnet_lite0_on_hymenoptera_trains_evaluates_and_predicts() {
 }
 
 #[test]
+fn instant_mode_fits_in_one_go_and_the_run_predicts_evaluates_and_exports() {
+    let data = shared_data().join("hymenoptera");
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let out = bin()
+        .args(["train"])
+        .arg(&data)
+        .args(["--arch", "efficientnet_lite0", "--mode", "instant", "--out"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out, "train --mode instant");
+    assert!(stderr.contains("instant head:"), "{stderr}");
+    // One "epoch" of phase instant, scored on the held-out images.
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 1, "{metrics}");
+    let m: serde_json::Value = serde_json::from_str(metrics.trim()).unwrap();
+    assert_eq!(m["phase"], "instant");
+    let fit_top1 = m["val_top1"].as_f64().unwrap();
+    assert!(fit_top1 >= 0.90, "instant held-out top-1 {fit_top1}");
+    // The fit's record: 244 training images, a 5-fold leave-out check behind the head choice.
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("instant.json")).unwrap()).unwrap();
+    assert_eq!(record["images_per_class"], serde_json::json!([123, 121]));
+    assert_eq!(record["leave_out"]["folds"], 5);
+    let lo = &record["leave_out"];
+    let want = if lo["linear"].as_f64() > lo["prototypes"].as_f64() {
+        "linear"
+    } else {
+        "prototypes"
+    };
+    assert_eq!(record["head"], want, "{record}");
+
+    // The saved head through the whole file path gives the fit's held-out figure.
+    let out = bin()
+        .args(["eval"])
+        .arg(&run)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
+    let eval_top1 = report["top1"].as_f64().unwrap();
+    assert!(
+        (eval_top1 - fit_top1).abs() <= 1.0 / 153.0 + 1e-9,
+        "eval {eval_top1} vs the fit's {fit_top1}"
+    );
+    let out = bin()
+        .args(["predict"])
+        .arg(&run)
+        .arg(data.join("val/bees/10870992_eebeeb3a12.jpg"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    let row: serde_json::Value = serde_json::from_str(ok(out, "predict").trim()).unwrap();
+    assert_eq!(row["top"][0]["label"], "bees");
+    let onnx = tmp.path().join("instant.onnx");
+    let out = bin()
+        .args(["export"])
+        .arg(&run)
+        .args(["--format", "onnx", "--out"])
+        .arg(&onnx)
+        .output()
+        .unwrap();
+    ok(out, "export");
+    assert!(onnx.is_file());
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("labels.txt")).unwrap(),
+        "ants\nbees\n"
+    );
+
+    // Instant mode fits a classification head only.
+    let out = bin()
+        .args(["train"])
+        .arg(&data)
+        .args(["--task", "regression", "--mode", "instant", "--out"])
+        .arg(tmp.path().join("r"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--mode instant fits a classification head"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn offline_without_weights_says_which_file_to_get_and_where() {
     let tmp = tempfile::tempdir().unwrap();
     let data = shared_data().join("hymenoptera");

@@ -9,6 +9,10 @@ const S = {
   // Timings read by people and by the end-to-end test (milliseconds, performance.now()).
   times: { trainClicked: null, firstEpoch: null, done: null },
   fps: 0, lastScores: null, liveCount: 0, captures: 0,
+  // Instant preview: the task's status (GET .../instant), whether it was started for this task.
+  instant: null, instantStarted: false, userStopped: false,
+  // Each refit of the instant model seen by the page: {images, embedded, embed_ms, update_ms, fit_ms}.
+  instantUpdates: [],
 };
 window.studio = S;
 
@@ -60,10 +64,12 @@ async function loadTasks(select) {
 async function selectTask(name) {
   stopLive();
   S.task = name; S.category = "";
+  S.instant = null; S.instantStarted = false; S.userStopped = false;
   localStorage.setItem("nanoclass.task", name);
   await loadTask();
   await loadRuns();
   await followTraining(false);
+  scheduleInstant(0);
 }
 
 async function loadTask() {
@@ -109,7 +115,7 @@ async function renameCategory(old) {
     await api("PATCH", catUrl(old), { name });
     if (S.category === old) S.category = name;
     show(`renamed "${old}" to "${name}"; models trained before must be retrained`);
-    await loadTask(); await loadRuns();
+    await loadTask(); await loadRuns(); scheduleInstant(0);
   } catch (e) { show(e.message, "error"); }
 }
 
@@ -118,7 +124,8 @@ async function deleteCategory(name) {
   try {
     await api("DELETE", catUrl(name));
     show(`deleted "${name}"`);
-    await loadTask(); await loadRuns();
+    if (S.live && S.live.instant) clearBars();
+    await loadTask(); await loadRuns(); scheduleInstant(0);
   } catch (e) { show(e.message, "error"); }
 }
 
@@ -248,6 +255,7 @@ async function captureOnce() {
     S.captures += 1;
     setCount(cat, r.count);
     scheduleThumbs();
+    scheduleInstant();
   } catch (e) {
     show("capture: " + e.message, "error");
     stopHold();
@@ -280,6 +288,77 @@ function scheduleThumbs() {
   thumbsTimer = setTimeout(loadThumbs, 400);
 }
 
+// ------------------------------------------------------------------ instant preview
+
+let instantTimer = null;
+function scheduleInstant(ms) {
+  clearTimeout(instantTimer);
+  instantTimer = setTimeout(loadInstant, ms === undefined ? 300 : ms);
+}
+
+// Refreshes the instant model's status; starts the preview the first time it is ready.
+async function loadInstant() {
+  if (!S.task) return;
+  const task = S.task;
+  let st = null;
+  try { st = await api("GET", `${taskUrl()}/instant`); } catch (e) { st = { ready: false, note: e.message, off: true }; }
+  if (task !== S.task) return;
+  if (st.update && (!S.instant || S.instant.version !== st.version)) S.instantUpdates.push({ images: st.images, head: st.head, ...st.update });
+  S.instant = st;
+  const opt = [...$("live-model").options].find((o) => o.value === "instant");
+  if (opt) opt.textContent = instantLabel();
+  if ($("live-model").value === "instant") {
+    checkModel();
+    if (st.ready && !S.live && !S.userStopped && cameraReady()) { S.instantStarted = true; startLive(); }
+  }
+}
+
+function instantLabel() {
+  const st = S.instant;
+  if (!st || !st.ready) return "Instant preview (waiting for images)";
+  return `Instant preview · ${st.head} on ${st.images} images`;
+}
+
+let nextTimer = null;
+async function loadNext() {
+  clearTimeout(nextTimer);
+  const panel = $("next-panel");
+  if (!S.live || !S.live.instant) { panel.hidden = true; return; }
+  nextTimer = setTimeout(loadNext, 2000);
+  let rows = [];
+  try { rows = await api("GET", `${taskUrl()}/instant/uncertain?n=4`); } catch (_) { return; }
+  const list = $("next-list");
+  list.innerHTML = "";
+  panel.hidden = rows.length === 0;
+  const cats = (S.instant && S.instant.labels) || [];
+  for (const r of rows) {
+    const d = document.createElement("div");
+    d.className = "next-item"; d.dataset.id = r.id;
+    const img = document.createElement("img");
+    img.alt = `frame ${r.id}`; img.src = `${taskUrl()}/instant/frames/${r.id}`;
+    const t = document.createElement("span");
+    t.textContent = `${r.top1}? ${(100 * r.probability).toFixed(0)}% · margin ${r.margin.toFixed(2)}`;
+    const files = document.createElement("div");
+    files.className = "files";
+    for (const c of cats) {
+      const b = document.createElement("button");
+      b.textContent = "→ " + c; b.dataset.category = c;
+      b.onclick = async () => {
+        try {
+          const res = await api("POST", `${taskUrl()}/instant/frames/${r.id}/file`, { category: c });
+          setCount(c, res.count); d.remove(); show(`filed a frame into "${c}"`);
+          S.filed = (S.filed || 0) + 1;
+          if (c === S.category) scheduleThumbs();
+          scheduleInstant();
+        } catch (e) { show(e.message, "error"); }
+      };
+      files.appendChild(b);
+    }
+    d.append(img, t, files);
+    list.appendChild(d);
+  }
+}
+
 async function loadThumbs() {
   const box = $("thumbs");
   if (!S.task || !S.category) { box.innerHTML = ""; return; }
@@ -301,6 +380,7 @@ async function loadThumbs() {
         d.remove();
         const t = await api("GET", taskUrl());
         for (const c of t.categories) setCount(c.name, c.count);
+        scheduleInstant();
       } catch (e) { show(e.message, "error"); }
     };
     d.append(img, del);
@@ -318,6 +398,7 @@ async function uploadFiles(files) {
     const r = await api("POST", `${catUrl()}/images`, fd);
     setCount(S.category, r.count);
     show(`added ${r.saved.length} image(s) to "${S.category}"`);
+    scheduleInstant();
     await loadThumbs();
   } catch (e) { show("upload: " + e.message, "error"); }
 }
@@ -329,6 +410,7 @@ async function importFolder() {
     const r = await api("POST", `${catUrl()}/import`, { path });
     setCount(S.category, r.count);
     show(`imported ${r.imported} image(s)` + (r.skipped.length ? `, skipped ${r.skipped.length}: ` + r.skipped.map((s) => s.reason).join("; ") : ""));
+    scheduleInstant();
     await loadThumbs();
   } catch (e) { show("import: " + e.message, "error"); }
 }
@@ -414,7 +496,7 @@ function onTrainEvent(ev, replay) {
       status.dataset.state = "done";
       renderEval(ev.eval);
       setTraining(false);
-      if (!replay) loadRuns(ev.run);
+      if (!replay) switchToRun(ev);
       break;
     case "stopped":
       status.textContent = `stopped: ${ev.message}` + (ev.kept ? " (the model of the completed epochs is kept)" : "");
@@ -429,6 +511,17 @@ function onTrainEvent(ev, replay) {
       setTraining(false);
       break;
   }
+}
+
+// After training, the live view moves to the new model and says so.
+async function switchToRun(ev) {
+  const wasLive = !!S.live;
+  await loadRuns(ev.run);
+  if ($("live-model").value !== String(ev.run)) return;
+  const m = $("live-msg");
+  m.textContent = `Now showing the trained model: run ${ev.run} (held-out top-1 ${pct(ev.best_val_top1)}). The instant preview stays in the model list.`;
+  m.hidden = false; m.dataset.switched = String(ev.run);
+  if (wasLive) startLive();
 }
 
 function drawChart() {
@@ -493,6 +586,11 @@ async function loadRuns(select) {
   const keep = select !== undefined ? String(select) : sel.value;
   sel.innerHTML = "";
   S.runs = S.task ? await api("GET", `${taskUrl()}/runs`) : [];
+  if (S.task) {
+    const o = document.createElement("option");
+    o.value = "instant"; o.textContent = instantLabel();
+    sel.appendChild(o);
+  }
   for (const r of S.runs.filter((r) => r.ready)) {
     const o = document.createElement("option");
     o.value = r.id;
@@ -500,17 +598,29 @@ async function loadRuns(select) {
     sel.appendChild(o);
   }
   if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
+  else if (sel.options.length > 1) sel.value = sel.options[1].value; // the newest trained run
   checkModel();
 }
 
 function selectedRun() {
-  const id = Number($("live-model").value);
+  const v = $("live-model").value;
+  if (v === "instant") return { instant: true };
+  const id = Number(v);
   return S.runs.find((r) => r.id === id);
 }
 
 function checkModel() {
   const r = selectedRun();
   const m = $("live-msg");
+  if (r && r.instant) {
+    const st = S.instant;
+    const ready = !!(st && st.ready);
+    m.textContent = ready ? "" : ((st && st.note) || "The preview starts when every category has an image.");
+    m.hidden = ready || !S.task;
+    $("live-start").disabled = !ready;
+    if (!ready) { stopLive(); clearBars(); }
+    return ready;
+  }
   if (!r) { m.textContent = S.task ? "No trained model yet: train one above." : ""; m.hidden = !S.task; $("live-start").disabled = true; stopLive(); return false; }
   if (r.stale) { m.textContent = r.note; m.hidden = false; $("live-start").disabled = true; stopLive(); clearBars(); return false; }
   m.textContent = r.note || ""; m.hidden = !r.note;
@@ -518,7 +628,7 @@ function checkModel() {
   return true;
 }
 
-function clearBars() { $("live-bars").innerHTML = ""; $("live-top1").textContent = "–"; delete $("live-top1").dataset.label; $("live-fps").textContent = ""; }
+function clearBars() { $("live-bars").innerHTML = ""; $("live-top1").textContent = "–"; delete $("live-top1").dataset.label; $("live-fps").textContent = ""; $("live-preview").hidden = true; }
 
 function liveQuery() {
   return `smoothing=${$("live-smoothing").value}&threshold=${$("live-threshold").value}`;
@@ -531,20 +641,24 @@ function stopLive() {
   S.live = null;
   $("live-start").textContent = "Start live";
   S.liveTimes = [];
+  $("live-preview").hidden = true;
+  loadNext();
 }
 
 function startLive() {
   stopLive();
   if (!checkModel()) return;
   const run = selectedRun();
-  const url = `${taskUrl()}/runs/${run.id}`;
-  const live = { stopped: false, es: null };
+  const url = run.instant ? `${taskUrl()}/instant` : `${taskUrl()}/runs/${run.id}`;
+  const live = { stopped: false, es: null, instant: !!run.instant };
   S.live = live;
   $("live-start").textContent = "Stop live";
+  if (live.instant) setTimeout(loadNext, 1500);
   if (S.source === "device") {
     live.es = new EventSource(`${url}/live?${liveQuery()}`);
     live.es.onmessage = (m) => {
       const v = JSON.parse(m.data);
+      if (v.type === "waiting") { clearBars(); $("live-msg").textContent = v.message || ""; $("live-msg").hidden = !v.message; return; }
       if (v.type === "stale") { stopLive(); loadRuns(); $("live-msg").textContent = v.message; $("live-msg").hidden = false; clearBars(); return; }
       renderScores(v);
     };
@@ -562,6 +676,7 @@ function startLive() {
           const v = await r.json();
           if (live.stopped) break;
           if (!r.ok) { stopLive(); $("live-msg").textContent = v.error; $("live-msg").hidden = false; if (r.status === 409) { clearBars(); loadRuns(); } break; }
+          if (v.type === "waiting") { clearBars(); $("live-msg").textContent = v.message || ""; $("live-msg").hidden = !v.message; await new Promise((res) => setTimeout(res, 300)); continue; }
           renderScores(v);
         } catch (e) {
           await new Promise((res) => setTimeout(res, 300));
@@ -579,11 +694,16 @@ function renderScores(v) {
   while (S.liveTimes.length && now - S.liveTimes[0] > 2000) S.liveTimes.shift();
   if (S.liveTimes.length > 1) S.fps = (S.liveTimes.length - 1) * 1000 / (now - S.liveTimes[0]);
   $("live-fps").textContent = `${S.fps.toFixed(1)} fps · ${v.ms.toFixed(0)} ms/frame`;
+  const pv = $("live-preview");
+  if (v.preview) {
+    pv.textContent = `Preview: instant model (${v.head}) on ${v.images} images, refitted on every capture. Press Train for the full model.`;
+    pv.dataset.images = v.images; pv.hidden = false; $("live-msg").hidden = true;
+  } else { pv.hidden = true; }
   const top = $("live-top1");
   if (v.label) { top.textContent = `${v.label} ${(100 * v.top[1]).toFixed(0)}%`; top.dataset.label = v.label; }
   else { top.textContent = "unsure"; top.dataset.label = ""; }
   const bars = $("live-bars");
-  if (bars.children.length !== v.labels.length || bars.dataset.run !== String(v.run)) {
+  if (bars.children.length !== v.labels.length || bars.dataset.run !== String(v.run) || [...bars.children].some((b, i) => b.dataset.label !== v.labels[i])) {
     bars.innerHTML = ""; bars.dataset.run = v.run;
     for (const l of v.labels) {
       const b = document.createElement("div");
@@ -607,7 +727,7 @@ async function init() {
   const arch = $("train-arch");
   for (const a of info.backbones) { const o = document.createElement("option"); o.value = o.textContent = a; arch.appendChild(o); }
   arch.value = "efficientnet_lite0";
-  $("train-mode").onchange = () => { $("train-epochs").value = { frozen: 30, full: 10, finetune: 5 }[$("train-mode").value]; };
+  $("train-mode").onchange = () => { $("train-epochs").value = { frozen: 30, full: 10, finetune: 5, instant: 1 }[$("train-mode").value]; };
 
   $("task-create").onclick = async () => {
     const name = $("task-name").value.trim();
@@ -650,7 +770,7 @@ async function init() {
   $("train-stop").onclick = async () => { try { await api("POST", `${taskUrl()}/train/stop`); $("train-status").textContent = "stopping…"; } catch (e) { show(e.message, "error"); } };
 
   $("live-model").onchange = () => { stopLive(); checkModel(); };
-  $("live-start").onclick = () => (S.live ? stopLive() : startLive());
+  $("live-start").onclick = () => { if (S.live) { S.userStopped = true; stopLive(); } else { S.userStopped = false; startLive(); } };
   for (const id of ["live-smoothing", "live-threshold"]) {
     $(id).oninput = () => { $(id + "-v").textContent = $(id).value; };
     $(id).onchange = () => { if (S.live) startLive(); };

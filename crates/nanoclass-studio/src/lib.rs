@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 
 pub mod api;
 pub mod error;
+pub mod instant;
 pub mod live;
 pub mod source;
 pub mod store;
@@ -50,6 +51,9 @@ pub struct StudioConfig {
     pub max_upload_bytes: usize,
     /// Frozen-feature cache for training (None: not cached).
     pub feature_cache: Option<PathBuf>,
+    /// Weights of the instant preview's backbone (EfficientNet-Lite0; a registry name or a
+    /// file); None turns the preview off.
+    pub instant_weights: Option<String>,
 }
 
 impl StudioConfig {
@@ -62,6 +66,7 @@ impl StudioConfig {
             token: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             feature_cache: nanoclass::train::features::default_dir(),
+            instant_weights: Some(instant::ARCH.name().to_string()),
         }
     }
 }
@@ -81,6 +86,7 @@ struct Inner {
     source: Arc<SourceHub>,
     trainer: training::Trainer,
     models: live::ModelCache,
+    instant: Option<instant::InstantHub>,
 }
 
 impl AppState {
@@ -92,6 +98,10 @@ impl AppState {
     pub fn new(config: StudioConfig) -> Result<AppState, String> {
         let store = Store::open(&config.data)
             .map_err(|e| format!("data folder {}: {e}", config.data.display()))?;
+        let instant = config
+            .instant_weights
+            .clone()
+            .map(|w| instant::InstantHub::new(w, config.feature_cache.clone()));
         let source = SourceHub::new();
         if let Some(uri) = &config.source {
             source.set_source(uri)?;
@@ -105,6 +115,7 @@ impl AppState {
                 source,
                 trainer: training::Trainer::default(),
                 models: live::ModelCache::default(),
+                instant,
             }),
         })
     }
@@ -177,6 +188,15 @@ pub fn app(state: AppState) -> Router {
         .route(run, get(get_run))
         .route(&format!("{run}/predict"), post(predict))
         .route(&format!("{run}/live"), get(live_stream))
+        .route(&format!("{task}/instant"), get(instant_status))
+        .route(&format!("{task}/instant/predict"), post(instant_predict))
+        .route(&format!("{task}/instant/live"), get(instant_live))
+        .route(&format!("{task}/instant/uncertain"), get(instant_uncertain))
+        .route(&format!("{task}/instant/frames/{{id}}"), get(instant_frame))
+        .route(
+            &format!("{task}/instant/frames/{{id}}/file"),
+            post(instant_file_frame),
+        )
         .route("/api/source", get(source_status).put(set_source))
         .route("/api/source/frame", get(source_frame))
         .route("/api/source/stream", get(source_stream))

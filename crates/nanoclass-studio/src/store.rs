@@ -519,7 +519,7 @@ pub fn staleness(labels: &[String], categories: &[String]) -> (bool, Option<Stri
 }
 
 /// Image files directly in `dir` (by extension, any case; hidden files skipped), sorted.
-fn image_files(dir: &Path) -> ApiResult<Vec<PathBuf>> {
+pub(crate) fn image_files(dir: &Path) -> ApiResult<Vec<PathBuf>> {
     let mut out = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
     for entry in rd.flatten() {

@@ -180,8 +180,9 @@ fn parse_mode(s: &str) -> ApiResult<Mode> {
         "frozen" => Ok(Mode::Frozen),
         "full" => Ok(Mode::Full),
         "finetune" => Ok(Mode::Finetune),
+        "instant" => Ok(Mode::Instant),
         _ => Err(ApiError::bad_request(format!(
-            "mode {s:?}: expected frozen, full or finetune"
+            "mode {s:?}: expected frozen, full, finetune or instant"
         ))),
     }
 }
@@ -208,6 +209,7 @@ pub fn options(
         Mode::Frozen => 30,
         Mode::Full => 10,
         Mode::Finetune => 5,
+        Mode::Instant => 1,
     });
     if !(1..=1000).contains(&epochs) {
         return Err(ApiError::bad_request(format!(
@@ -259,6 +261,7 @@ pub fn options(
         force: false,
         feature_cache,
         stop: None,
+        instant_head: Default::default(),
     })
 }
 

@@ -43,6 +43,7 @@ fn config(dir: &Path) -> StudioConfig {
         token: None,
         max_upload_bytes: nanoclass_studio::DEFAULT_MAX_UPLOAD_BYTES,
         feature_cache: None,
+        instant_weights: None,
     }
 }
 

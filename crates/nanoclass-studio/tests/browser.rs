@@ -25,6 +25,8 @@ use nanoclass_studio::{ServeOptions, StudioConfig};
 use serde_json::{Value, json};
 
 const FRAMES_PER_CATEGORY: u64 = 20;
+/// Frames per category captured before the instant preview is checked.
+const PREVIEW_FRAMES: u64 = 5;
 
 fn shared_data() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/hymenoptera");
@@ -251,6 +253,29 @@ impl Page {
         .await;
     }
 
+    /// Selects `category` and saves `n` frames with `n` single clicks.
+    async fn capture_clicks(&mut self, category: &str, n: u64) {
+        self.click(&format!("li.category[data-name=\"{category}\"] .name"))
+            .await;
+        self.wait(
+            &format!("window.studio.category === '{category}' && !document.getElementById('capture').disabled"),
+            Duration::from_secs(10),
+            "the category to be selected",
+        )
+        .await;
+        for _ in 0..n {
+            let before = self.count(category).await;
+            self.click("#capture").await;
+            self.wait(
+                &format!("Number(document.querySelector('li.category[data-name=\"{category}\"] .count').textContent) === {}", before + 1),
+                Duration::from_secs(10),
+                "one click to save one frame",
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
     /// Captures into `category` until it holds at least [`FRAMES_PER_CATEGORY`] images: one
     /// click (one frame), then holds.
     async fn capture_category(&mut self, category: &str) {
@@ -316,6 +341,10 @@ async fn studio_in_headless_chromium() {
     let bees = folder_of(&cam.join("bees"), &photos("train", "bees")[..30]);
     let held_ant = photos("val", "ants")[0].clone();
     let held_bee = photos("val", "bees")[0].clone();
+    // Other held-out photos for the instant preview (one of its frames gets filed into the
+    // dataset, so the trained model's check above stays on photos it never saw).
+    let preview_ant = folder_of(&cam.join("preview-ant"), &photos("val", "ants")[1..2]);
+    let preview_bee = folder_of(&cam.join("preview-bee"), &photos("val", "bees")[1..2]);
     let one_ant = folder_of(&cam.join("heldout-ant"), std::slice::from_ref(&held_ant));
     let one_bee = folder_of(&cam.join("heldout-bee"), std::slice::from_ref(&held_bee));
     let uri = |dir: &Path, fps: u32| format!("file://{}?fps={fps}", dir.display());
@@ -436,7 +465,104 @@ async fn studio_in_headless_chromium() {
     page.shot("02-task", "task with categories ants and bees")
         .await;
 
-    // 3. Capture from the device source: ant photos into "ants", then bee photos into "bees".
+    // 3. Instant preview: a few captures per category, then live preview scores before any
+    //    training, right for a held-out photo of each category.
+    page.capture_clicks("ants", PREVIEW_FRAMES).await;
+    page.use_device_source(&uri(&bees, 10)).await;
+    page.capture_clicks("bees", PREVIEW_FRAMES).await;
+    page.wait(
+        "window.studio.live && window.studio.live.instant && !document.getElementById('live-preview').hidden",
+        Duration::from_secs(60),
+        "the instant preview to start by itself",
+    )
+    .await;
+    let preview_updates = page
+        .wait(
+            &format!(
+                "window.studio.instantUpdates.length > 0 && window.studio.instant.images === {} && window.studio.instantUpdates",
+                2 * PREVIEW_FRAMES
+            ),
+            Duration::from_secs(30),
+            "the instant model on every capture",
+        )
+        .await;
+    page.use_device_source(&uri(&preview_ant, 30)).await;
+    page.wait(
+        "window.studio.lastScores && window.studio.lastScores.preview && document.getElementById('live-top1').dataset.label === 'ants'",
+        Duration::from_secs(30),
+        "preview top-1 ants on a held-out ant, before training",
+    )
+    .await;
+    let preview_text = page
+        .js("return document.getElementById('live-preview').textContent;")
+        .await;
+    assert!(
+        preview_text
+            .as_str()
+            .unwrap()
+            .contains(&format!("on {} images", 2 * PREVIEW_FRAMES)),
+        "{preview_text}"
+    );
+    let preview_ant_top = page
+        .js("return document.getElementById('live-top1').textContent;")
+        .await;
+    page.shot(
+        "03a-preview-ant",
+        "instant preview before training: held-out ant",
+    )
+    .await;
+    page.use_device_source(&uri(&preview_bee, 30)).await;
+    page.wait(
+        "window.studio.lastScores && window.studio.lastScores.preview && document.getElementById('live-top1').dataset.label === 'bees'",
+        Duration::from_secs(30),
+        "preview top-1 bees on a held-out bee, before training",
+    )
+    .await;
+    let preview_bee_top = page
+        .js("return document.getElementById('live-top1').textContent;")
+        .await;
+    page.shot(
+        "03b-preview-bee",
+        "instant preview before training: held-out bee",
+    )
+    .await;
+    // "Label these next": the least sure recent frames, filed with one click.
+    page.wait(
+        "document.querySelectorAll('#next-list .next-item button').length >= 2 && !document.getElementById('next-panel').hidden",
+        Duration::from_secs(20),
+        "the label-these-next list",
+    )
+    .await;
+    page.js("document.getElementById('next-panel').scrollIntoView(); return true;")
+        .await;
+    page.shot(
+        "03c-label-next",
+        "label these next: the frames the preview is least sure of",
+    )
+    .await;
+    let bees_before = page.count("bees").await;
+    page.click("#next-list .next-item button[data-category=\"bees\"]")
+        .await;
+    page.wait(
+        &format!(
+            "Number(document.querySelector('li.category[data-name=\"bees\"] .count').textContent) === {}",
+            bees_before + 1
+        ),
+        Duration::from_secs(10),
+        "one click to file a frame into bees",
+    )
+    .await;
+    // The user stops the preview and captures the rest.
+    page.click("#live-start").await;
+    page.wait(
+        "window.studio.live === null",
+        Duration::from_secs(10),
+        "the preview to stop",
+    )
+    .await;
+    page.use_device_source(&uri(&ants, 10)).await;
+
+    // Capture from the device source: ant photos into "ants", then bee photos into "bees".
     page.capture_category("ants").await;
     page.wait(
         "document.querySelectorAll('#thumbs img').length >= 20",
@@ -520,8 +646,19 @@ async fn studio_in_headless_chromium() {
     )
     .await;
 
-    // 5. Live from the device source: a held-out ant, then a held-out bee.
-    page.wait("document.getElementById('live-model').options.length === 1 && !document.getElementById('live-start').disabled", Duration::from_secs(10), "the model in the selector").await;
+    // 5. Live from the device source: a held-out ant, then a held-out bee. The live view has
+    //    moved from the preview to the trained model and says so.
+    page.wait("document.getElementById('live-model').value === '1' && !document.getElementById('live-start').disabled", Duration::from_secs(10), "the trained model in the selector").await;
+    let switched = page
+        .js("return document.getElementById('live-msg').textContent;")
+        .await;
+    assert!(
+        switched
+            .as_str()
+            .unwrap()
+            .contains("Now showing the trained model: run 1"),
+        "{switched}"
+    );
     page.use_device_source(&uri(&one_ant, 30)).await;
     page.click("#live-start").await;
     page.wait(
@@ -708,6 +845,12 @@ async fn studio_in_headless_chromium() {
         "live_top1_heldout_ant": top_ant,
         "live_top1_heldout_bee": top_bee,
         "after_category_delete": live_msg,
+        "instant_preview": {
+            "images": 2 * PREVIEW_FRAMES,
+            "top1_heldout_ant": preview_ant_top,
+            "top1_heldout_bee": preview_bee_top,
+            "updates": preview_updates,
+        },
     });
     std::fs::write(
         out.join("measurements.json"),

@@ -20,6 +20,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod instant;
 pub mod live;
 pub mod model;
 pub mod run;

@@ -274,7 +274,8 @@ pub fn annotate(
 
 /// One step of the exponential moving average `a * prev + (1 - a) * p`; without a previous value
 /// of the same length (the first frame, or the labels changed) it is `p` itself.
-fn ema(prev: Option<&[f32]>, p: Vec<f32>, a: f32) -> Vec<f32> {
+/// One step of the exponential moving average of [`LiveOptions::smoothing`].
+pub fn ema(prev: Option<&[f32]>, p: Vec<f32>, a: f32) -> Vec<f32> {
     match prev {
         Some(prev) if a > 0.0 && prev.len() == p.len() => prev
             .iter()
@@ -286,7 +287,7 @@ fn ema(prev: Option<&[f32]>, p: Vec<f32>, a: f32) -> Vec<f32> {
 }
 
 /// The top-1 index when its probability reaches `threshold` (always, without one).
-fn confident(top: &[(usize, f32)], threshold: Option<f32>) -> Option<usize> {
+pub fn confident(top: &[(usize, f32)], threshold: Option<f32>) -> Option<usize> {
     let &(i, p) = top.first()?;
     threshold.is_none_or(|t| p >= t).then_some(i)
 }

@@ -85,6 +85,9 @@ pub enum Mode {
     /// The head first on the frozen backbone, then every layer with a lower backbone learning
     /// rate.
     Finetune,
+    /// No gradient training: a head fitted in one go on the frozen features (class prototypes
+    /// or a linear head, see [`crate::instant`]).
+    Instant,
 }
 
 /// Optimizer choice.

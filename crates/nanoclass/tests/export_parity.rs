@@ -101,6 +101,7 @@ fn train_run(root: &Path, arch: Arch, weights: &str, mode: Mode, epochs: usize) 
         resume: false,
         force: false,
         feature_cache: None,
+        instant_head: Default::default(),
         stop: None,
     };
     train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training {arch}: {e}"));
@@ -251,6 +252,7 @@ fn regression_case() -> &'static Case {
             resume: false,
             force: false,
             feature_cache: None,
+            instant_head: Default::default(),
             stop: None,
         };
         train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training regression: {e}"));

@@ -52,6 +52,7 @@ fn options(data: &Path, out: &Path, mode: Mode) -> TrainOptions {
         resume: false,
         force: false,
         feature_cache: None,
+        instant_head: Default::default(),
         stop: None,
     }
 }

@@ -1,4 +1,4 @@
-//! Training: the frozen, full and finetune modes.
+//! Training: the frozen, full, finetune and instant modes.
 //!
 //! - **frozen**: the backbone runs once per image in eval mode (BatchNorm running statistics,
 //!   eval preset); its `[N, C]` features are kept and only the head is trained on them, so an
@@ -7,6 +7,9 @@
 //!   uses batch statistics.
 //! - **finetune**: `head_epochs` head-only epochs on cached features, then every layer with the
 //!   backbone at `lr * body_lr_factor`.
+//! - **instant**: the head is fitted in one go on the cached features ([`crate::instant`]: class
+//!   prototypes, or a linear head when a leave-out check prefers it) and saved as the usual
+//!   linear layer, so the run serves `predict`, `eval`, `live` and `export` like any other.
 //!
 //! After each epoch the held-out loss and top-1 are measured with the eval preset and written to
 //! `metrics.jsonl`; the best model (highest held-out top-1, then lowest loss) is
@@ -45,11 +48,12 @@ use crate::data::loader::{Batch, Skipped, decode_batches, decode_samples, prefet
 use crate::data::presets::{EvalPreset, presets, regression_presets};
 use crate::data::split::stratified_split;
 use crate::eval::regression::{denormalise, distance, normalise};
+use crate::instant::{Features, HeadChoice, InstantModel};
 use crate::model::weights::{LoadReport, load_net, save_net};
 use crate::model::{Arch, Net, registry};
 use crate::run::{
     EpochMetrics, Mode, OptimizerKind, Run, RunConfig, Schedule, SplitRecord, Task, WeightsRecord,
-    files,
+    files, write_atomic,
 };
 use crate::{Error, Result};
 
@@ -106,6 +110,8 @@ pub struct TrainOptions {
     /// (and after feature extraction) with [`Error::Train`] saying so. Epochs already completed
     /// stay saved, so a run stopped after its first epoch is a usable model.
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// `instant` mode: which head to fit.
+    pub instant_head: HeadChoice,
 }
 
 /// What the training loop reports while it runs.
@@ -570,6 +576,7 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
         force: false,
         feature_cache: features::default_dir(),
         stop: None,
+        instant_head: HeadChoice::Auto,
     })
 }
 
@@ -831,6 +838,7 @@ fn clear_run(dir: &Path) -> Result<()> {
         files::MODEL,
         files::LAST,
         files::METRICS,
+        "instant.json",
     ] {
         let p = dir.join(f);
         if p.exists() {
@@ -877,6 +885,11 @@ fn validate(opts: &TrainOptions) -> Result<()> {
             "--body-lr-factor must be positive, got {}",
             opts.body_lr_factor
         ));
+    }
+    if opts.mode == Mode::Instant && opts.task != Task::Classification {
+        return bad(
+            "--mode instant fits a classification head; train regression with --mode frozen, full or finetune".into(),
+        );
     }
     if !(0.0..1.0).contains(&opts.val_fraction) {
         return bad(format!(
@@ -983,6 +996,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let planned = match opts.mode {
         Mode::Finetune => opts.head_epochs + opts.epochs,
         Mode::Frozen | Mode::Full => opts.epochs,
+        Mode::Instant => 1,
     };
     if state.is_some() && done >= planned {
         return Err(Error::Run {
@@ -1029,6 +1043,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let head_epochs = match opts.mode {
         Mode::Frozen => opts.epochs,
         Mode::Finetune => opts.head_epochs,
+        Mode::Instant => 1,
         Mode::Full => 0,
     };
     let mut net = net;
@@ -1118,6 +1133,29 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         train_samples = kept_train;
         val_samples = kept_val;
         check_classes(&data.labels, &train_samples, &opts.data)?;
+        if opts.mode == Mode::Instant {
+            fit_instant(
+                opts,
+                &run,
+                net,
+                (&tf, &tl),
+                (&vf, &vl),
+                (c, n_classes, size),
+                (&device, &ad),
+                &mut tracker,
+                on_event,
+            )?;
+            let (nt, nv) = (train_samples.len(), val_samples.len());
+            return Ok(summary(
+                opts,
+                &run,
+                &tracker,
+                skipped,
+                (nt, nv),
+                t0,
+                on_event,
+            ));
+        }
         let mut head = net.head().clone().train();
         let mut optim = make_optimizer(opts);
         if let Some(st) = state.as_ref().filter(|s| s.phase == "head") {
@@ -1179,7 +1217,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
 
     // Full phase: every layer (full, and the second phase of finetune).
     let full_epochs = match opts.mode {
-        Mode::Frozen => 0,
+        Mode::Frozen | Mode::Instant => 0,
         Mode::Full | Mode::Finetune => opts.epochs,
     };
     if full_epochs > 0 {
@@ -1329,10 +1367,32 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             )?;
         }
     }
+    let (nt, nv) = (train_samples.len(), val_samples.len());
+    Ok(summary(
+        opts,
+        &run,
+        &tracker,
+        skipped,
+        (nt, nv),
+        t0,
+        on_event,
+    ))
+}
+
+/// The outcome of a finished run.
+fn summary(
+    opts: &TrainOptions,
+    run: &Run,
+    tracker: &Tracker,
+    skipped: Vec<Skipped>,
+    (train_images, val_images): (usize, usize),
+    t0: Instant,
+    on_event: &mut dyn FnMut(Event),
+) -> TrainSummary {
     if !skipped.is_empty() {
         on_event(Event::Warn(format!("{} files skipped", skipped.len())));
     }
-    Ok(TrainSummary {
+    TrainSummary {
         run_dir: run.dir.clone(),
         best_val_top1: tracker
             .best
@@ -1344,10 +1404,100 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             .map(|b| -b.0),
         best_epoch: tracker.best_epoch,
         skipped,
-        train_images: train_samples.len(),
-        val_images: val_samples.len(),
+        train_images,
+        val_images,
         seconds: t0.elapsed().as_secs_f64(),
-    })
+    }
+}
+
+/// `instant` mode: fits the instant head on the training features, saves it as the network's
+/// linear head with its held-out metrics (one "epoch" of phase `instant`), and writes the fit's
+/// record to `instant.json`.
+#[allow(clippy::too_many_arguments)]
+fn fit_instant(
+    opts: &TrainOptions,
+    run: &Run,
+    net: Net,
+    (tf, tl): (&[f32], &[Target]),
+    (vf, vl): (&[f32], &[Target]),
+    (c, n_classes, size): (usize, usize, usize),
+    (device, ad): (&Device, &Device),
+    tracker: &mut Tracker,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<()> {
+    let te = Instant::now();
+    let labels: Vec<usize> = tl.iter().map(|t| t.label).collect();
+    let model = InstantModel::fit(
+        Features {
+            x: tf,
+            labels: &labels,
+            dim: c,
+            classes: n_classes,
+        },
+        None,
+        opts.instant_head,
+    )?;
+    let fit_ms = te.elapsed().as_secs_f64() * 1000.0;
+    let (w, b) = model.linear_layer();
+    // burn's Linear weight is [d_input, d_output]: the transpose of PyTorch's [K, C].
+    let mut wt = vec![0.0f32; c * n_classes];
+    for k in 0..n_classes {
+        for i in 0..c {
+            wt[i * n_classes + k] = w[k * c + i];
+        }
+    }
+    let head = Linear {
+        weight: burn::module::Param::from_tensor(Tensor::<2>::from_data(
+            TensorData::new(wt, [c, n_classes]),
+            ad,
+        )),
+        bias: Some(burn::module::Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(b, [n_classes]),
+            ad,
+        ))),
+    };
+    let train = eval_head(opts.task, &head.valid(), tf, tl, c, size, device);
+    let val = eval_head(opts.task, &head.valid(), vf, vl, c, size, device);
+    let record = serde_json::json!({
+        "head": model.kind,
+        "temperature": model.temperature,
+        "images_per_class": model.counts,
+        "leave_out": model.leave_out,
+        "fit_ms": fit_ms,
+    });
+    write_atomic(
+        &run.dir.join("instant.json"),
+        format!("{record:#}\n").as_bytes(),
+    )?;
+    on_event(Event::Info(format!(
+        "instant head: {} (temperature {}){}, fitted on {} images in {:.1} ms",
+        model.kind.name(),
+        model.temperature,
+        match model.leave_out {
+            Some(lo) => format!(
+                "; {}-fold leave-out top-1: prototypes {:.3}, linear {:.3}",
+                lo.folds, lo.prototypes, lo.linear
+            ),
+            None => String::new(),
+        },
+        model.images(),
+        fit_ms
+    )));
+    let metrics = EpochMetrics {
+        epoch: 1,
+        phase: "instant".into(),
+        train_loss: train.map_or(f64::NAN, |t| t.0),
+        train_top1: train.map(|t| t.1),
+        val_loss: val.map(|v| v.0),
+        val_top1: val.map(|v| v.1),
+        train_error_px: None,
+        val_error_px: None,
+        lr: 0.0,
+        seconds: te.elapsed().as_secs_f64(),
+    };
+    let net = net.with_head(head.clone());
+    let ids = checkpoint::param_ids(&head);
+    tracker.end_epoch(run, &net, metrics, &make_optimizer(opts), ids, on_event)
 }
 
 /// Regression samples decoded at full size (the file name's point is in pixels of the file as

@@ -1,0 +1,923 @@
+//! Instant models: a classifier fitted in milliseconds on frozen backbone features, so scores
+//! can be shown while the user is still capturing (the studio's preview) and a usable run can be
+//! written in seconds (`nanoclass train --mode instant`).
+//!
+//! A feature `f` is the backbone's pooled output (`[C]`: 1280 for EfficientNet-Lite0, 512 for
+//! ResNet-18), computed in eval mode from the run's eval preset. It is centred on `m`, by default
+//! the mean of the training features:
+//!
+//! - **Prototypes** (nearest class mean, cosine). `x̂ = (f − m) / |f − m|`; each class's
+//!   prototype is `p̂_c = normalise(Σ_{i∈c} x̂_i)`; `logits_c = T · p̂_c · x̂`. Centring then
+//!   L2-normalising is SimpleShot's "CL2N" (Wang et al. 2019, arXiv:1911.04623). The temperature
+//!   `T` is chosen from [`TEMPERATURES`] by the leave-one-out log-likelihood of the training
+//!   images (temperature scaling, Guo et al. 2017), so the scores read as probabilities;
+//!   [`DEFAULT_TEMPERATURE`] while a class has a single image.
+//! - **Linear head**. Softmax regression on `x̃ = (f − m) / s`, where `s` is the mean of
+//!   `|f_i − m|` over the training images: cross-entropy plus `λ/2 · |W|²` ([`WEIGHT_DECAY`]),
+//!   started from the prototypes (`W = T · p̂`, `b = 0`) and minimised by [`ITERATIONS`] steps of
+//!   Nesterov-accelerated gradient descent with step `1/L`, `L = ½ (max_i |x̃_i|² + 1) + λ` (the
+//!   softmax Hessian's eigenvalues are at most ½). `W` stays in the span of the training
+//!   features, so it is kept as `W = Aᵀ X̃` and each step costs `n² K` on the Gram matrix
+//!   instead of `n C K`.
+//! - **Choice** ([`HeadChoice::Auto`]): with at least [`MIN_PER_CLASS_LINEAR`] images in every
+//!   class, both are scored by stratified k-fold cross-validation (`k = min(5, smallest class)`)
+//!   on the training images, and the linear head is used when its held-out top-1 is strictly
+//!   higher; otherwise the prototypes.
+//!
+//! Both are one linear layer on the raw features ([`InstantModel::linear_layer`]), which is how
+//! an instant run is saved, exported and served: exactly for the linear head; for prototypes
+//! with the same top-1 and with probabilities computed as if `|f − m|` were `s`.
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::data::loader::Skipped;
+use crate::data::presets::{EvalPreset, presets};
+use crate::eval::metrics::softmax;
+use crate::model::{Arch, Net};
+use crate::train::features::FeatureCache;
+use crate::train::{default_device, extract_features, initial_net};
+use crate::{Error, Result};
+
+/// Prototype temperature while some class has only one image (no leave-one-out estimate):
+/// a cosine gap of 0.1 between two classes gives odds of `e^1` ≈ 2.7 : 1.
+pub const DEFAULT_TEMPERATURE: f32 = 10.0;
+
+/// Temperatures tried by the leave-one-out fit.
+pub const TEMPERATURES: [f32; 12] = [
+    2.0, 3.0, 4.0, 5.0, 7.0, 10.0, 14.0, 20.0, 28.0, 40.0, 56.0, 80.0,
+];
+
+/// L2 weight decay `λ` of the linear head (a small ridge, so the optimum exists when the
+/// classes are separable, as they are with few images).
+pub const WEIGHT_DECAY: f64 = 1e-3;
+
+/// Gradient steps of the linear head fit.
+pub const ITERATIONS: usize = 300;
+
+/// Images per class from which the linear head is considered.
+pub const MIN_PER_CLASS_LINEAR: usize = 3;
+
+/// Most folds of the leave-out check.
+pub const MAX_FOLDS: usize = 5;
+
+/// Which instant head to fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadChoice {
+    /// The linear head when the leave-out check says it is better, else prototypes.
+    #[default]
+    Auto,
+    /// Class prototypes (cosine nearest class mean).
+    Prototypes,
+    /// The linear head (needs 2 or more images in some class).
+    Linear,
+}
+
+/// The head an [`InstantModel`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadKind {
+    /// Class prototypes.
+    Prototypes,
+    /// Linear head.
+    Linear,
+}
+
+impl HeadKind {
+    /// `prototypes` or `linear`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadKind::Prototypes => "prototypes",
+            HeadKind::Linear => "linear",
+        }
+    }
+}
+
+/// The leave-out check behind [`HeadChoice::Auto`]: top-1 of each head on held-out folds of the
+/// training images.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LeaveOut {
+    /// Folds (stratified).
+    pub folds: usize,
+    /// Held-out top-1 of the prototypes, in `[0, 1]`.
+    pub prototypes: f64,
+    /// Held-out top-1 of the linear head, in `[0, 1]`.
+    pub linear: f64,
+}
+
+/// Features to fit on: `n` rows of `dim` values, with a class index per row.
+#[derive(Debug, Clone, Copy)]
+pub struct Features<'a> {
+    /// `[n, dim]`, row-major.
+    pub x: &'a [f32],
+    /// `[n]`, each in `0..classes`.
+    pub labels: &'a [usize],
+    /// Feature length `C`.
+    pub dim: usize,
+    /// Number of classes `K`.
+    pub classes: usize,
+}
+
+/// A fitted instant model. See the module docs for the maths.
+#[derive(Debug, Clone)]
+pub struct InstantModel {
+    /// The head in use.
+    pub kind: HeadKind,
+    /// Prototype temperature `T`.
+    pub temperature: f32,
+    /// Training images per class.
+    pub counts: Vec<usize>,
+    /// The leave-out check, when it ran.
+    pub leave_out: Option<LeaveOut>,
+    dim: usize,
+    centre: Vec<f32>,
+    scale: f32,
+    /// `[K, C]`: unit prototypes `p̂`, or the linear head's `W` (on `x̃`).
+    weight: Vec<f32>,
+    /// `[K]`: zero for prototypes.
+    bias: Vec<f32>,
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((a, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *a += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The Gram matrix `X Xᵀ` of `n` rows of length `dim`, in f64.
+fn gram(x: &[f32], n: usize, dim: usize) -> Vec<f64> {
+    use rayon::prelude::*;
+    let rows: Vec<Vec<f64>> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let xi = &x[i * dim..(i + 1) * dim];
+            (0..=i)
+                .map(|j| f64::from(dot(xi, &x[j * dim..(j + 1) * dim])))
+                .collect()
+        })
+        .collect();
+    let mut g = vec![0.0; n * n];
+    for (i, row) in rows.iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            g[i * n + j] = v;
+            g[j * n + i] = v;
+        }
+    }
+    g
+}
+
+/// Everything the fits need, computed once from the features: the Gram matrix of the scaled
+/// centred features `x̃` and their norms.
+struct Prepared {
+    n: usize,
+    k: usize,
+    labels: Vec<usize>,
+    /// `[n, n]`: `x̃_i · x̃_j`.
+    g: Vec<f64>,
+    /// `|x̃_i|` (never 0).
+    r: Vec<f64>,
+}
+
+impl Prepared {
+    /// Cosine between the unit features of `i` and `j`.
+    fn cos(&self, i: usize, j: usize) -> f64 {
+        self.g[i * self.n + j] / (self.r[i] * self.r[j])
+    }
+
+    /// Per class: `|Σ_{j∈c∩train} x̂_j|` (0 for a class with no training image).
+    fn proto_norms(&self, train: &[usize]) -> Vec<f64> {
+        let mut q = vec![0.0; self.k];
+        for &a in train {
+            for &b in train {
+                if self.labels[a] == self.labels[b] {
+                    q[self.labels[a]] += self.cos(a, b);
+                }
+            }
+        }
+        q.iter().map(|v| v.max(0.0).sqrt()).collect()
+    }
+
+    /// Cosines between image `i` and each class prototype built from `train`.
+    fn proto_cosines(&self, i: usize, train: &[usize], norms: &[f64]) -> Vec<f64> {
+        let mut s = vec![0.0; self.k];
+        for &j in train {
+            s[self.labels[j]] += self.cos(i, j);
+        }
+        s.iter()
+            .zip(norms)
+            .map(|(v, q)| if *q > 0.0 { v / q } else { -1.0 })
+            .collect()
+    }
+
+    /// The leave-one-out prototype temperature over all images.
+    fn temperature(&self, counts: &[usize]) -> f32 {
+        if counts.iter().any(|&c| c < 2) {
+            return DEFAULT_TEMPERATURE;
+        }
+        let all: Vec<usize> = (0..self.n).collect();
+        let mut q2 = vec![0.0; self.k];
+        for (c, q) in self.proto_norms(&all).iter().enumerate() {
+            q2[c] = q * q;
+        }
+        // Leave-one-out cosines: the own class's prototype without the image itself.
+        let rows: Vec<(usize, Vec<f64>)> = (0..self.n)
+            .map(|i| {
+                let mut s = vec![0.0; self.k];
+                for j in 0..self.n {
+                    s[self.labels[j]] += self.cos(i, j);
+                }
+                let own = self.labels[i];
+                let cos = (0..self.k)
+                    .map(|c| {
+                        if c == own {
+                            let num = s[c] - 1.0;
+                            let den = (q2[c] - 2.0 * s[c] + 1.0).max(1e-12).sqrt();
+                            num / den
+                        } else {
+                            s[c] / q2[c].sqrt()
+                        }
+                    })
+                    .collect();
+                (own, cos)
+            })
+            .collect();
+        let nll = |t: f32| -> f64 {
+            rows.iter()
+                .map(|(own, cos)| {
+                    let z: Vec<f32> = cos.iter().map(|c| t * *c as f32).collect();
+                    -f64::from(softmax(&z)[*own].max(1e-30)).ln()
+                })
+                .sum()
+        };
+        TEMPERATURES
+            .iter()
+            .copied()
+            .min_by(|a, b| nll(*a).total_cmp(&nll(*b)))
+            .unwrap_or(DEFAULT_TEMPERATURE)
+    }
+
+    /// Fits the linear head on the images `train`: returns `A` (`[train.len(), K]`, so that
+    /// `W = Aᵀ X̃_train`) and `b`.
+    fn fit_linear(&self, train: &[usize], temperature: f64) -> (Vec<f64>, Vec<f64>) {
+        let (m, k) = (train.len(), self.k);
+        let norms = self.proto_norms(train);
+        // Start: W = T p̂_c = T Σ_{j∈c} x̃_j / (r_j |S_c|).
+        let mut a0 = vec![0.0; m * k];
+        for (jj, &j) in train.iter().enumerate() {
+            let c = self.labels[j];
+            if norms[c] > 0.0 {
+                a0[jj * k + c] = temperature / (self.r[j] * norms[c]);
+            }
+        }
+        let b0 = vec![0.0; k];
+        let lambda = WEIGHT_DECAY;
+        let max_r2 = train.iter().map(|&j| self.r[j].powi(2)).fold(0.0, f64::max);
+        let step = 1.0 / (0.5 * (max_r2 + 1.0) + lambda);
+        let gsub: Vec<f64> = train
+            .iter()
+            .flat_map(|&i| train.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| self.g[i * self.n + j])
+            .collect();
+        let (mut a_prev, mut b_prev) = (a0.clone(), b0.clone());
+        let mut t = 1.0f64;
+        let (mut ya, mut yb) = (a0, b0);
+        let mut z = vec![0.0; m * k];
+        for _ in 0..ITERATIONS {
+            // Logits at the look-ahead point: z = G y_A + y_b.
+            for i in 0..m {
+                let gi = &gsub[i * m..(i + 1) * m];
+                let zi = &mut z[i * k..(i + 1) * k];
+                zi.copy_from_slice(&yb);
+                for (j, &gij) in gi.iter().enumerate() {
+                    if gij != 0.0 {
+                        for (z, y) in zi.iter_mut().zip(&ya[j * k..(j + 1) * k]) {
+                            *z += gij * y;
+                        }
+                    }
+                }
+            }
+            // Residual R = (softmax(z) − Y) / m; gradient in A: R + λ y_A; in b: Σ R.
+            let mut gb = vec![0.0; k];
+            for i in 0..m {
+                let zi = &mut z[i * k..(i + 1) * k];
+                let mx = zi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let mut sum = 0.0;
+                for v in zi.iter_mut() {
+                    *v = (*v - mx).exp();
+                    sum += *v;
+                }
+                for v in zi.iter_mut() {
+                    *v /= sum;
+                }
+                zi[self.labels[train[i]]] -= 1.0;
+                for (c, v) in zi.iter_mut().enumerate() {
+                    *v /= m as f64;
+                    gb[c] += *v;
+                }
+            }
+            let t_next = (1.0 + (1.0 + 4.0 * t * t).sqrt()) / 2.0;
+            let mu = (t - 1.0) / t_next;
+            for ((y, prev), g) in ya.iter_mut().zip(a_prev.iter_mut()).zip(&z) {
+                let next = *y - step * (g + lambda * *y);
+                *y = next + mu * (next - *prev);
+                *prev = next;
+            }
+            for ((y, prev), g) in yb.iter_mut().zip(b_prev.iter_mut()).zip(&gb) {
+                let next = *y - step * g;
+                *y = next + mu * (next - *prev);
+                *prev = next;
+            }
+            t = t_next;
+        }
+        (a_prev, b_prev)
+    }
+
+    /// Top-1 of the linear head fitted on `train`, for image `i`.
+    fn linear_predict(&self, i: usize, train: &[usize], a: &[f64], b: &[f64]) -> usize {
+        let k = self.k;
+        let mut z = b.to_vec();
+        for (jj, &j) in train.iter().enumerate() {
+            let g = self.g[i * self.n + j];
+            for (zc, ac) in z.iter_mut().zip(&a[jj * k..(jj + 1) * k]) {
+                *zc += g * ac;
+            }
+        }
+        argmax(&z)
+    }
+
+    /// Stratified k-fold top-1 of both heads.
+    fn leave_out(&self, counts: &[usize], temperature: f64) -> LeaveOut {
+        let folds = counts
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(0)
+            .clamp(2, MAX_FOLDS);
+        // Within each class, images go to folds in turn.
+        let mut seen = vec![0usize; self.k];
+        let fold_of: Vec<usize> = self
+            .labels
+            .iter()
+            .map(|&c| {
+                seen[c] += 1;
+                (seen[c] - 1) % folds
+            })
+            .collect();
+        let (mut proto_ok, mut linear_ok) = (0usize, 0usize);
+        for f in 0..folds {
+            let train: Vec<usize> = (0..self.n).filter(|&i| fold_of[i] != f).collect();
+            let test: Vec<usize> = (0..self.n).filter(|&i| fold_of[i] == f).collect();
+            let norms = self.proto_norms(&train);
+            let (a, b) = self.fit_linear(&train, temperature);
+            for &i in &test {
+                let want = self.labels[i];
+                if argmax(&self.proto_cosines(i, &train, &norms)) == want {
+                    proto_ok += 1;
+                }
+                if self.linear_predict(i, &train, &a, &b) == want {
+                    linear_ok += 1;
+                }
+            }
+        }
+        LeaveOut {
+            folds,
+            prototypes: proto_ok as f64 / self.n as f64,
+            linear: linear_ok as f64 / self.n as f64,
+        }
+    }
+}
+
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl InstantModel {
+    /// Fits an instant model on `data`, centred on `centre` (`[C]`; None: the mean of the
+    /// training features).
+    ///
+    /// # Errors
+    /// [`Error::Train`] when there are fewer than 2 classes, a class has no image, a label is
+    /// out of range, the shapes disagree, or a feature is not finite.
+    pub fn fit(data: Features<'_>, centre: Option<&[f32]>, choice: HeadChoice) -> Result<Self> {
+        let Features {
+            x,
+            labels,
+            dim,
+            classes: k,
+        } = data;
+        let n = labels.len();
+        let bad = |m: String| Err(Error::Train(m));
+        if k < 2 {
+            return bad(format!(
+                "an instant model needs at least 2 classes, got {k}"
+            ));
+        }
+        if dim == 0 || x.len() != n * dim {
+            return bad(format!(
+                "features: {} values for {n} images of {dim}",
+                x.len()
+            ));
+        }
+        if let Some(c) = centre
+            && c.len() != dim
+        {
+            return bad(format!("centre: {} values, features have {dim}", c.len()));
+        }
+        if x.iter().any(|v| !v.is_finite()) {
+            return bad("features are not all finite".into());
+        }
+        let mut counts = vec![0usize; k];
+        for &l in labels {
+            if l >= k {
+                return bad(format!("label {l} out of range for {k} classes"));
+            }
+            counts[l] += 1;
+        }
+        if let Some(c) = counts.iter().position(|&c| c == 0) {
+            return bad(format!(
+                "class {c} has no image: every class needs at least one"
+            ));
+        }
+        let centre: Vec<f32> = match centre {
+            Some(c) => c.to_vec(),
+            None => {
+                let mut m = vec![0.0f64; dim];
+                for row in x.chunks_exact(dim) {
+                    for (a, v) in m.iter_mut().zip(row) {
+                        *a += f64::from(*v);
+                    }
+                }
+                m.iter().map(|v| (*v / n as f64) as f32).collect()
+            }
+        };
+        let centred: Vec<f32> = x
+            .chunks_exact(dim)
+            .flat_map(|row| row.iter().zip(&centre).map(|(v, m)| v - m))
+            .collect();
+        let norms: Vec<f64> = centred
+            .chunks_exact(dim)
+            .map(|r| f64::from(dot(r, r)).sqrt())
+            .collect();
+        let scale = (norms.iter().sum::<f64>() / n as f64).max(1e-12);
+        let scaled: Vec<f32> = centred
+            .iter()
+            .map(|v| (f64::from(*v) / scale) as f32)
+            .collect();
+        let g = gram(&scaled, n, dim);
+        let r: Vec<f64> = (0..n).map(|i| g[i * n + i].sqrt().max(1e-12)).collect();
+        let prep = Prepared {
+            n,
+            k,
+            labels: labels.to_vec(),
+            g,
+            r,
+        };
+        let temperature = prep.temperature(&counts);
+        let min_count = counts.iter().copied().min().unwrap_or(0);
+        let (kind, leave_out) = match choice {
+            HeadChoice::Prototypes => (HeadKind::Prototypes, None),
+            HeadChoice::Linear => (HeadKind::Linear, None),
+            HeadChoice::Auto if min_count >= MIN_PER_CLASS_LINEAR => {
+                let lo = prep.leave_out(&counts, f64::from(temperature));
+                let kind = if lo.linear > lo.prototypes {
+                    HeadKind::Linear
+                } else {
+                    HeadKind::Prototypes
+                };
+                (kind, Some(lo))
+            }
+            HeadChoice::Auto => (HeadKind::Prototypes, None),
+        };
+        let all: Vec<usize> = (0..n).collect();
+        let mut weight = vec![0.0f32; k * dim];
+        let mut bias = vec![0.0f32; k];
+        match kind {
+            HeadKind::Prototypes => {
+                // p̂_c = normalise(Σ x̃_j / r_j)
+                for (j, row) in scaled.chunks_exact(dim).enumerate() {
+                    let c = labels[j];
+                    let w = (1.0 / prep.r[j]) as f32;
+                    for (a, v) in weight[c * dim..(c + 1) * dim].iter_mut().zip(row) {
+                        *a += w * v;
+                    }
+                }
+                for row in weight.chunks_exact_mut(dim) {
+                    let norm = dot(row, row).sqrt().max(1e-12);
+                    row.iter_mut().for_each(|v| *v /= norm);
+                }
+            }
+            HeadKind::Linear => {
+                let (a, b) = prep.fit_linear(&all, f64::from(temperature));
+                for (j, row) in scaled.chunks_exact(dim).enumerate() {
+                    for (c, w_row) in weight.chunks_exact_mut(dim).enumerate() {
+                        let w = a[j * k + c] as f32;
+                        if w != 0.0 {
+                            for (o, v) in w_row.iter_mut().zip(row) {
+                                *o += w * v;
+                            }
+                        }
+                    }
+                }
+                bias = b.iter().map(|v| *v as f32).collect();
+            }
+        }
+        Ok(InstantModel {
+            kind,
+            temperature,
+            counts,
+            leave_out,
+            dim,
+            centre,
+            scale: scale as f32,
+            weight,
+            bias,
+        })
+    }
+
+    /// Feature length `C`.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Number of classes `K`.
+    pub fn classes(&self) -> usize {
+        self.bias.len()
+    }
+
+    /// Training images the model rests on.
+    pub fn images(&self) -> usize {
+        self.counts.iter().sum()
+    }
+
+    /// Logits of one feature vector (`[C]` → `[K]`).
+    pub fn logits(&self, f: &[f32]) -> Vec<f32> {
+        let x: Vec<f32> = f.iter().zip(&self.centre).map(|(v, m)| v - m).collect();
+        match self.kind {
+            HeadKind::Prototypes => {
+                let norm = dot(&x, &x).sqrt().max(1e-12);
+                self.weight
+                    .chunks_exact(self.dim)
+                    .map(|p| self.temperature * dot(p, &x) / norm)
+                    .collect()
+            }
+            HeadKind::Linear => self
+                .weight
+                .chunks_exact(self.dim)
+                .zip(&self.bias)
+                .map(|(w, b)| dot(w, &x) / self.scale + b)
+                .collect(),
+        }
+    }
+
+    /// Softmax probabilities of one feature vector.
+    pub fn probs(&self, f: &[f32]) -> Vec<f32> {
+        softmax(&self.logits(f))
+    }
+
+    /// The model as one linear layer on raw features: `logits = W f + b` with `W` `[K, C]`
+    /// (row-major, the PyTorch `nn.Linear.weight` layout) and `b` `[K]`. Exact for the linear
+    /// head; for prototypes the top-1 is the same and the probabilities are those of a feature
+    /// with `|f − m| = s`.
+    pub fn linear_layer(&self) -> (Vec<f32>, Vec<f32>) {
+        let factor = match self.kind {
+            HeadKind::Prototypes => self.temperature / self.scale,
+            HeadKind::Linear => 1.0 / self.scale,
+        };
+        let w: Vec<f32> = self.weight.iter().map(|v| v * factor).collect();
+        let b = w
+            .chunks_exact(self.dim)
+            .zip(&self.bias)
+            .map(|(row, b)| b - dot(row, &self.centre))
+            .collect();
+        (w, b)
+    }
+}
+
+/// A pretrained backbone that turns images into features for instant models: the eval preset of
+/// its architecture (`[N, 3, 224, 224]`, RGB, f32, normalised per [`Arch::normalization`]), then
+/// `features()` (`[N, C]`) in eval mode. Image files' features go through the on-disk
+/// [`FeatureCache`], keyed by content, like frozen training's.
+#[derive(Debug)]
+pub struct Embedder {
+    net: Net,
+    arch: Arch,
+    preset: EvalPreset,
+    device: Device,
+    cache: Option<FeatureCache>,
+}
+
+impl Embedder {
+    /// Loads `arch` with the pretrained weights `weights` (a registry name or a file, as
+    /// `--weights`), with the feature cache under `cache_root` (None: none).
+    ///
+    /// # Errors
+    /// Those of [`initial_net`] (unknown name, file missing or not loadable).
+    pub fn open(arch: Arch, weights: &str, cache_root: Option<&Path>) -> Result<Embedder> {
+        let device = default_device();
+        let (net, report) = initial_net(arch, weights, &[], 1, &device)?;
+        let preset = presets(arch.normalization(), arch.input_size()).1;
+        let cache = match (cache_root, report) {
+            (Some(root), Some(r)) => {
+                FeatureCache::open(root, arch, &r.path, &preset, arch.feature_dim()).ok()
+            }
+            _ => None,
+        };
+        Ok(Embedder {
+            // Eval mode: BatchNorm uses its running statistics.
+            net: net.valid(),
+            arch,
+            preset,
+            device,
+            cache,
+        })
+    }
+
+    /// The backbone.
+    pub fn arch(&self) -> Arch {
+        self.arch
+    }
+
+    /// Feature length `C`.
+    pub fn dim(&self) -> usize {
+        self.arch.feature_dim()
+    }
+
+    /// Features of decoded frames (any size; RGB), one `[C]` row each.
+    pub fn frames(&self, frames: &[RgbImage]) -> Vec<Vec<f32>> {
+        if frames.is_empty() {
+            return Vec::new();
+        }
+        let crop = self.preset.crop as usize;
+        let mut pixels = Vec::with_capacity(frames.len() * 3 * crop * crop);
+        for f in frames {
+            pixels.extend(self.preset.apply(f));
+        }
+        let x = Tensor::<4>::from_data(
+            TensorData::new(pixels, [frames.len(), 3, crop, crop]),
+            &self.device,
+        );
+        let y = self.net.features(x);
+        let c = y.dims()[1];
+        let v: Vec<f32> = y
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default();
+        v.chunks(c).map(<[f32]>::to_vec).collect()
+    }
+
+    /// Features of image files (None for a file that cannot be decoded, listed in the
+    /// skipped files), from the cache where present.
+    pub fn files(&self, paths: &[PathBuf]) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
+        let (f, skipped, _) = extract_features(
+            &self.net,
+            paths,
+            &self.preset,
+            16,
+            &self.device,
+            self.cache.as_ref(),
+            |_, _| {},
+        );
+        (f, skipped)
+    }
+}
+
+/// Margin between the two highest probabilities (`1` when there is one class): small means
+/// unsure.
+pub fn margin(probs: &[f32]) -> f32 {
+    let mut s: Vec<f32> = probs.to_vec();
+    s.sort_by(|a, b| b.total_cmp(a));
+    match s.as_slice() {
+        [a, b, ..] => a - b,
+        _ => 1.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two Gaussian-ish clusters in 16 dimensions with a deterministic pseudo-random spread.
+    fn clusters(per: usize, spread: f32) -> (Vec<f32>, Vec<usize>) {
+        let dim = 16;
+        let mut state = 12345u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for c in 0..2 {
+            for _ in 0..per {
+                for d in 0..dim {
+                    let mean = if d == c { 3.0 } else { 1.0 };
+                    x.push(mean + spread * rnd());
+                }
+                y.push(c);
+            }
+        }
+        (x, y)
+    }
+
+    #[test]
+    fn prototypes_classify_their_own_clusters_and_match_the_folded_layer() {
+        let (x, y) = clusters(6, 0.5);
+        let data = Features {
+            x: &x,
+            labels: &y,
+            dim: 16,
+            classes: 2,
+        };
+        let m = InstantModel::fit(data, None, HeadChoice::Prototypes).unwrap();
+        assert_eq!(m.kind, HeadKind::Prototypes);
+        assert_eq!(m.counts, vec![6, 6]);
+        let (w, b) = m.linear_layer();
+        for (i, row) in x.chunks_exact(16).enumerate() {
+            let p = m.probs(row);
+            assert_eq!(
+                argmax(&p.iter().map(|v| f64::from(*v)).collect::<Vec<_>>()),
+                y[i]
+            );
+            let folded: Vec<f64> = w
+                .chunks_exact(16)
+                .zip(&b)
+                .map(|(r, b)| f64::from(dot(r, row) + b))
+                .collect();
+            assert_eq!(argmax(&folded), y[i], "folded layer top-1 of image {i}");
+        }
+    }
+
+    #[test]
+    fn linear_layer_equals_the_linear_head_exactly() {
+        let (x, y) = clusters(5, 1.5);
+        let data = Features {
+            x: &x,
+            labels: &y,
+            dim: 16,
+            classes: 2,
+        };
+        let m = InstantModel::fit(data, None, HeadChoice::Linear).unwrap();
+        let (w, b) = m.linear_layer();
+        for row in x.chunks_exact(16) {
+            let direct = m.logits(row);
+            for (c, r) in w.chunks_exact(16).enumerate() {
+                let folded = dot(r, row) + b[c];
+                assert!(
+                    (folded - direct[c]).abs() < 1e-3,
+                    "{folded} vs {}",
+                    direct[c]
+                );
+            }
+        }
+    }
+
+    /// A tight class 0 and a spread class 1 three times as large: the nearest class mean's
+    /// boundary passes through the overall mean, which lies inside class 1 and cuts it; a
+    /// linear head with a bias moves the boundary to the gap.
+    fn unbalanced(per: usize) -> (Vec<f32>, Vec<usize>) {
+        let dim = 16;
+        let mut state = 987654321u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..4 * per {
+            let c = usize::from(i % 4 != 0);
+            let mut row: Vec<f32> = (0..dim).map(|_| 0.05 * rnd()).collect();
+            if c == 1 {
+                row[0] += 1.0 + rnd();
+            }
+            x.extend(row);
+            y.push(c);
+        }
+        (x, y)
+    }
+
+    fn top1(m: &InstantModel, x: &[f32], y: &[usize]) -> f64 {
+        let ok = x
+            .chunks_exact(m.dim())
+            .zip(y)
+            .filter(|(r, c)| {
+                let p: Vec<f64> = m.logits(r).iter().map(|v| f64::from(*v)).collect();
+                argmax(&p) == **c
+            })
+            .count();
+        ok as f64 / y.len() as f64
+    }
+
+    #[test]
+    fn the_linear_head_separates_what_prototypes_confuse_and_auto_picks_it() {
+        let (x, y) = unbalanced(8);
+        let data = Features {
+            x: &x,
+            labels: &y,
+            dim: 16,
+            classes: 2,
+        };
+        let p = InstantModel::fit(data, None, HeadChoice::Prototypes).unwrap();
+        let l = InstantModel::fit(data, None, HeadChoice::Linear).unwrap();
+        let (tp, tl) = (top1(&p, &x, &y), top1(&l, &x, &y));
+        assert!(tp < 0.85, "prototypes {tp}");
+        assert!(tl >= 0.95, "linear {tl}");
+        let auto = InstantModel::fit(data, None, HeadChoice::Auto).unwrap();
+        let lo = auto.leave_out.unwrap();
+        assert_eq!(lo.folds, 5);
+        assert!(lo.linear > lo.prototypes, "{lo:?}");
+        assert_eq!(auto.kind, HeadKind::Linear);
+    }
+
+    #[test]
+    fn auto_runs_the_leave_out_check_from_three_images_per_class() {
+        let (x, y) = clusters(3, 0.5);
+        let data = Features {
+            x: &x,
+            labels: &y,
+            dim: 16,
+            classes: 2,
+        };
+        let m = InstantModel::fit(data, None, HeadChoice::Auto).unwrap();
+        let lo = m.leave_out.expect("leave-out check");
+        assert_eq!(lo.folds, 3);
+        assert_eq!(lo.prototypes, 1.0);
+        // Ties keep the prototypes.
+        assert_eq!(m.kind, HeadKind::Prototypes);
+        let (x2, y2) = clusters(2, 0.5);
+        let few = InstantModel::fit(
+            Features {
+                x: &x2,
+                labels: &y2,
+                dim: 16,
+                classes: 2,
+            },
+            None,
+            HeadChoice::Auto,
+        )
+        .unwrap();
+        assert!(few.leave_out.is_none());
+        assert_eq!(few.kind, HeadKind::Prototypes);
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_the_reason() {
+        let x = vec![0.0f32; 32];
+        let e = InstantModel::fit(
+            Features {
+                x: &x,
+                labels: &[0, 0],
+                dim: 16,
+                classes: 2,
+            },
+            None,
+            HeadChoice::Auto,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("class 1 has no image"), "{e}");
+        let e = InstantModel::fit(
+            Features {
+                x: &x,
+                labels: &[0],
+                dim: 16,
+                classes: 2,
+            },
+            None,
+            HeadChoice::Auto,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("32 values for 1 images"), "{e}");
+    }
+
+    #[test]
+    fn margin_is_the_gap_between_the_top_two() {
+        assert!((margin(&[0.1, 0.6, 0.3]) - 0.3).abs() < 1e-6);
+        assert_eq!(margin(&[1.0]), 1.0);
+    }
+}
