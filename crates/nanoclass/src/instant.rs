@@ -159,6 +159,23 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
 /// The Gram matrix `X Xᵀ` of `n` rows of length `dim`, in f64.
 fn gram(x: &[f32], n: usize, dim: usize) -> Vec<f64> {
     use rayon::prelude::*;
@@ -271,17 +288,17 @@ impl Prepared {
             .unwrap_or(DEFAULT_TEMPERATURE)
     }
 
-    /// Fits the linear head on the images `train`: returns `A` (`[train.len(), K]`, so that
-    /// `W = Aᵀ X̃_train`) and `b`.
+    /// Fits the linear head on the images `train`: returns `A` (`[K, train.len()]`, so that
+    /// `W = A X̃_train`) and `b`.
     fn fit_linear(&self, train: &[usize], temperature: f64) -> (Vec<f64>, Vec<f64>) {
         let (m, k) = (train.len(), self.k);
         let norms = self.proto_norms(train);
         // Start: W = T p̂_c = T Σ_{j∈c} x̃_j / (r_j |S_c|).
-        let mut a0 = vec![0.0; m * k];
+        let mut a0 = vec![0.0; k * m];
         for (jj, &j) in train.iter().enumerate() {
             let c = self.labels[j];
             if norms[c] > 0.0 {
-                a0[jj * k + c] = temperature / (self.r[j] * norms[c]);
+                a0[c * m + jj] = temperature / (self.r[j] * norms[c]);
             }
         }
         let b0 = vec![0.0; k];
@@ -299,16 +316,9 @@ impl Prepared {
         let mut z = vec![0.0; m * k];
         for _ in 0..ITERATIONS {
             // Logits at the look-ahead point: z = G y_A + y_b.
-            for i in 0..m {
-                let gi = &gsub[i * m..(i + 1) * m];
-                let zi = &mut z[i * k..(i + 1) * k];
-                zi.copy_from_slice(&yb);
-                for (j, &gij) in gi.iter().enumerate() {
-                    if gij != 0.0 {
-                        for (z, y) in zi.iter_mut().zip(&ya[j * k..(j + 1) * k]) {
-                            *z += gij * y;
-                        }
-                    }
+            for (gi, zi) in gsub.chunks_exact(m).zip(z.chunks_exact_mut(k)) {
+                for ((zc, ac), bc) in zi.iter_mut().zip(ya.chunks_exact(m)).zip(&yb) {
+                    *zc = bc + dot64(gi, ac);
                 }
             }
             // Residual R = (softmax(z) − Y) / m; gradient in A: R + λ y_A; in b: Σ R.
@@ -332,8 +342,9 @@ impl Prepared {
             }
             let t_next = (1.0 + (1.0 + 4.0 * t * t).sqrt()) / 2.0;
             let mu = (t - 1.0) / t_next;
-            for ((y, prev), g) in ya.iter_mut().zip(a_prev.iter_mut()).zip(&z) {
-                let next = *y - step * (g + lambda * *y);
+            for (idx, (y, prev)) in ya.iter_mut().zip(a_prev.iter_mut()).enumerate() {
+                let (c, j) = (idx / m, idx % m);
+                let next = *y - step * (z[j * k + c] + lambda * *y);
                 *y = next + mu * (next - *prev);
                 *prev = next;
             }
@@ -349,14 +360,12 @@ impl Prepared {
 
     /// Top-1 of the linear head fitted on `train`, for image `i`.
     fn linear_predict(&self, i: usize, train: &[usize], a: &[f64], b: &[f64]) -> usize {
-        let k = self.k;
-        let mut z = b.to_vec();
-        for (jj, &j) in train.iter().enumerate() {
-            let g = self.g[i * self.n + j];
-            for (zc, ac) in z.iter_mut().zip(&a[jj * k..(jj + 1) * k]) {
-                *zc += g * ac;
-            }
-        }
+        let g: Vec<f64> = train.iter().map(|&j| self.g[i * self.n + j]).collect();
+        let z: Vec<f64> = a
+            .chunks_exact(train.len())
+            .zip(b)
+            .map(|(ac, bc)| bc + dot64(&g, ac))
+            .collect();
         argmax(&z)
     }
 
@@ -378,22 +387,28 @@ impl Prepared {
                 (seen[c] - 1) % folds
             })
             .collect();
-        let (mut proto_ok, mut linear_ok) = (0usize, 0usize);
-        for f in 0..folds {
-            let train: Vec<usize> = (0..self.n).filter(|&i| fold_of[i] != f).collect();
-            let test: Vec<usize> = (0..self.n).filter(|&i| fold_of[i] == f).collect();
-            let norms = self.proto_norms(&train);
-            let (a, b) = self.fit_linear(&train, temperature);
-            for &i in &test {
-                let want = self.labels[i];
-                if argmax(&self.proto_cosines(i, &train, &norms)) == want {
-                    proto_ok += 1;
+        use rayon::prelude::*;
+        // Folds are independent: fitted in parallel.
+        let (proto_ok, linear_ok) = (0..folds)
+            .into_par_iter()
+            .map(|f| {
+                let train: Vec<usize> = (0..self.n).filter(|&i| fold_of[i] != f).collect();
+                let test: Vec<usize> = (0..self.n).filter(|&i| fold_of[i] == f).collect();
+                let norms = self.proto_norms(&train);
+                let (a, b) = self.fit_linear(&train, temperature);
+                let (mut p, mut l) = (0usize, 0usize);
+                for &i in &test {
+                    let want = self.labels[i];
+                    if argmax(&self.proto_cosines(i, &train, &norms)) == want {
+                        p += 1;
+                    }
+                    if self.linear_predict(i, &train, &a, &b) == want {
+                        l += 1;
+                    }
                 }
-                if self.linear_predict(i, &train, &a, &b) == want {
-                    linear_ok += 1;
-                }
-            }
-        }
+                (p, l)
+            })
+            .reduce(|| (0, 0), |x, y| (x.0 + y.0, x.1 + y.1));
         LeaveOut {
             folds,
             prototypes: proto_ok as f64 / self.n as f64,
@@ -531,7 +546,7 @@ impl InstantModel {
                 let (a, b) = prep.fit_linear(&all, f64::from(temperature));
                 for (j, row) in scaled.chunks_exact(dim).enumerate() {
                     for (c, w_row) in weight.chunks_exact_mut(dim).enumerate() {
-                        let w = a[j * k + c] as f32;
+                        let w = a[c * n + j] as f32;
                         if w != 0.0 {
                             for (o, v) in w_row.iter_mut().zip(row) {
                                 *o += w * v;
