@@ -518,6 +518,8 @@ async function switchToRun(ev) {
   const wasLive = !!S.live;
   await loadRuns(ev.run);
   if ($("live-model").value !== String(ev.run)) return;
+  // The bars left from the preview are not this model's scores.
+  clearBars();
   const m = $("live-msg");
   m.textContent = `Now showing the trained model: run ${ev.run} (held-out top-1 ${pct(ev.best_val_top1)}). The instant preview stays in the model list.`;
   m.hidden = false; m.dataset.switched = String(ev.run);
@@ -769,7 +771,7 @@ async function init() {
   $("train-start").onclick = startTraining;
   $("train-stop").onclick = async () => { try { await api("POST", `${taskUrl()}/train/stop`); $("train-status").textContent = "stopping…"; } catch (e) { show(e.message, "error"); } };
 
-  $("live-model").onchange = () => { stopLive(); checkModel(); };
+  $("live-model").onchange = () => { stopLive(); clearBars(); checkModel(); };
   $("live-start").onclick = () => { if (S.live) { S.userStopped = true; stopLive(); } else { S.userStopped = false; startLive(); } };
   for (const id of ["live-smoothing", "live-threshold"]) {
     $(id).oninput = () => { $(id + "-v").textContent = $(id).value; };

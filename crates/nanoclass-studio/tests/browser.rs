@@ -659,6 +659,13 @@ async fn studio_in_headless_chromium() {
             .contains("Now showing the trained model: run 1"),
         "{switched}"
     );
+    assert!(
+        page.js("return document.getElementById('live-bars').children.length === 0 && document.getElementById('live-preview').hidden;")
+            .await
+            .as_bool()
+            .unwrap(),
+        "no preview scores are left under the trained model's name"
+    );
     page.use_device_source(&uri(&one_ant, 30)).await;
     page.click("#live-start").await;
     page.wait(
