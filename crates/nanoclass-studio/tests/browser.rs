@@ -204,16 +204,29 @@ impl Page {
             .unwrap();
     }
 
+    /// The count shown for `category`, waiting while the category list is being redrawn.
     async fn count(&self, category: &str) -> u64 {
-        self.c
-            .execute(
-                "const e = document.querySelector(`li.category[data-name=\"${arguments[0]}\"] .count`); return e ? Number(e.textContent) : -1;",
-                vec![json!(category)],
-            )
-            .await
-            .unwrap()
-            .as_f64()
-            .unwrap_or(-1.0) as u64
+        let start = Instant::now();
+        loop {
+            let n = self
+                .c
+                .execute(
+                    "const e = document.querySelector(`li.category[data-name=\"${arguments[0]}\"] .count`); return e ? Number(e.textContent) : -1;",
+                    vec![json!(category)],
+                )
+                .await
+                .unwrap()
+                .as_f64()
+                .unwrap_or(-1.0);
+            if n >= 0.0 {
+                return n as u64;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "category {category} is not listed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Holds the capture button down for `ms` milliseconds (continuous capture).
