@@ -416,11 +416,22 @@ pub async fn capture(
         .next_frame(CAPTURE_TIMEOUT)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    save_frame(&st, &task, &category, frame.jpeg.clone()).await
+}
+
+/// Saves a camera frame's JPEG into a category, refreshes the instant preview, and answers
+/// 201 `{saved: [name], count}` (capture, and filing a "label these next" frame).
+async fn save_frame(
+    st: &AppState,
+    task: &str,
+    category: &str,
+    jpeg: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let store = st.inner.store.clone();
-    let (t, c) = (task.clone(), category.clone());
-    let name = blocking(move || store.save_image(&t, &c, &frame.jpeg, "jpg")).await?;
-    touch_instant(&st, &task);
-    let count = category_count(&st, &task, &category).await?;
+    let (t, c) = (task.to_string(), category.to_string());
+    let name = blocking(move || store.save_image(&t, &c, &jpeg, "jpg")).await?;
+    touch_instant(st, task);
+    let count = category_count(st, task, category).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"saved": [name], "count": count})),
@@ -1056,15 +1067,7 @@ pub async fn instant_file_frame(
         blocking(move || store.category_dir(&t, &c)).await?;
     }
     let jpeg = instant_hub(&st)?.take_frame(&task, id)?;
-    let store = st.inner.store.clone();
-    let (t, c) = (task.clone(), category.clone());
-    let name = blocking(move || store.save_image(&t, &c, &jpeg, "jpg")).await?;
-    touch_instant(&st, &task);
-    let count = category_count(&st, &task, &category).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"saved": [name], "count": count})),
-    ))
+    save_frame(&st, &task, &category, jpeg).await
 }
 
 /// Body of `POST .../instant/frames/{id}/file`.

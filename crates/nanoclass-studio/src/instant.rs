@@ -88,6 +88,11 @@ impl TaskState {
         self.counts.iter().any(|&c| c < FEW_IMAGES)
     }
 
+    /// Whether a model centred on frames has seen enough new frames to be refitted.
+    fn wants_recentre(&self) -> bool {
+        self.model.is_some() && self.few_images() && self.pooled_since_fit >= RECENTRE_FRAMES
+    }
+
     /// Refits from the current features; `listing` is every image with its class.
     fn refit(&mut self, listing: &[(PathBuf, usize)]) {
         self.pooled_since_fit = 0;
@@ -339,8 +344,8 @@ impl InstantHub {
         s.features.retain(|p, _| keep.contains(p));
         let removed = before != s.features.len();
         let relabelled = s.labels != labels;
-        let recentre = s.model.is_some() && s.few_images() && s.pooled_since_fit >= RECENTRE_FRAMES;
-        if embedded > 0 || removed || relabelled || recentre || (s.version == 0) {
+        let recentre = s.wants_recentre();
+        if embedded > 0 || removed || relabelled || recentre || s.version == 0 {
             s.labels = labels;
             let tf = Instant::now();
             s.refit(&listing);
@@ -399,10 +404,8 @@ impl InstantHub {
 
     /// Whether a model centred on frames is due for a refit.
     pub fn wants_recentre(&self, task: &str) -> bool {
-        self.with_state(task, |s| {
-            s.model.is_some() && s.few_images() && s.pooled_since_fit >= RECENTRE_FRAMES
-        })
-        .unwrap_or(false)
+        self.with_state(task, |s| s.wants_recentre())
+            .unwrap_or(false)
     }
 
     /// Up to `n` pooled frames the instant model is least sure of, smallest margin first.

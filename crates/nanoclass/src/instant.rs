@@ -283,9 +283,9 @@ impl Prepared {
         };
         TEMPERATURES
             .iter()
-            .copied()
-            .min_by(|a, b| nll(*a).total_cmp(&nll(*b)))
-            .unwrap_or(DEFAULT_TEMPERATURE)
+            .map(|&t| (t, nll(t)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(DEFAULT_TEMPERATURE, |(t, _)| t)
     }
 
     /// Fits the linear head on the images `train`: returns `A` (`[K, train.len()]`, so that
