@@ -126,8 +126,12 @@ fn instant_mode_fits_in_one_go_and_the_run_predicts_evaluates_and_exports() {
         serde_json::from_str(&std::fs::read_to_string(run.join("instant.json")).unwrap()).unwrap();
     assert_eq!(record["images_per_class"], serde_json::json!([123, 121]));
     assert_eq!(record["leave_out"]["folds"], 5);
+    // The ImageNet classifier's logits extend the prototypes' rows.
+    assert_eq!(record["pretrained_logits"], 1000);
+    // Auto takes the linear head only on a lead of at least 2 held-out images.
     let lo = &record["leave_out"];
-    let want = if lo["linear"].as_f64() > lo["prototypes"].as_f64() {
+    let lead = (lo["linear"].as_f64().unwrap() - lo["prototypes"].as_f64().unwrap()) * 244.0;
+    let want = if lead.round() >= 2.0 {
         "linear"
     } else {
         "prototypes"
@@ -146,6 +150,34 @@ fn instant_mode_fits_in_one_go_and_the_run_predicts_evaluates_and_exports() {
     assert!(
         (eval_top1 - fit_top1).abs() <= 1.0 / 153.0 + 1e-9,
         "eval {eval_top1} vs the fit's {fit_top1}"
+    );
+    // Prototypes on [features, ImageNet logits], folded into one layer on the features: the
+    // saved run scores what the fit scored.
+    let protos = tmp.path().join("protos");
+    let out = bin()
+        .args(["train"])
+        .arg(&data)
+        .args(["--arch", "efficientnet_lite0", "--mode", "instant"])
+        .args(["--instant-head", "prototypes", "--out"])
+        .arg(&protos)
+        .output()
+        .unwrap();
+    ok(out, "train --mode instant --instant-head prototypes");
+    let metrics = std::fs::read_to_string(protos.join("metrics.jsonl")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(metrics.trim()).unwrap();
+    let proto_fit = m["val_top1"].as_f64().unwrap();
+    assert!(proto_fit >= 0.90, "prototypes held-out top-1 {proto_fit}");
+    let out = bin()
+        .args(["eval"])
+        .arg(&protos)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
+    let proto_eval = report["top1"].as_f64().unwrap();
+    assert!(
+        (proto_eval - proto_fit).abs() <= 1.0 / 153.0 + 1e-9,
+        "eval {proto_eval} vs the fit's {proto_fit}"
     );
     let out = bin()
         .args(["predict"])

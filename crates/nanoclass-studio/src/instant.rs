@@ -121,7 +121,10 @@ impl TaskState {
             ));
             return;
         }
-        let dim = ARCH.feature_dim();
+        // Rows are the backbone's features, followed by its pretrained classifier's logits when
+        // the weights carry one (`Embedder::dim`).
+        let dim = x.len() / y.len();
+        let split = (dim > ARCH.feature_dim()).then(|| ARCH.feature_dim());
         let centre = if self.few_images() && !self.pool.is_empty() {
             let n = y.len() + self.pool.len();
             let mut m = vec![0.0f64; dim];
@@ -145,6 +148,7 @@ impl TaskState {
         };
         let data = Features {
             x: &x,
+            split,
             labels: &y,
             dim,
             classes: k,

@@ -17,6 +17,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::nn::Linear;
 use burn::prelude::*;
 use burn::store::pytorch_reader::PytorchReader;
 use burn::store::{
@@ -76,6 +77,9 @@ pub struct LoadReport {
     pub head: HeadLoad,
     /// String metadata stored in the file (safetensors only), e.g. nanoclass's labels.
     pub metadata: BTreeMap<String, String>,
+    /// The file's own head when a fresh one replaced it (for ImageNet weights, the
+    /// 1000-class ImageNet classifier, `[C] -> [1000]`).
+    pub file_head: Option<Linear>,
 }
 
 impl std::fmt::Display for LoadReport {
@@ -262,9 +266,11 @@ pub fn load_net(
     };
     let mut net = Net::new(arch, file_outputs, device);
     let (applied, ignored) = apply_file(&mut net, path, &index, &prefix)?;
+    let mut file_head = None;
     let head = if file_outputs == num_outputs {
         HeadLoad::Loaded
     } else {
+        file_head = Some(net.head().clone());
         net = net.with_fresh_head(num_outputs, device);
         HeadLoad::Fresh {
             file_outputs,
@@ -281,6 +287,7 @@ pub fn load_net(
             ignored,
             head,
             metadata: index.metadata,
+            file_head,
         },
     ))
 }

@@ -48,7 +48,7 @@ use crate::data::loader::{Batch, Skipped, decode_batches, decode_samples, prefet
 use crate::data::presets::{EvalPreset, presets, regression_presets};
 use crate::data::split::stratified_split;
 use crate::eval::regression::{denormalise, distance, normalise};
-use crate::instant::{Features, HeadChoice, InstantModel};
+use crate::instant::{Features, HeadChoice, InstantModel, PretrainedHead};
 use crate::model::weights::{LoadReport, load_net, save_net};
 use crate::model::{Arch, Net, registry};
 use crate::run::{
@@ -1134,10 +1134,15 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         val_samples = kept_val;
         check_classes(&data.labels, &train_samples, &opts.data)?;
         if opts.mode == Mode::Instant {
+            let pretrained = report
+                .as_ref()
+                .and_then(|r| r.file_head.as_ref())
+                .and_then(PretrainedHead::from_linear);
             fit_instant(
                 opts,
                 &run,
                 net,
+                pretrained.as_ref(),
                 (&tf, &tl),
                 (&vf, &vl),
                 (c, n_classes, size),
@@ -1418,6 +1423,7 @@ fn fit_instant(
     opts: &TrainOptions,
     run: &Run,
     net: Net,
+    pretrained: Option<&PretrainedHead>,
     (tf, tl): (&[f32], &[Target]),
     (vf, vl): (&[f32], &[Target]),
     (c, n_classes, size): (usize, usize, usize),
@@ -1427,11 +1433,14 @@ fn fit_instant(
 ) -> Result<()> {
     let te = Instant::now();
     let labels: Vec<usize> = tl.iter().map(|t| t.label).collect();
+    // Rows [f, l]: the features and the pretrained classifier's logits (see `instant`).
+    let rows = pretrained.map(|p| p.extend(tf, device));
     let model = InstantModel::fit(
         Features {
-            x: tf,
+            x: rows.as_deref().unwrap_or(tf),
+            split: pretrained.map(|_| c),
             labels: &labels,
-            dim: c,
+            dim: c + pretrained.map_or(0, PretrainedHead::outputs),
             classes: n_classes,
         },
         None,
@@ -1439,6 +1448,10 @@ fn fit_instant(
     )?;
     let fit_ms = te.elapsed().as_secs_f64() * 1000.0;
     let (w, b) = model.linear_layer();
+    let (w, b) = match pretrained {
+        Some(p) => p.fold(&w, &b),
+        None => (w, b),
+    };
     // burn's Linear weight is [d_input, d_output]: the transpose of PyTorch's [K, C].
     let mut wt = vec![0.0f32; c * n_classes];
     for k in 0..n_classes {
@@ -1463,6 +1476,7 @@ fn fit_instant(
         "temperature": model.temperature,
         "images_per_class": model.counts,
         "leave_out": model.leave_out,
+        "pretrained_logits": pretrained.map_or(0, PretrainedHead::outputs),
         "fit_ms": fit_ms,
     });
     write_atomic(
