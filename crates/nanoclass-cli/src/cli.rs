@@ -149,6 +149,11 @@ struct TrainArgs {
     /// or linear.
     #[arg(long, value_enum, default_value = "auto")]
     instant_head: InstantHeadArg,
+    /// Engine of the backbone's forward pass in frozen and instant modes (features): ort
+    /// (ONNX Runtime), burn, or auto (ort when its library loads). Training steps always run
+    /// on burn.
+    #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
+    engine: nanoclass::engine::EngineChoice,
     /// Epochs (finetune: full-network epochs after the head epochs). Default: 30 frozen, 10
     /// full, 5 finetune.
     #[arg(long)]
@@ -219,6 +224,10 @@ struct EvalArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Inference engine: ort (ONNX Runtime, from ORT_DYLIB_PATH, the config file or a
+    /// pip-installed onnxruntime), burn (pure Rust), or auto (ort when its library loads).
+    #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
+    engine: nanoclass::engine::EngineChoice,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -248,6 +257,10 @@ struct PredictArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// Inference engine: ort (ONNX Runtime, from ORT_DYLIB_PATH, the config file or a
+    /// pip-installed onnxruntime), burn (pure Rust), or auto (ort when its library loads).
+    #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
+    engine: nanoclass::engine::EngineChoice,
 }
 
 #[derive(Subcommand, Debug)]
@@ -369,6 +382,7 @@ fn train_options(a: TrainArgs) -> Result<TrainOptions> {
             InstantHeadArg::Prototypes => HeadChoice::Prototypes,
             InstantHeadArg::Linear => HeadChoice::Linear,
         },
+        engine: a.engine,
     })
 }
 
@@ -485,7 +499,7 @@ fn new_bar(len: u64, prefix: &str) -> ProgressBar {
 
 fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let predictor = Predictor::open_any(&a.run)?;
+    let predictor = Predictor::open_with(&a.run, a.engine)?;
     let data = a
         .data
         .clone()
@@ -610,7 +624,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let predictor = Predictor::open_any(&a.run)?;
+    let predictor = Predictor::open_with(&a.run, a.engine)?;
     let files = collect_images(&a.paths)?;
     if predictor.task() == Task::Regression {
         return predict_points(&predictor, &files, &a);

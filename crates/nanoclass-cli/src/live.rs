@@ -46,6 +46,10 @@ pub struct LiveArgs {
     /// at 1).
     #[arg(long, default_value_t = MAX_BATCH)]
     max_batch: usize,
+    /// Inference engine: ort (ONNX Runtime, from ORT_DYLIB_PATH, the config file or a
+    /// pip-installed onnxruntime), burn (pure Rust), or auto (ort when its library loads).
+    #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
+    engine: nanoclass::engine::EngineChoice,
 }
 
 /// Frames the reader thread may decode ahead of the model.
@@ -65,6 +69,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
         top_k: a.top_k.max(1),
         threshold: a.threshold,
         smoothing: a.smoothing,
+        engine: a.engine,
     };
     let mut live = Live::open(&a.run, opts)?;
     let mut source = camera::open(&a.source)?;

@@ -328,6 +328,11 @@ async function loadNext() {
   let rows = [];
   try { rows = await api("GET", `${taskUrl()}/instant/uncertain?n=4`); } catch (_) { return; }
   const list = $("next-list");
+  // Redrawn only when the frames change, and never under the pointer: a button about to be
+  // clicked stays where it is.
+  const key = rows.map((r) => `${r.id}:${r.top1}`).join(",");
+  if (key === S.nextKey || list.matches(":hover")) return;
+  S.nextKey = key;
   list.innerHTML = "";
   panel.hidden = rows.length === 0;
   const cats = (S.instant && S.instant.labels) || [];

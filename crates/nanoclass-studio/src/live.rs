@@ -43,6 +43,7 @@ impl LiveQuery {
             top_k: usize::MAX,
             threshold: self.threshold.filter(|t| *t > 0.0),
             smoothing,
+            ..LiveOptions::default()
         })
     }
 }

@@ -262,6 +262,7 @@ pub fn options(
         feature_cache,
         stop: None,
         instant_head: Default::default(),
+        engine: nanoclass::engine::EngineChoice::from_env(),
     })
 }
 

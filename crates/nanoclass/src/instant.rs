@@ -47,6 +47,7 @@ use serde::Serialize;
 
 use crate::data::loader::Skipped;
 use crate::data::presets::{EvalPreset, presets};
+use crate::engine::{EngineChoice, OrtModel, backbone_model, warn_fallback};
 use crate::eval::metrics::softmax;
 use crate::model::{Arch, Net};
 use crate::train::features::FeatureCache;
@@ -850,6 +851,8 @@ pub struct Embedder {
     device: Device,
     cache: Option<FeatureCache>,
     pretrained: Option<PretrainedHead>,
+    /// The backbone in ONNX Runtime, when the engine ([`EngineChoice::from_env`]) allows it.
+    ort: Option<OrtModel>,
 }
 
 impl Embedder {
@@ -866,6 +869,17 @@ impl Embedder {
             .as_ref()
             .and_then(|r| r.file_head.as_ref())
             .and_then(PretrainedHead::from_linear);
+        let ort = match (EngineChoice::from_env(), &report) {
+            (EngineChoice::Burn, _) | (_, None) => None,
+            (engine, Some(r)) => match backbone_model(&net, arch, &r.path, preset.crop as usize) {
+                Ok(m) => Some(m),
+                Err(e) if engine == EngineChoice::Ort => return Err(e),
+                Err(e) => {
+                    warn_fallback(&e.to_string());
+                    None
+                }
+            },
+        };
         let cache = match (cache_root, report) {
             (Some(root), Some(r)) => {
                 FeatureCache::open(root, arch, &r.path, &preset, arch.feature_dim()).ok()
@@ -873,6 +887,7 @@ impl Embedder {
             _ => None,
         };
         Ok(Embedder {
+            ort,
             // Eval mode: BatchNorm uses its running statistics.
             net: net.valid(),
             arch,
@@ -921,16 +936,25 @@ impl Embedder {
         for f in frames {
             pixels.extend(self.preset.apply(f));
         }
-        let x = Tensor::<4>::from_data(
-            TensorData::new(pixels, [frames.len(), 3, crop, crop]),
-            &self.device,
-        );
-        let y = self.net.features(x);
-        let v: Vec<f32> = y
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
+        let ran = self
+            .ort
+            .as_ref()
+            .and_then(|m| m.run(pixels.clone(), frames.len(), crop).ok());
+        let v: Vec<f32> = match ran {
+            Some((v, _)) => v,
+            None => {
+                let x = Tensor::<4>::from_data(
+                    TensorData::new(pixels, [frames.len(), 3, crop, crop]),
+                    &self.device,
+                );
+                self.net
+                    .features(x)
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default()
+            }
+        };
         let d = self.dim();
         self.extend(v).chunks(d).map(<[f32]>::to_vec).collect()
     }
@@ -939,7 +963,7 @@ impl Embedder {
     /// skipped files), their features from the cache where present.
     pub fn files(&self, paths: &[PathBuf]) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
         let (f, skipped, _) = extract_features(
-            &self.net,
+            (&self.net, &|| self.ort.as_ref()),
             paths,
             &self.preset,
             16,

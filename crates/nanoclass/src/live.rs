@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use image::RgbImage;
 
+use crate::engine::EngineChoice;
 use crate::eval::metrics::{softmax, top_k};
 use crate::eval::predict::Predictor;
 use crate::{Error, Result};
@@ -26,6 +27,8 @@ pub struct LiveOptions {
     /// over the frames' softmax probabilities. 0 disables smoothing; 0.8 averages over roughly
     /// the last 5 frames.
     pub smoothing: f32,
+    /// The inference engine ([`crate::engine`]).
+    pub engine: EngineChoice,
 }
 
 impl Default for LiveOptions {
@@ -34,6 +37,7 @@ impl Default for LiveOptions {
             top_k: 5,
             threshold: None,
             smoothing: 0.0,
+            engine: EngineChoice::from_env(),
         }
     }
 }
@@ -85,7 +89,7 @@ impl Live {
                 "threshold must be in [0, 1], got {t}"
             )));
         }
-        let predictor = Predictor::open_any(run_dir)?;
+        let predictor = Predictor::open_with(run_dir, opts.engine)?;
         Ok(Live {
             predictor,
             opts,

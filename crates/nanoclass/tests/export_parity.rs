@@ -22,6 +22,7 @@ use std::sync::OnceLock;
 
 use nanoclass::data::decode::{DecodeOptions, decode_file};
 use nanoclass::data::markers::MarkerSet;
+use nanoclass::engine::{EngineChoice, onnx_cache_dir, onnx_cache_path, ort_environment};
 use nanoclass::eval::predict::Predictor;
 use nanoclass::export::{ExportFormat, ExportOptions, export, load_run_model, onnx};
 use nanoclass::model::Arch;
@@ -102,6 +103,7 @@ fn train_run(root: &Path, arch: Arch, weights: &str, mode: Mode, epochs: usize) 
         force: false,
         feature_cache: None,
         instant_head: Default::default(),
+        engine: nanoclass::engine::EngineChoice::from_env(),
         stop: None,
     };
     train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training {arch}: {e}"));
@@ -143,7 +145,10 @@ struct Case {
 
 impl Case {
     fn new(root: PathBuf, run: PathBuf) -> Case {
-        let predictor = Predictor::open_any(&run).unwrap_or_else(|e| panic!("{e}"));
+        // burn, the reference engine.
+        let predictor =
+            Predictor::open_with(&run, EngineChoice::Burn).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(predictor.engine(), "burn");
         let config = predictor.run.config.clone();
         let pixels = inputs(&predictor.run);
         let expected = predictor.logits(pixels.clone(), 3);
@@ -253,6 +258,7 @@ fn regression_case() -> &'static Case {
             force: false,
             feature_cache: None,
             instant_head: Default::default(),
+            engine: nanoclass::engine::EngineChoice::from_env(),
             stop: None,
         };
         train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training regression: {e}"));
@@ -499,6 +505,64 @@ fn check_python(case: &Case) {
     let pth = case.export(ExportFormat::Pth, false, None);
     let line = python_script("pth_roundtrip.py", &pth, &dir.join("case.json"));
     assert!(line.contains("strict=True"), "{line}");
+}
+
+/// The ONNX Runtime engine behind `Predictor`: burn's outputs within 1e-4 at batch 3 and 1,
+/// from the model's export in the cache. Without the library (CI's second pass), `auto` falls
+/// back to burn with burn's exact outputs and `ort` is refused with the reason;
+/// `NANOCLASS_REQUIRE_ORT=1` (CI's first pass) makes a missing library a failure.
+fn check_ort_engine(case: &Case) {
+    match ort_environment() {
+        Err(reason) => {
+            assert!(
+                std::env::var_os("NANOCLASS_REQUIRE_ORT").is_none(),
+                "NANOCLASS_REQUIRE_ORT is set, but ONNX Runtime is not available: {reason}"
+            );
+            eprintln!("ONNX Runtime not available ({reason}): checking the fallback");
+            let p = Predictor::open_with(&case.run, EngineChoice::Auto).unwrap();
+            assert_eq!(p.engine(), "burn");
+            assert_eq!(p.logits(case.pixels.clone(), 3), case.expected);
+            let e = Predictor::open_with(&case.run, EngineChoice::Ort)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&reason), "{e}");
+        }
+        Ok(_) => {
+            let p = Predictor::open_with(&case.run, EngineChoice::Ort).unwrap();
+            assert_eq!(p.engine(), "ort");
+            let auto = Predictor::open_with(&case.run, EngineChoice::Auto).unwrap();
+            assert_eq!(auto.engine(), "ort");
+            let batch = p.logits(case.pixels.clone(), 3);
+            let d = max_diff(&batch, &case.expected);
+            assert!(d <= TOLERANCE, "ONNX Runtime vs burn, batch 3: {d}");
+            for i in 0..3 {
+                let one = p.logits(case.image(i).to_vec(), 1);
+                let di = max_diff(&one, &case.expected[i..=i]);
+                assert!(
+                    di <= TOLERANCE,
+                    "ONNX Runtime vs burn, image {i} alone: {di}"
+                );
+            }
+            let cached = onnx_cache_path(
+                &onnx_cache_dir().unwrap(),
+                &case.run.join("model.safetensors"),
+                &format!("size={}", case.size),
+            )
+            .unwrap();
+            assert!(cached.is_file(), "{} missing", cached.display());
+            eprintln!(
+                "{:?} {}: ONNX Runtime vs burn max |diff| {d:.3e}",
+                case.arch, case.task
+            );
+        }
+    }
+}
+
+#[test]
+fn the_ort_engine_matches_burn_for_efficientnet_lite0_resnet18_and_regression() {
+    for case in [efficientnet_case(), resnet_case(), regression_case()] {
+        check_ort_engine(case);
+    }
 }
 
 #[test]

@@ -53,6 +53,7 @@ fn options(data: &Path, out: &Path, mode: Mode) -> TrainOptions {
         force: false,
         feature_cache: None,
         instant_head: Default::default(),
+        engine: nanoclass::engine::EngineChoice::from_env(),
         stop: None,
     }
 }

@@ -9,6 +9,9 @@ use burn::prelude::*;
 use crate::data::decode::DecodeOptions;
 use crate::data::folder::Sample;
 use crate::data::loader::{Skipped, decode_batches};
+use crate::engine::{
+    EngineChoice, OrtModel, onnx_cache_dir, onnx_cache_path, ort_environment, warn_fallback,
+};
 use crate::eval::metrics::{ConfusionMatrix, EvalReport};
 use crate::eval::regression::{PointTile, RegressionReport, denormalise, distance, output_points};
 use crate::model::Net;
@@ -36,8 +39,35 @@ pub enum EvalSplit {
 pub struct Predictor {
     /// The run it came from.
     pub run: Run,
-    net: Net,
-    device: Device,
+    backend: Backend,
+}
+
+/// The engine a [`Predictor`] runs on.
+#[derive(Debug)]
+enum Backend {
+    Burn { net: Box<Net>, device: Device },
+    Ort(OrtModel),
+}
+
+/// The run's model in ONNX Runtime, from the export cache (written first when missing).
+fn ort_model(run: &Run, net: &Net) -> Result<OrtModel> {
+    let root = onnx_cache_dir()
+        .ok_or_else(|| Error::Other("no cache folder for the ONNX export".into()))?;
+    let size = run.config.eval_preset.crop as usize;
+    let path = onnx_cache_path(&root, &run.model_path(), &format!("size={size}"))?;
+    if !path.is_file() {
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let meta = crate::export::metadata(run, false);
+        let model = crate::export::onnx::model_proto(
+            net,
+            size,
+            false,
+            crate::export::onnx::DEFAULT_OPSET,
+            &meta,
+        )?;
+        crate::run::write_atomic(&path, &crate::export::onnx::encode(&model))?;
+    }
+    OrtModel::open(&path)
 }
 
 /// Logits for one file.
@@ -78,6 +108,16 @@ impl Predictor {
     /// [`Error::Run`] when the run has no model or the model disagrees with the run;
     /// [`Error::Weights`] when the file cannot be loaded.
     pub fn open_any(run_dir: &Path) -> Result<Predictor> {
+        Predictor::open_with(run_dir, EngineChoice::from_env())
+    }
+
+    /// [`Predictor::open_any`] on the engine `engine` ([`crate::engine`]): with ONNX Runtime the
+    /// run's ONNX export is taken from the export cache, written there first if missing.
+    ///
+    /// # Errors
+    /// Those of [`Predictor::open_any`]; with [`EngineChoice::Ort`], ONNX Runtime not being
+    /// available (the reason) or refusing the graph.
+    pub fn open_with(run_dir: &Path, engine: EngineChoice) -> Result<Predictor> {
         let run = Run::open(run_dir)?;
         let device = default_device();
         let labels = run.config.labels.clone();
@@ -116,11 +156,33 @@ impl Predictor {
                 ),
             });
         }
-        Ok(Predictor {
-            run,
-            net: net.valid(),
-            device,
-        })
+        let net = net.valid();
+        let backend = match engine {
+            EngineChoice::Burn => Backend::Burn {
+                net: Box::new(net),
+                device,
+            },
+            EngineChoice::Ort => Backend::Ort(ort_model(&run, &net)?),
+            EngineChoice::Auto => match ort_environment() {
+                Ok(_) => Backend::Ort(ort_model(&run, &net)?),
+                Err(reason) => {
+                    warn_fallback(&reason);
+                    Backend::Burn {
+                        net: Box::new(net),
+                        device,
+                    }
+                }
+            },
+        };
+        Ok(Predictor { run, backend })
+    }
+
+    /// The engine in use: `ort` or `burn`.
+    pub fn engine(&self) -> &'static str {
+        match self.backend {
+            Backend::Burn { .. } => "burn",
+            Backend::Ort(_) => "ort",
+        }
     }
 
     /// Class names, index = output index (regression: category names; category `k` has
@@ -297,16 +359,25 @@ impl Predictor {
 
     /// Logits for preprocessed images: `pixels` is `[n, 3, crop, crop]` flattened, as the run's
     /// eval preset makes it. Returns `n` rows of `labels().len()` logits.
+    ///
+    /// # Panics
+    /// ONNX Runtime fails on an input of the run's own size (a broken library).
     pub fn logits(&self, pixels: Vec<f32>, n: usize) -> Vec<Vec<f32>> {
         let crop = self.run.config.eval_preset.crop as usize;
-        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, crop, crop]), &self.device);
-        let y = self.net.forward(x);
-        let k = y.dims()[1];
-        let v: Vec<f32> = y
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .unwrap_or_default();
+        let (v, k) = match &self.backend {
+            Backend::Burn { net, device } => {
+                let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, crop, crop]), device);
+                let y = net.forward(x);
+                let k = y.dims()[1];
+                let v: Vec<f32> = y
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default();
+                (v, k)
+            }
+            Backend::Ort(m) => m.run(pixels, n, crop).unwrap_or_else(|e| panic!("{e}")),
+        };
         v.chunks(k).map(|c| c.to_vec()).collect()
     }
 

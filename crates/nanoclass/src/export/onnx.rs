@@ -108,25 +108,58 @@ pub fn model_proto(
     opset: i64,
     metadata: &BTreeMap<String, String>,
 ) -> Result<pb::ModelProto> {
+    build(net, size, Some(softmax), opset, metadata)
+}
+
+/// The backbone alone: [`INPUT_NAME`] `[batch, 3, size, size]` to [`OUTPUT_NAME`]
+/// `[batch, C]`, the pooled features the head reads (what frozen training caches).
+///
+/// # Errors
+/// Those of [`model_proto`].
+pub fn features_proto(
+    net: &Net,
+    size: usize,
+    opset: i64,
+    metadata: &BTreeMap<String, String>,
+) -> Result<pb::ModelProto> {
+    build(net, size, None, opset, metadata)
+}
+
+/// `head`: Some(softmax) for the whole model, None for the backbone's features.
+fn build(
+    net: &Net,
+    size: usize,
+    head: Option<bool>,
+    opset: i64,
+    metadata: &BTreeMap<String, String>,
+) -> Result<pb::ModelProto> {
     check_opset(opset)?;
     let mut g = Graph::default();
     let (features, arch) = match net {
         Net::ResNet(m) => (resnet(&mut g, m, size)?, "resnet"),
         Net::EfficientNetLite(m) => (efficientnet(&mut g, m, size)?, "efficientnet_lite"),
     };
-    let head = net.head();
-    let k = net.num_outputs();
-    let logits_name = if softmax { "logits" } else { OUTPUT_NAME };
-    let logits = g.gemm(head_name(net), &features, head, logits_name)?;
-    if softmax {
-        g.node(
-            "Softmax",
-            "softmax",
-            &[&logits],
-            OUTPUT_NAME,
-            vec![attr_int("axis", 1)],
-        );
-    }
+    let softmax = head == Some(true);
+    let k = match head {
+        Some(_) => {
+            let logits_name = if softmax { "logits" } else { OUTPUT_NAME };
+            let logits = g.gemm(head_name(net), &features, net.head(), logits_name)?;
+            if softmax {
+                g.node(
+                    "Softmax",
+                    "softmax",
+                    &[&logits],
+                    OUTPUT_NAME,
+                    vec![attr_int("axis", 1)],
+                );
+            }
+            net.num_outputs()
+        }
+        None => {
+            g.node("Identity", "features", &[&features], OUTPUT_NAME, vec![]);
+            net.head().weight.val().dims()[0]
+        }
+    };
     let graph = pb::GraphProto {
         node: g.nodes,
         name: format!("nanoclass_{arch}"),
@@ -143,10 +176,10 @@ pub fn model_proto(
         output: vec![value_info(OUTPUT_NAME, &[Dim::Batch, Dim::Fixed(k as i64)])],
         doc_string: format!(
             "{INPUT_NAME}: [batch, 3, {size}, {size}] f32 RGB, normalised; {OUTPUT_NAME}: [batch, {k}] {}",
-            if softmax {
-                "probabilities"
-            } else {
-                "raw outputs"
+            match head {
+                Some(true) => "probabilities",
+                Some(false) => "raw outputs",
+                None => "pooled backbone features",
             }
         ),
         ..Default::default()

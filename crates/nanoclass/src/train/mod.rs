@@ -47,6 +47,7 @@ use crate::data::folder::{Sample, scan_image_folder, scan_regression_folder};
 use crate::data::loader::{Batch, Skipped, decode_batches, decode_samples, prefetch};
 use crate::data::presets::{EvalPreset, presets, regression_presets};
 use crate::data::split::stratified_split;
+use crate::engine::{EngineChoice, OrtModel, backbone_model, warn_fallback};
 use crate::eval::regression::{denormalise, distance, normalise};
 use crate::instant::{Features, HeadChoice, InstantModel, PretrainedHead};
 use crate::model::weights::{LoadReport, load_net, save_net};
@@ -112,6 +113,8 @@ pub struct TrainOptions {
     pub stop: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// `instant` mode: which head to fit.
     pub instant_head: HeadChoice,
+    /// Engine of forward-only work (frozen and instant modes' backbone features).
+    pub engine: EngineChoice,
 }
 
 /// What the training loop reports while it runs.
@@ -311,10 +314,11 @@ fn prepare_data(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<
 }
 
 /// Runs the network's backbone (eval mode) over image files, batch by batch, decoding in
-/// parallel ahead of the compute. Returns `[C]` features per file (None when skipped) and how
-/// many came from `cache`; newly computed features are added to it.
-pub fn extract_features(
-    net: &Net,
+/// parallel ahead of the compute: on the ONNX Runtime model `ort()` gives (called once, and only
+/// when some file is not in `cache`), else on burn. Returns `[C]` features per file (None when
+/// skipped) and how many came from `cache`; newly computed features are added to it.
+pub fn extract_features<'m>(
+    (net, ort): (&Net, &dyn Fn() -> Option<&'m OrtModel>),
     paths: &[PathBuf],
     preset: &EvalPreset,
     batch_size: usize,
@@ -348,17 +352,26 @@ pub fn extract_features(
     };
     let mut skipped = Vec::new();
     let todo_paths: Vec<PathBuf> = todo.iter().map(|&i| paths[i].clone()).collect();
+    // The engine is opened only when something is left to compute.
+    let ort = if todo.is_empty() { None } else { ort() };
     for (batch, skip) in decode_batches(todo_paths, batch_size, opts, move |img| p.apply(img)) {
         done += batch.n + skip.len();
         skipped.extend(skip);
         if batch.n > 0 {
-            let x = Tensor::<4>::from_data(
-                TensorData::new(batch.pixels, [batch.n, 3, crop, crop]),
-                device,
-            );
-            let f = eval_net.features(x);
-            let c = f.dims()[1];
-            let v: Vec<f32> = f.into_data().try_to_vec::<f32>().unwrap_or_default();
+            let ran = ort.map(|m| m.run(batch.pixels.clone(), batch.n, crop));
+            let (v, c) = match ran {
+                Some(Ok(vc)) => vc,
+                // ONNX Runtime failing mid-run: the batch is computed by burn instead.
+                _ => {
+                    let x = Tensor::<4>::from_data(
+                        TensorData::new(batch.pixels, [batch.n, 3, crop, crop]),
+                        device,
+                    );
+                    let f = eval_net.features(x);
+                    let c = f.dims()[1];
+                    (f.into_data().try_to_vec::<f32>().unwrap_or_default(), c)
+                }
+            };
             for (j, &t) in batch.items.iter().enumerate() {
                 let i = todo[t];
                 let f = v[j * c..(j + 1) * c].to_vec();
@@ -577,6 +590,7 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
         feature_cache: features::default_dir(),
         stop: None,
         instant_head: HeadChoice::Auto,
+        engine: EngineChoice::from_env(),
     })
 }
 
@@ -1091,8 +1105,24 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             }
             _ => None,
         };
+        // Forward-only: on ONNX Runtime when chosen and available (opened only when some image
+        // is not in the cache).
+        if opts.engine == EngineChoice::Ort {
+            crate::engine::ort_environment().map_err(Error::Other)?;
+        }
+        let ort_cell = std::cell::OnceCell::new();
+        let make_ort = || match (&pretrained, opts.engine) {
+            (_, EngineChoice::Burn) | (None, _) => None,
+            (Some(w), _) => match backbone_model(&net, opts.arch, w, eval_preset.crop as usize) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn_fallback(&e.to_string());
+                    None
+                }
+            },
+        };
         let (feats, skip, hits) = extract_features(
-            &net,
+            (&net, &|| ort_cell.get_or_init(make_ort).as_ref()),
             &all,
             &eval_preset,
             32,

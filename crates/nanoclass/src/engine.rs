@@ -1,0 +1,391 @@
+//! Inference engines for forward-only work (`predict`, `eval`, `live`, the studio's live view).
+//!
+//! - **ONNX Runtime** ([`OrtModel`]): runs the model's own ONNX export (see
+//!   [`crate::export::onnx`]) through the `ort` crate. The library, `libonnxruntime`, is loaded at
+//!   run time from the user's machine ([`find_ort_library`]); nothing is downloaded or linked.
+//!   The export is written once per trained model into a cache keyed by the SHA-256 of the model
+//!   file and the exporter ([`onnx_cache_path`]), so a retrained model is never served stale.
+//! - **burn** (pure Rust, the training engine): always available.
+//!
+//! [`EngineChoice::Auto`] (the default) picks ONNX Runtime when its library loads and burn
+//! otherwise, saying so once per process. Both take the same input, `[N, 3, H, W]` f32 RGB
+//! normalised by the run's eval preset, and give the same outputs (within 1e-4, tested).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Error, Result};
+
+/// The environment variable naming `libonnxruntime` (the variable `ort` itself reads).
+pub const ORT_LIB_ENV: &str = "ORT_DYLIB_PATH";
+
+/// The environment variable that sets the default engine (`auto`, `ort` or `burn`).
+pub const ENGINE_ENV: &str = "NANOCLASS_ENGINE";
+
+/// Which engine runs forward-only work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// ONNX Runtime when its library loads, else burn.
+    #[default]
+    Auto,
+    /// ONNX Runtime; an error when its library cannot be loaded.
+    Ort,
+    /// burn (pure Rust).
+    Burn,
+}
+
+impl EngineChoice {
+    /// `auto`, `ort` or `burn`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Ort => "ort",
+            EngineChoice::Burn => "burn",
+        }
+    }
+
+    /// Parses `auto`, `ort` or `burn`.
+    pub fn parse(s: &str) -> Option<EngineChoice> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(EngineChoice::Auto),
+            "ort" | "onnxruntime" => Some(EngineChoice::Ort),
+            "burn" => Some(EngineChoice::Burn),
+            _ => None,
+        }
+    }
+
+    /// `$NANOCLASS_ENGINE` when set to a known name, else [`EngineChoice::Auto`].
+    pub fn from_env() -> EngineChoice {
+        std::env::var(ENGINE_ENV)
+            .ok()
+            .and_then(|v| EngineChoice::parse(&v))
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for EngineChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        EngineChoice::parse(s).ok_or_else(|| format!("unknown engine {s:?}: auto, ort or burn"))
+    }
+}
+
+/// The optional config file: `<config dir>/nanoclass/config.json` (on Linux
+/// `~/.config/nanoclass/config.json`), whose key `onnxruntime` may name `libonnxruntime`.
+pub fn config_file() -> Option<PathBuf> {
+    dirs::config_dir().map(|d| d.join("nanoclass").join("config.json"))
+}
+
+/// Where `libonnxruntime` is, in this order: `$ORT_DYLIB_PATH`; the `onnxruntime` key of
+/// [`config_file`]; the `capi/` folder of a pip-installed `onnxruntime` (or
+/// `onnxruntime-gpu`) package in the usual site-packages folders of Python 3. None when none
+/// exists.
+pub fn find_ort_library() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(ORT_LIB_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(p) = config_file()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v.get("onnxruntime")?.as_str().map(PathBuf::from))
+    {
+        return Some(p);
+    }
+    site_packages()
+        .into_iter()
+        .find_map(|dir| capi_library(&dir.join("onnxruntime").join("capi")))
+}
+
+/// Python 3 package folders to search: the system's (`/usr/lib/python3/dist-packages`,
+/// `/usr/local/lib/python3.*/dist-packages`), the user's (`~/.local/lib/python3.*/site-packages`),
+/// `$VIRTUAL_ENV`'s and pyenv's.
+fn site_packages() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = vec![PathBuf::from("/usr/local/lib"), PathBuf::from("/usr/lib")];
+    if let Some(home) = dirs::home_dir() {
+        roots.push(home.join(".local/lib"));
+        if let Ok(versions) = std::fs::read_dir(home.join(".pyenv/versions")) {
+            roots.extend(versions.flatten().map(|e| e.path().join("lib")));
+        }
+    }
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV") {
+        roots.insert(0, PathBuf::from(venv).join("lib"));
+    }
+    let mut out = vec![PathBuf::from("/usr/lib/python3/dist-packages")];
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        let mut pythons: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("python3"))
+            })
+            .collect();
+        pythons.sort();
+        for p in pythons.into_iter().rev() {
+            out.push(p.join("site-packages"));
+            out.push(p.join("dist-packages"));
+        }
+    }
+    out
+}
+
+/// `libonnxruntime.so*` (or `.dylib`, `.dll`) in `capi`, the highest version first.
+fn capi_library(capi: &Path) -> Option<PathBuf> {
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(capi)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                (n.starts_with("libonnxruntime.so") || n == "libonnxruntime.dylib")
+                    || n == "onnxruntime.dll"
+            })
+        })
+        .collect();
+    libs.sort();
+    libs.pop()
+}
+
+/// The process's ONNX Runtime environment: the library loaded once. `Err` holds why it is not
+/// available (no library found, or it failed to load), the same for the life of the process.
+pub fn ort_environment() -> std::result::Result<&'static ort::environment::Environment, String> {
+    static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> =
+        OnceLock::new();
+    ENV.get_or_init(|| {
+        let lib = find_ort_library().ok_or_else(|| {
+            format!("no libonnxruntime found (set {ORT_LIB_ENV}, or `pip install onnxruntime`)")
+        })?;
+        if !lib.is_file() {
+            return Err(format!("{}: no such file", lib.display()));
+        }
+        // A library that aborts inside `dlopen` takes the process with it; one that loads but
+        // has the wrong API version is refused by `ort` with its reason.
+        let builder =
+            ort::init_from(&lib).map_err(|e| format!("{}: cannot load: {e}", lib.display()))?;
+        builder
+            .with_name("nanoclass")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| format!("{}: {e}", lib.display()))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Says once per process, on stderr, that ONNX Runtime is not available and burn runs instead.
+pub fn warn_fallback(reason: &str) {
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!("nanoclass: ONNX Runtime not available ({reason}); running on burn");
+    }
+}
+
+/// The version of the ONNX graphs this build writes, part of the export cache key.
+const EXPORTER: &str = concat!("nanoclass-onnx-", env!("CARGO_PKG_VERSION"), "-opset17");
+
+/// The cache root of exported models: `$NANOCLASS_ONNX_CACHE`, else
+/// `<XDG cache>/nanoclass/onnx`.
+pub fn onnx_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("NANOCLASS_ONNX_CACHE")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|d| d.join("nanoclass").join("onnx")))
+}
+
+/// Where the ONNX export of the model file `model` is cached: `<root>/<key>.onnx`, `key` the
+/// SHA-256 of the exporter version, the model file's bytes and `extra` (e.g. the input size).
+///
+/// # Errors
+/// The model file cannot be read.
+pub fn onnx_cache_path(root: &Path, model: &Path, extra: &str) -> Result<PathBuf> {
+    let bytes = std::fs::read(model).map_err(|e| Error::io(model, e))?;
+    let mut h = Sha256::new();
+    h.update(EXPORTER.as_bytes());
+    h.update([0]);
+    h.update(&bytes);
+    h.update([0]);
+    h.update(extra.as_bytes());
+    Ok(root.join(format!("{}.onnx", hex::encode(h.finalize()))))
+}
+
+/// The backbone of `net` (its pooled features, `[N, C]`) in ONNX Runtime, for frozen training
+/// and instant models. Its export is cached under the SHA-256 of the pretrained weights file
+/// `weights` the backbone was loaded from, the architecture and the input size.
+///
+/// # Errors
+/// ONNX Runtime is not available, the weights file cannot be read, or the export fails.
+pub fn backbone_model(
+    net: &crate::model::Net,
+    arch: crate::model::Arch,
+    weights: &Path,
+    size: usize,
+) -> Result<OrtModel> {
+    ort_environment().map_err(Error::Other)?;
+    let root = onnx_cache_dir()
+        .ok_or_else(|| Error::Other("no cache folder for the ONNX export".into()))?;
+    let path = onnx_cache_path(
+        &root,
+        weights,
+        &format!("features arch={} size={size}", arch.name()),
+    )?;
+    if !path.is_file() {
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let meta = std::collections::BTreeMap::from([
+            ("producer".to_string(), "nanoclass".to_string()),
+            ("arch".to_string(), arch.name().to_string()),
+            ("output".to_string(), "features".to_string()),
+        ]);
+        let model = crate::export::onnx::features_proto(
+            net,
+            size,
+            crate::export::onnx::DEFAULT_OPSET,
+            &meta,
+        )?;
+        crate::run::write_atomic(&path, &crate::export::onnx::encode(&model))?;
+    }
+    OrtModel::open(&path)
+}
+
+/// A model in ONNX Runtime: one session, `[N, 3, H, W]` f32 in, `[N, K]` f32 out.
+pub struct OrtModel {
+    session: Mutex<ort::session::Session>,
+    input: String,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for OrtModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrtModel")
+            .field("path", &self.path)
+            .field("input", &self.input)
+            .finish()
+    }
+}
+
+/// Threads for one ONNX Runtime session: the machine's cores.
+fn intra_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl OrtModel {
+    /// Opens an ONNX file in ONNX Runtime (all graph optimisations, one intra-op thread per
+    /// core).
+    ///
+    /// # Errors
+    /// ONNX Runtime is not available (the reason), or the session cannot be created.
+    pub fn open(path: &Path) -> Result<OrtModel> {
+        let env = ort_environment().map_err(Error::Other)?;
+        let oerr = |e: ort::Error| Error::Other(format!("{}: ONNX Runtime: {e}", path.display()));
+        let session = ort::session::Session::builder(env)
+            .map_err(oerr)?
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(|e| oerr(e.into()))?
+            .with_intra_threads(intra_threads())
+            .map_err(|e| oerr(e.into()))?
+            .commit_from_file(path)
+            .map_err(oerr)?;
+        let input = session
+            .inputs()
+            .first()
+            .map(|i| i.name().to_string())
+            .ok_or_else(|| Error::Other(format!("{}: the graph has no input", path.display())))?;
+        Ok(OrtModel {
+            session: Mutex::new(session),
+            input,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The ONNX file it runs.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `n` images (`pixels` is `[n, 3, size, size]` flattened); returns the first output,
+    /// `[n, K]` flattened, and `K`.
+    ///
+    /// # Errors
+    /// ONNX Runtime fails (the input does not fit the graph, out of memory).
+    pub fn run(&self, pixels: Vec<f32>, n: usize, size: usize) -> Result<(Vec<f32>, usize)> {
+        let oerr =
+            |e: ort::Error| Error::Other(format!("{}: ONNX Runtime: {e}", self.path.display()));
+        let x = ort::value::Tensor::from_array(([n, 3, size, size], pixels)).map_err(oerr)?;
+        let mut session = self
+            .session
+            .lock()
+            .map_err(|_| Error::Other("ONNX Runtime session poisoned".into()))?;
+        let outputs = session
+            .run(ort::inputs![self.input.as_str() => x])
+            .map_err(oerr)?;
+        let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(oerr)?;
+        let k = shape.get(1).copied().unwrap_or(1).max(1) as usize;
+        Ok((data.to_vec(), k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_names_round_trip_and_unknown_ones_are_refused() {
+        for e in [EngineChoice::Auto, EngineChoice::Ort, EngineChoice::Burn] {
+            assert_eq!(EngineChoice::parse(e.name()), Some(e));
+            assert_eq!(e.to_string().parse::<EngineChoice>(), Ok(e));
+        }
+        assert_eq!(EngineChoice::parse(" ORT "), Some(EngineChoice::Ort));
+        let err = "tensorrt".parse::<EngineChoice>().unwrap_err();
+        assert!(
+            err.contains("tensorrt") && err.contains("auto, ort or burn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_cache_key_follows_the_model_bytes_and_the_extra_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = tmp.path().join("model.safetensors");
+        std::fs::write(&m, b"weights one").unwrap();
+        let a = onnx_cache_path(tmp.path(), &m, "224").unwrap();
+        assert_eq!(a, onnx_cache_path(tmp.path(), &m, "224").unwrap());
+        assert_ne!(a, onnx_cache_path(tmp.path(), &m, "256").unwrap());
+        // Retrained: same path, new bytes, new key.
+        std::fs::write(&m, b"weights two").unwrap();
+        let b = onnx_cache_path(tmp.path(), &m, "224").unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.parent(), Some(tmp.path()));
+        assert_eq!(a.extension().and_then(|e| e.to_str()), Some("onnx"));
+    }
+
+    #[test]
+    fn the_newest_library_in_capi_is_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert_eq!(capi_library(tmp.path()), None);
+        for n in [
+            "libonnxruntime.so.1.30.0",
+            "libonnxruntime.so.1.31.1",
+            "README",
+        ] {
+            std::fs::write(tmp.path().join(n), b"").unwrap();
+        }
+        assert_eq!(
+            capi_library(tmp.path()),
+            Some(tmp.path().join("libonnxruntime.so.1.31.1"))
+        );
+    }
+}
