@@ -45,6 +45,10 @@ enum Command {
     /// Export a run's model as ONNX (input_0 / output_0, labels.txt beside it, as
     /// jetson-inference's imagenet reads), a PyTorch .pth state dict, or safetensors.
     Export(crate::export::ExportArgs),
+    /// Quantize a classification run to int8 (ONNX Runtime's static quantizer, calibrated on
+    /// the run's training images) and keep it only when held-out top-1 drops by at most 1
+    /// point; predict, eval and live then use it on ONNX Runtime.
+    Quantize(crate::quantize::QuantizeArgs),
     /// Serve the studio web page: collect images per category from a camera or uploads,
     /// train, and watch live scores (see the README's "Studio" section).
     Studio(crate::studio::StudioArgs),
@@ -228,6 +232,10 @@ struct EvalArgs {
     /// pip-installed onnxruntime), burn (pure Rust), or auto (ort when its library loads).
     #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
     engine: nanoclass::engine::EngineChoice,
+    /// Model precision on ONNX Runtime: auto (the int8 model `nanoclass quantize` kept, if
+    /// any), fp32 or int8.
+    #[arg(long, default_value_t = nanoclass::quantize::Precision::from_env())]
+    precision: nanoclass::quantize::Precision,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -261,6 +269,10 @@ struct PredictArgs {
     /// pip-installed onnxruntime), burn (pure Rust), or auto (ort when its library loads).
     #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
     engine: nanoclass::engine::EngineChoice,
+    /// Model precision on ONNX Runtime: auto (the int8 model `nanoclass quantize` kept, if
+    /// any), fp32 or int8.
+    #[arg(long, default_value_t = nanoclass::quantize::Precision::from_env())]
+    precision: nanoclass::quantize::Precision,
 }
 
 #[derive(Subcommand, Debug)]
@@ -291,6 +303,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Predict(a) => cmd_predict(a),
         Command::Weights(w) => cmd_weights(w),
         Command::Export(a) => crate::export::run(a),
+        Command::Quantize(a) => crate::quantize::run(a),
         Command::Studio(a) => crate::studio::run(a),
         Command::Capture(a) => crate::capture::run(a),
         Command::Live(a) => crate::live::cmd_live(a),
@@ -499,7 +512,7 @@ fn new_bar(len: u64, prefix: &str) -> ProgressBar {
 
 fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let predictor = Predictor::open_with(&a.run, a.engine)?;
+    let predictor = Predictor::open_full(&a.run, a.engine, a.precision)?;
     let data = a
         .data
         .clone()
@@ -624,7 +637,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let predictor = Predictor::open_with(&a.run, a.engine)?;
+    let predictor = Predictor::open_full(&a.run, a.engine, a.precision)?;
     let files = collect_images(&a.paths)?;
     if predictor.task() == Task::Regression {
         return predict_points(&predictor, &files, &a);

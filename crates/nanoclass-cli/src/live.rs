@@ -50,6 +50,10 @@ pub struct LiveArgs {
     /// pip-installed onnxruntime), burn (pure Rust), or auto (ort when its library loads).
     #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
     engine: nanoclass::engine::EngineChoice,
+    /// Model precision on ONNX Runtime: auto (the int8 model `nanoclass quantize` kept, if
+    /// any), fp32 or int8.
+    #[arg(long, default_value_t = nanoclass::quantize::Precision::from_env())]
+    precision: nanoclass::quantize::Precision,
 }
 
 /// Frames the reader thread may decode ahead of the model.
@@ -70,6 +74,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
         threshold: a.threshold,
         smoothing: a.smoothing,
         engine: a.engine,
+        precision: a.precision,
     };
     let mut live = Live::open(&a.run, opts)?;
     let mut source = camera::open(&a.source)?;

@@ -7,6 +7,7 @@ mod capture;
 mod cli;
 mod export;
 mod live;
+mod quantize;
 mod studio;
 
 use std::process::ExitCode;

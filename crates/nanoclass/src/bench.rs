@@ -30,6 +30,39 @@ pub struct BenchResult {
     /// Frozen-backbone training step at batch 16: forward through the frozen backbone
     /// (BatchNorm running statistics), backward and Adam update of the head only.
     pub train_frozen_b16_ms: f64,
+    /// The same eval-mode forward on the ONNX Runtime engine (the model's ONNX export), batch 1
+    /// and 16; None when ONNX Runtime is not available.
+    pub ort_infer_b1_ms: Option<f64>,
+    /// See `ort_infer_b1_ms`.
+    pub ort_infer_b16_ms: Option<f64>,
+    /// Why there are no ONNX Runtime figures, when there are none.
+    pub ort_unavailable: Option<String>,
+}
+
+/// Batch 1 and 16 forward medians of `net`'s ONNX export on ONNX Runtime.
+fn ort_times(net: &Net, runs: usize) -> std::result::Result<(f64, f64), String> {
+    crate::engine::ort_environment()?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("bench.onnx");
+    let model = crate::export::onnx::model_proto(
+        net,
+        224,
+        false,
+        crate::export::onnx::DEFAULT_OPSET,
+        &Default::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(&path, crate::export::onnx::encode(&model)).map_err(|e| e.to_string())?;
+    let m = crate::engine::OrtModel::open(&path).map_err(|e| e.to_string())?;
+    let one = vec![0.5f32; 3 * 224 * 224];
+    let sixteen = vec![0.5f32; 16 * 3 * 224 * 224];
+    let b1 = time(3, runs * 3, || {
+        let _ = m.run(one.clone(), 1, 224);
+    });
+    let b16 = time(2, runs, || {
+        let _ = m.run(sixteen.clone(), 16, 224);
+    });
+    Ok((b1, b16))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -92,11 +125,15 @@ pub fn run(arch: Arch, classes: usize, runs: usize) -> BenchResult {
         f = opt.step(1e-4, f.clone(), g);
         let _ = f.head().weight.val().into_data();
     });
+    let ort = ort_times(&eval, runs);
     BenchResult {
         arch: arch.name().to_string(),
         infer_b1_ms,
         infer_b16_ms,
         train_full_b16_ms,
         train_frozen_b16_ms,
+        ort_infer_b1_ms: ort.as_ref().ok().map(|t| t.0),
+        ort_infer_b16_ms: ort.as_ref().ok().map(|t| t.1),
+        ort_unavailable: ort.err(),
     }
 }

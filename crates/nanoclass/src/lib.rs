@@ -24,6 +24,7 @@ pub mod export;
 pub mod instant;
 pub mod live;
 pub mod model;
+pub mod quantize;
 pub mod run;
 pub mod train;
 

@@ -14,6 +14,7 @@ use image::RgbImage;
 use crate::engine::EngineChoice;
 use crate::eval::metrics::{softmax, top_k};
 use crate::eval::predict::Predictor;
+use crate::quantize::Precision;
 use crate::{Error, Result};
 
 /// How live scores are post-processed.
@@ -29,6 +30,8 @@ pub struct LiveOptions {
     pub smoothing: f32,
     /// The inference engine ([`crate::engine`]).
     pub engine: EngineChoice,
+    /// The model precision on ONNX Runtime ([`crate::quantize`]).
+    pub precision: Precision,
 }
 
 impl Default for LiveOptions {
@@ -38,6 +41,7 @@ impl Default for LiveOptions {
             threshold: None,
             smoothing: 0.0,
             engine: EngineChoice::from_env(),
+            precision: Precision::from_env(),
         }
     }
 }
@@ -89,7 +93,7 @@ impl Live {
                 "threshold must be in [0, 1], got {t}"
             )));
         }
-        let predictor = Predictor::open_with(run_dir, opts.engine)?;
+        let predictor = Predictor::open_full(run_dir, opts.engine, opts.precision)?;
         Ok(Live {
             predictor,
             opts,

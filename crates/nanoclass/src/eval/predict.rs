@@ -15,6 +15,7 @@ use crate::engine::{
 use crate::eval::metrics::{ConfusionMatrix, EvalReport};
 use crate::eval::regression::{PointTile, RegressionReport, denormalise, distance, output_points};
 use crate::model::Net;
+use crate::quantize::Precision;
 use crate::model::weights::load_net;
 use crate::run::{Run, SplitRecord, Task};
 use crate::train::default_device;
@@ -49,8 +50,24 @@ enum Backend {
     Ort(OrtModel),
 }
 
-/// The run's model in ONNX Runtime, from the export cache (written first when missing).
-fn ort_model(run: &Run, net: &Net) -> Result<OrtModel> {
+/// The run's model in ONNX Runtime: the int8 model `nanoclass quantize` kept (unless
+/// `precision` is fp32), else the fp32 export from the export cache (written first when
+/// missing).
+fn ort_model(run: &Run, net: &Net, precision: Precision) -> Result<OrtModel> {
+    if precision != Precision::Fp32 {
+        match crate::quantize::kept_int8(run) {
+            Some(p) => return OrtModel::open(&p),
+            None if precision == Precision::Int8 => {
+                return Err(Error::Run {
+                    path: run.dir.clone(),
+                    reason: "no int8 model for the current model.safetensors: run `nanoclass \
+                             quantize` first"
+                        .into(),
+                });
+            }
+            None => {}
+        }
+    }
     let root = onnx_cache_dir()
         .ok_or_else(|| Error::Other("no cache folder for the ONNX export".into()))?;
     let size = run.config.eval_preset.crop as usize;
@@ -118,6 +135,19 @@ impl Predictor {
     /// Those of [`Predictor::open_any`]; with [`EngineChoice::Ort`], ONNX Runtime not being
     /// available (the reason) or refusing the graph.
     pub fn open_with(run_dir: &Path, engine: EngineChoice) -> Result<Predictor> {
+        Predictor::open_full(run_dir, engine, Precision::from_env())
+    }
+
+    /// [`Predictor::open_with`] with the model precision on ONNX Runtime: [`Precision::Auto`]
+    /// serves the int8 model `nanoclass quantize` kept for the current model file, if any.
+    ///
+    /// # Errors
+    /// Those of [`Predictor::open_with`]; [`Precision::Int8`] without a kept int8 model.
+    pub fn open_full(
+        run_dir: &Path,
+        engine: EngineChoice,
+        precision: Precision,
+    ) -> Result<Predictor> {
         let run = Run::open(run_dir)?;
         let device = default_device();
         let labels = run.config.labels.clone();
@@ -162,9 +192,9 @@ impl Predictor {
                 net: Box::new(net),
                 device,
             },
-            EngineChoice::Ort => Backend::Ort(ort_model(&run, &net)?),
+            EngineChoice::Ort => Backend::Ort(ort_model(&run, &net, precision)?),
             EngineChoice::Auto => match ort_environment() {
-                Ok(_) => Backend::Ort(ort_model(&run, &net)?),
+                Ok(_) => Backend::Ort(ort_model(&run, &net, precision)?),
                 Err(reason) => {
                     warn_fallback(&reason);
                     Backend::Burn {
@@ -175,6 +205,51 @@ impl Predictor {
             },
         };
         Ok(Predictor { run, backend })
+    }
+
+    /// A run's model from the ONNX file `onnx` (e.g. an int8 model being measured), on ONNX
+    /// Runtime.
+    ///
+    /// # Errors
+    /// The run cannot be opened; ONNX Runtime is not available or refuses the file.
+    pub fn open_onnx(run_dir: &Path, onnx: &Path) -> Result<Predictor> {
+        let run = Run::open(run_dir)?;
+        Ok(Predictor {
+            run,
+            backend: Backend::Ort(OrtModel::open(onnx)?),
+        })
+    }
+
+    /// The ONNX file served, on ONNX Runtime.
+    pub fn onnx_path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Ort(m) => Some(m.path()),
+            Backend::Burn { .. } => None,
+        }
+    }
+
+    /// The run's training images: its dataset's `train/` (or only) folder, less the held-out
+    /// files of a generated split.
+    ///
+    /// # Errors
+    /// The dataset cannot be scanned.
+    pub fn training_images(&self) -> Result<Vec<Sample>> {
+        let data = &self.run.config.data;
+        let ds = match self.task() {
+            Task::Classification => crate::data::folder::scan_image_folder(data)?,
+            Task::Regression => crate::data::folder::scan_regression_folder(data)?,
+        };
+        let held: std::collections::HashSet<PathBuf> = match &self.run.config.split {
+            SplitRecord::Generated { val_files, .. } => {
+                val_files.iter().map(|p| ds.root.join(p)).collect()
+            }
+            _ => Default::default(),
+        };
+        Ok(ds
+            .train
+            .into_iter()
+            .filter(|s| !held.contains(&s.path))
+            .collect())
     }
 
     /// The engine in use: `ort` or `burn`.
