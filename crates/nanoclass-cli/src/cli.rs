@@ -68,6 +68,12 @@ enum Command {
         /// Timed repetitions per measurement.
         #[arg(long, default_value_t = 7)]
         runs: usize,
+        /// Batch size of the two training-step rows (the forward rows use 1 and 16).
+        #[arg(long, default_value_t = 16)]
+        train_batch: usize,
+        /// Only the training-step rows.
+        #[arg(long)]
+        train_only: bool,
     },
 }
 
@@ -307,8 +313,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Studio(a) => crate::studio::run(a),
         Command::Capture(a) => crate::capture::run(a),
         Command::Live(a) => crate::live::cmd_live(a),
-        Command::Bench { arch, runs } => {
-            let r = nanoclass::bench::run(arch.into(), 2, runs);
+        Command::Bench {
+            arch,
+            runs,
+            train_batch,
+            train_only,
+        } => {
+            let r = nanoclass::bench::run(arch.into(), 2, runs, train_batch.max(2), train_only);
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&r)?)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -99,6 +99,8 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
     let limit = a.frames.unwrap_or(u64::MAX);
     let (tx, rx) = mpsc::sync_channel::<std::result::Result<Frame, CameraError>>(READ_AHEAD);
     let reader = std::thread::spawn(move || {
+        // Read-ahead yields to the model on a busy machine.
+        nanoclass::camera::lower_thread_priority(10);
         let mut sent = 0u64;
         while sent < limit {
             let next = source.next_frame();

@@ -24,10 +24,12 @@ pub struct BenchResult {
     pub infer_b1_ms: f64,
     /// Eval-mode forward, batch 16.
     pub infer_b16_ms: f64,
-    /// Full training step at batch 16: forward (BatchNorm batch statistics), cross-entropy,
+    /// Training-step batch size.
+    pub train_batch: usize,
+    /// Full training step at batch `train_batch`: forward (BatchNorm batch statistics), cross-entropy,
     /// backward, Adam update of every parameter.
     pub train_full_b16_ms: f64,
-    /// Frozen-backbone training step at batch 16: forward through the frozen backbone
+    /// Frozen-backbone training step at batch `train_batch`: forward through the frozen backbone
     /// (BatchNorm running statistics), backward and Adam update of the head only.
     pub train_frozen_b16_ms: f64,
     /// The same eval-mode forward on the ONNX Runtime engine (the model's ONNX export), batch 1
@@ -90,24 +92,38 @@ fn time<F: FnMut()>(warm: usize, runs: usize, mut f: F) -> f64 {
     median(t)
 }
 
-/// Runs the four measurements for `arch` with `classes` head outputs, `runs` timed repetitions
-/// each (after 2 warm-up runs; 3 for batch 1).
-pub fn run(arch: Arch, classes: usize, runs: usize) -> BenchResult {
+/// Runs the measurements for `arch` with `classes` head outputs, `runs` timed repetitions
+/// each (after 2 warm-up runs; 3 for batch 1); the training steps at batch `train_batch`.
+/// `train_only` skips the forward rows (reported as NaN).
+pub fn run(
+    arch: Arch,
+    classes: usize,
+    runs: usize,
+    train_batch: usize,
+    train_only: bool,
+) -> BenchResult {
     let dev = default_device();
     let ad = dev.clone().autodiff();
     let net = Net::new(arch, classes, &ad);
     let eval = net.valid();
     let x1 = Tensor::<4>::random([1, 3, 224, 224], Distribution::Normal(0.0, 1.0), &dev);
     let x16 = Tensor::<4>::random([16, 3, 224, 224], Distribution::Normal(0.0, 1.0), &dev);
-    let infer_b1_ms = time(3, runs * 3, || {
-        let _ = eval.forward(x1.clone()).into_data();
-    });
-    let infer_b16_ms = time(2, runs, || {
-        let _ = eval.forward(x16.clone()).into_data();
-    });
-    let labels: Vec<i64> = (0..16).map(|i| i % classes as i64).collect();
-    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [16]), &ad);
-    let x16a = x16.clone().to_device(&ad);
+    let (infer_b1_ms, infer_b16_ms) = if train_only {
+        (f64::NAN, f64::NAN)
+    } else {
+        (
+            time(3, runs * 3, || {
+                let _ = eval.forward(x1.clone()).into_data();
+            }),
+            time(2, runs, || {
+                let _ = eval.forward(x16.clone()).into_data();
+            }),
+        )
+    };
+    let b = train_batch;
+    let labels: Vec<i64> = (0..b as i64).map(|i| i % classes as i64).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), &ad);
+    let x16a = Tensor::<4>::random([b, 3, 224, 224], Distribution::Normal(0.0, 1.0), &ad);
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let mut opt = AdamConfig::new().init();
     let mut m = net.clone().train();
@@ -125,11 +141,16 @@ pub fn run(arch: Arch, classes: usize, runs: usize) -> BenchResult {
         f = opt.step(1e-4, f.clone(), g);
         let _ = f.head().weight.val().into_data();
     });
-    let ort = ort_times(&eval, runs);
+    let ort = if train_only {
+        Err("not measured (--train-only)".to_string())
+    } else {
+        ort_times(&eval, runs)
+    };
     BenchResult {
         arch: arch.name().to_string(),
         infer_b1_ms,
         infer_b16_ms,
+        train_batch: b,
         train_full_b16_ms,
         train_frozen_b16_ms,
         ort_infer_b1_ms: ort.as_ref().ok().map(|t| t.0),

@@ -284,7 +284,7 @@ fn intra_threads() -> usize {
 
 impl OrtModel {
     /// Opens an ONNX file in ONNX Runtime (all graph optimisations, one intra-op thread per
-    /// core).
+    /// core, no spinning between operators).
     ///
     /// # Errors
     /// ONNX Runtime is not available (the reason), or the session cannot be created.
@@ -296,6 +296,11 @@ impl OrtModel {
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
             .map_err(|e| oerr(e.into()))?
             .with_intra_threads(intra_threads())
+            .map_err(|e| oerr(e.into()))?
+            // Idle workers sleep instead of spinning: the decoding thread beside the model gets
+            // the core (ResNet-18 `live` over 640x480 JPEGs on 2 cores: 78 -> 90 FPS, model
+            // time unchanged).
+            .with_intra_op_spinning(false)
             .map_err(|e| oerr(e.into()))?
             .commit_from_file(path)
             .map_err(oerr)?;

@@ -66,7 +66,13 @@ fn mean_kl(p: &[Vec<f32>], q: &[Vec<f32>]) -> f64 {
             let (a, b) = (sm(a), sm(b));
             a.iter()
                 .zip(&b)
-                .map(|(x, y)| if *x > 0.0 { x * (x / y.max(1e-300)).ln() } else { 0.0 })
+                .map(|(x, y)| {
+                    if *x > 0.0 {
+                        x * (x / y.max(1e-300)).ln()
+                    } else {
+                        0.0
+                    }
+                })
                 .sum::<f64>()
         })
         .sum();
@@ -297,7 +303,11 @@ pub fn quantize(
                 "{}: no onnxruntime module ({}); install it with `{} -m pip install \
                  onnxruntime==1.31.1`",
                 opts.python,
-                String::from_utf8_lossy(&o.stderr).trim().lines().last().unwrap_or(""),
+                String::from_utf8_lossy(&o.stderr)
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap_or(""),
                 opts.python
             )));
         }
@@ -308,7 +318,10 @@ pub fn quantize(
             )));
         }
     };
-    info(format!("quantizing with onnxruntime {version} in {}", opts.python));
+    info(format!(
+        "quantizing with onnxruntime {version} in {}",
+        opts.python
+    ));
     // Each calibration method, scored by how closely the int8 model follows fp32 on the
     // calibration images themselves (no labels, no held-out image).
     let reference = fp32.logits(pixels.clone(), n);

@@ -135,6 +135,28 @@ pub const VIDEO_EXTENSIONS: [&str; 11] = [
     "mp4", "m4v", "mov", "avi", "mkv", "webm", "y4m", "mjpeg", "mjpg", "mpg", "ts",
 ];
 
+/// Lowers the calling thread's scheduling priority (nice +`by`, Linux; elsewhere nothing), for
+/// work that runs ahead of the model (decoding the next frames): on a machine with few cores
+/// the model, whose latency the user sees, then gets the cores first and the read-ahead fills
+/// the gaps. Returns whether it took effect.
+pub fn lower_thread_priority(by: i32) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority have no memory effects; PRIO_PROCESS with a thread
+        // id changes only that thread's nice value.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, (now + by).min(19)) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = by;
+        false
+    }
+}
+
 /// True when `path` ends in one of [`VIDEO_EXTENSIONS`], in any case.
 pub fn is_video_extension(path: &Path) -> bool {
     path.extension()

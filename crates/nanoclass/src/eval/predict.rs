@@ -15,8 +15,8 @@ use crate::engine::{
 use crate::eval::metrics::{ConfusionMatrix, EvalReport};
 use crate::eval::regression::{PointTile, RegressionReport, denormalise, distance, output_points};
 use crate::model::Net;
-use crate::quantize::Precision;
 use crate::model::weights::load_net;
+use crate::quantize::Precision;
 use crate::run::{Run, SplitRecord, Task};
 use crate::train::default_device;
 use crate::{Error, Result};
