@@ -36,6 +36,10 @@ pub struct StudioArgs {
     /// Turn off the instant preview (live scores from a model refitted on every capture).
     #[arg(long)]
     no_instant: bool,
+    /// Inference engine of the live view, the instant preview and frozen training's features:
+    /// ort (ONNX Runtime), burn, or auto (ort when its library loads).
+    #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
+    engine: nanoclass::engine::EngineChoice,
 }
 
 /// Runs the studio until the process is stopped.
@@ -43,6 +47,11 @@ pub fn run(a: StudioArgs) -> Result<ExitCode> {
     if a.max_upload_mb == 0 {
         return Err(anyhow!("--max-upload-mb must be at least 1"));
     }
+    // The studio's live views, instant preview and training read the engine from
+    // $NANOCLASS_ENGINE (`EngineChoice::from_env`); the flag sets it for this process.
+    // SAFETY: no other thread exists yet (the async runtime and rayon's pool start below), so
+    // nothing reads the environment concurrently.
+    unsafe { std::env::set_var(nanoclass::engine::ENGINE_ENV, a.engine.name()) };
     let mut config = nanoclass_studio::StudioConfig::new(a.data);
     config.source = a.source;
     config.token = a.token;
