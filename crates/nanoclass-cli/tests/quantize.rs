@@ -3,28 +3,11 @@
 //! int8 model is kept or refused by the drop, and `--precision` serves what was kept. Without
 //! ONNX Runtime (CI's second pass) it is refused with the reason.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_nanoclass"))
-}
+use std::path::Path;
 
-fn shared_data() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    assert!(
-        dir.join("hymenoptera").is_dir(),
-        "real image data not found at {} (clone the repository beside shared/)",
-        dir.display()
-    );
-    dir
-}
-
-fn ok(out: Output, what: &str) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what} failed:\n{stderr}");
-    String::from_utf8(out.stdout).unwrap()
-}
+use common::{bin, ok, shared_data};
 
 fn eval_top1(run: &Path, precision: &str) -> f64 {
     let out = bin()

@@ -338,7 +338,7 @@ async function loadNext() {
   const cats = (S.instant && S.instant.labels) || [];
   for (const r of rows) {
     const d = document.createElement("div");
-    d.className = "next-item"; d.dataset.id = r.id;
+    d.className = "next-item"; d.dataset.id = r.id; d.dataset.top1 = r.top1;
     const img = document.createElement("img");
     img.alt = `frame ${r.id}`; img.src = `${taskUrl()}/instant/frames/${r.id}`;
     const t = document.createElement("span");

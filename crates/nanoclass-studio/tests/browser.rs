@@ -547,11 +547,13 @@ async fn studio_in_headless_chromium() {
         "instant preview before training: held-out bee",
     )
     .await;
-    // "Label these next": the least sure recent frames, filed with one click.
+    // "Label these next": the least sure recent frames, filed with one click. The pool holds
+    // frames of the held-out ant and of the held-out bee; like a user who looks at the frame,
+    // the test files a bee frame (one the preview, right on both above, calls bees) into bees.
     page.wait(
-        "document.querySelectorAll('#next-list .next-item button').length >= 2 && !document.getElementById('next-panel').hidden",
+        "document.querySelectorAll('#next-list .next-item[data-top1=\"bees\"] button[data-category=\"bees\"]').length >= 1 && !document.getElementById('next-panel').hidden",
         Duration::from_secs(20),
-        "the label-these-next list",
+        "the label-these-next list with a bee frame",
     )
     .await;
     page.js("document.getElementById('next-panel').scrollIntoView(); return true;")
@@ -562,7 +564,7 @@ async fn studio_in_headless_chromium() {
     )
     .await;
     let bees_before = page.count("bees").await;
-    page.click("#next-list .next-item button[data-category=\"bees\"]")
+    page.click("#next-list .next-item[data-top1=\"bees\"] button[data-category=\"bees\"]")
         .await;
     page.wait(
         &format!(

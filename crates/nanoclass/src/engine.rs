@@ -223,42 +223,49 @@ pub fn onnx_cache_path(root: &Path, model: &Path, extra: &str) -> Result<PathBuf
     Ok(root.join(format!("{}.onnx", hex::encode(h.finalize()))))
 }
 
-/// The backbone of `net` (its pooled features, `[N, C]`) in ONNX Runtime, for frozen training
-/// and instant models. Its export is cached under the SHA-256 of the pretrained weights file
-/// `weights` the backbone was loaded from, the architecture and the input size.
+/// Opens in ONNX Runtime the export cached under the key of `source` (a model or weights
+/// file) and `extra` ([`onnx_cache_path`]), writing it first with `build` when missing.
 ///
 /// # Errors
-/// ONNX Runtime is not available, the weights file cannot be read, or the export fails.
+/// ONNX Runtime is not available; no cache folder; `source` cannot be read; `build` fails;
+/// the file cannot be written.
+pub fn open_cached(
+    source: &Path,
+    extra: &str,
+    build: impl FnOnce() -> Result<tract_onnx::pb::ModelProto>,
+) -> Result<OrtModel> {
+    ort_environment().map_err(Error::Other)?;
+    let root = onnx_cache_dir()
+        .ok_or_else(|| Error::Other("no cache folder for the ONNX export".into()))?;
+    let path = onnx_cache_path(&root, source, extra)?;
+    if !path.is_file() {
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        crate::run::write_atomic(&path, &crate::export::onnx::encode(&build()?))?;
+    }
+    OrtModel::open(&path)
+}
+
+/// The backbone of `net` (its pooled features, `[N, C]`) in ONNX Runtime, for frozen training
+/// and instant models, cached under the pretrained weights file `weights` it was loaded from,
+/// the architecture and the input size.
+///
+/// # Errors
+/// Those of [`open_cached`].
 pub fn backbone_model(
     net: &crate::model::Net,
     arch: crate::model::Arch,
     weights: &Path,
     size: usize,
 ) -> Result<OrtModel> {
-    ort_environment().map_err(Error::Other)?;
-    let root = onnx_cache_dir()
-        .ok_or_else(|| Error::Other("no cache folder for the ONNX export".into()))?;
-    let path = onnx_cache_path(
-        &root,
-        weights,
-        &format!("features arch={} size={size}", arch.name()),
-    )?;
-    if !path.is_file() {
-        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let extra = format!("features arch={} size={size}", arch.name());
+    open_cached(weights, &extra, || {
         let meta = std::collections::BTreeMap::from([
             ("producer".to_string(), "nanoclass".to_string()),
             ("arch".to_string(), arch.name().to_string()),
             ("output".to_string(), "features".to_string()),
         ]);
-        let model = crate::export::onnx::features_proto(
-            net,
-            size,
-            crate::export::onnx::DEFAULT_OPSET,
-            &meta,
-        )?;
-        crate::run::write_atomic(&path, &crate::export::onnx::encode(&model))?;
-    }
-    OrtModel::open(&path)
+        crate::export::onnx::features_proto(net, size, crate::export::onnx::DEFAULT_OPSET, &meta)
+    })
 }
 
 /// A model in ONNX Runtime: one session, `[N, 3, H, W]` f32 in, `[N, K]` f32 out.
@@ -291,8 +298,18 @@ impl OrtModel {
     pub fn open(path: &Path) -> Result<OrtModel> {
         let env = ort_environment().map_err(Error::Other)?;
         let oerr = |e: ort::Error| Error::Other(format!("{}: ONNX Runtime: {e}", path.display()));
-        let session = ort::session::Session::builder(env)
-            .map_err(oerr)?
+        let builder = ort::session::Session::builder(env).map_err(oerr)?;
+        // With the `ort-gpu` feature (a Jetson or a CUDA PC): TensorRT, then CUDA, when the
+        // library has them (NVIDIA's onnxruntime-gpu wheels); a provider the library lacks is
+        // skipped and the CPU runs the rest.
+        #[cfg(feature = "ort-gpu")]
+        let builder = builder
+            .with_execution_providers([
+                ort::ep::TensorRT::default().build(),
+                ort::ep::CUDA::default().build(),
+            ])
+            .map_err(|e| oerr(e.into()))?;
+        let session = builder
             .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
             .map_err(|e| oerr(e.into()))?
             .with_intra_threads(intra_threads())

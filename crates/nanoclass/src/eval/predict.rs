@@ -9,9 +9,7 @@ use burn::prelude::*;
 use crate::data::decode::DecodeOptions;
 use crate::data::folder::Sample;
 use crate::data::loader::{Skipped, decode_batches};
-use crate::engine::{
-    EngineChoice, OrtModel, onnx_cache_dir, onnx_cache_path, ort_environment, warn_fallback,
-};
+use crate::engine::{EngineChoice, OrtModel, open_cached, ort_environment, warn_fallback};
 use crate::eval::metrics::{ConfusionMatrix, EvalReport};
 use crate::eval::regression::{PointTile, RegressionReport, denormalise, distance, output_points};
 use crate::model::Net;
@@ -68,23 +66,16 @@ fn ort_model(run: &Run, net: &Net, precision: Precision) -> Result<OrtModel> {
             None => {}
         }
     }
-    let root = onnx_cache_dir()
-        .ok_or_else(|| Error::Other("no cache folder for the ONNX export".into()))?;
     let size = run.config.eval_preset.crop as usize;
-    let path = onnx_cache_path(&root, &run.model_path(), &format!("size={size}"))?;
-    if !path.is_file() {
-        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-        let meta = crate::export::metadata(run, false);
-        let model = crate::export::onnx::model_proto(
+    open_cached(&run.model_path(), &format!("size={size}"), || {
+        crate::export::onnx::model_proto(
             net,
             size,
             false,
             crate::export::onnx::DEFAULT_OPSET,
-            &meta,
-        )?;
-        crate::run::write_atomic(&path, &crate::export::onnx::encode(&model))?;
-    }
-    OrtModel::open(&path)
+            &crate::export::metadata(run, false),
+        )
+    })
 }
 
 /// Logits for one file.
