@@ -8,6 +8,11 @@ The reference architectures:
                                      from PyPI efficientnet-lite-pytorch==0.1.0 (the port whose
                                      key names the released Lite0 weights use)
 
+A regression model's state dict also holds its point head (`point.conv1.*`, `point.conv2.*`):
+the reference model then gets the PyTorch module below as `point`, reading `layer2` (ResNets)
+or `_blocks.4` (EfficientNet-Lite0), and outputs `(x, y)` per category, a spatial soft-argmax
+over the heatmap cells (nanoclass's `model::point`), written here independently.
+
 CASE.json is the one of scripts/onnx_parity.py, plus "arch" and "outputs" (K). The file is read
 with `torch.load(..., weights_only=True)`, so it must hold nothing but tensors in an OrderedDict.
 The model runs in eval mode on the batch; the largest difference must be within the tolerance.
@@ -45,6 +50,38 @@ def build(arch: str, outputs: int) -> torch.nn.Module:
     raise AssertionError
 
 
+class PointHead(torch.nn.Module):
+    """Conv 3x3 (C -> 64, pad 1) -> ReLU -> Conv 1x1 (64 -> K) -> softmax over the H*W cells
+    -> expected cell centre, x_j = (2j + 1) / W - 1, y_i = (2i + 1) / H - 1 -> [N, 2K]."""
+
+    def __init__(self, channels: int, categories: int):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(channels, 64, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(64, categories, 1)
+
+    def forward(self, m: torch.Tensor) -> torch.Tensor:
+        h = self.conv2(torch.relu(self.conv1(m)))
+        n, k, hh, ww = h.shape
+        p = torch.softmax(h.reshape(n, k, hh * ww), dim=2)
+        cx = (2 * torch.arange(ww, dtype=torch.float32) + 1) / ww - 1
+        cy = (2 * torch.arange(hh, dtype=torch.float32) + 1) / hh - 1
+        gy, gx = torch.meshgrid(cy, cx, indexing="ij")
+        x = (p * gx.reshape(1, 1, -1)).sum(2)
+        y = (p * gy.reshape(1, 1, -1)).sum(2)
+        return torch.stack([x, y], dim=2).reshape(n, 2 * k)
+
+
+def tap(arch: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The stride-8 map the point head reads."""
+    if arch.startswith("resnet"):
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        return model.layer2(model.layer1(x))
+    x = model._swish(model._bn0(model._conv_stem(x)))
+    for block in model._blocks[:5]:
+        x = block(x, drop_connect_rate=None)
+    return x
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the .pth file")
@@ -62,11 +99,18 @@ def main() -> None:
     state = torch.load(args.model, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         fail(f"not a plain state dict: {type(state).__name__}")
-    model = build(case["arch"], int(case["outputs"]))
+    arch = case["arch"]
+    point = "point.conv2.weight" in state
+    if point:
+        # the unused linear head keeps its shape in the file: [2K, C]
+        model = build(arch, int(state["fc.weight" if arch.startswith("resnet") else "_fc.weight"].shape[0]))
+        model.point = PointHead(state["point.conv1.weight"].shape[1], state["point.conv2.weight"].shape[0])
+    else:
+        model = build(arch, int(case["outputs"]))
     model.load_state_dict(state, strict=True)  # raises on any missing or unexpected key
     model.eval()
     with torch.no_grad():
-        out = model(x).double().numpy()
+        out = (model.point(tap(arch, model, x)) if point else model(x)).double().numpy()
     if out.shape != expected.shape:
         fail(f"output shape {out.shape}, expected {expected.shape}")
     diff = float(np.abs(out - expected).max())

@@ -257,7 +257,10 @@ pub fn backbone_model(
     weights: &Path,
     size: usize,
 ) -> Result<OrtModel> {
-    let extra = format!("features arch={} size={size}", arch.name());
+    let extra = match net.point_head() {
+        Some(_) => format!("map {} arch={} size={size}", arch.point_tap(), arch.name()),
+        None => format!("features arch={} size={size}", arch.name()),
+    };
     open_cached(weights, &extra, || {
         let meta = std::collections::BTreeMap::from([
             ("producer".to_string(), "nanoclass".to_string()),

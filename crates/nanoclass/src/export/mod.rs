@@ -193,6 +193,7 @@ pub fn load_run_model(run_dir: &Path) -> Result<(Run, Net)> {
 /// | `resize`, `crop` | the eval preset: shorter side to `resize` (bilinear, aspect kept), centre crop `crop` |
 /// | `eval_preset` | the eval preset as stored in the run's `config.json` |
 /// | `output` | `logits`, `probabilities` (softmax appended) or `points` |
+/// | `head` | `linear` (classification) or `point <layer>` (regression: the point head of [`crate::model::point`] on that layer's stride-8 map; its tensors are `point.conv1.*`, `point.conv2.*`) |
 pub fn metadata(run: &Run, softmax: bool) -> BTreeMap<String, String> {
     let c = &run.config;
     let preset = &c.eval_preset;
@@ -213,6 +214,13 @@ pub fn metadata(run: &Run, softmax: bool) -> BTreeMap<String, String> {
         ("std", json(&preset.norm.std)),
         ("resize", preset.resize.max(preset.crop).to_string()),
         ("crop", preset.crop.to_string()),
+        (
+            "head",
+            match c.task {
+                Task::Classification => "linear".to_string(),
+                Task::Regression => format!("point {}", c.arch.point_tap()),
+            },
+        ),
         (
             "output",
             match (c.task, softmax) {

@@ -15,6 +15,10 @@
 //! - Global average pooling is `GlobalAveragePool` + `Flatten(axis 1)`, the head a `Gemm`
 //!   with the weight in PyTorch layout `[K, C]` (`transB = 1`).
 //! - Output `output_0`: `[batch, K]`, the logits, or with `softmax` a `Softmax(axis 1)` of them.
+//! - A regression model (point head, [`crate::model::point`]) stops at the stride-8 map and
+//!   ends in `Conv` 3x3 + `Relu` + `Conv` 1x1, `Reshape` to `[batch, K, cells]`,
+//!   `Softmax(axis 2)`, `MatMul` with the cell centres `[cells, 2]` and `Reshape` to
+//!   `output_0` `[batch, 2K]`: `(x, y)` per category, normalised to `[-1, 1]`.
 //!
 //! # Padding is for the export's input size
 //!
@@ -41,9 +45,10 @@ use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
 
-use crate::model::Net;
 use crate::model::efficientnet::EfficientNetLite;
+use crate::model::point::{self, PointHead};
 use crate::model::resnet::ResNet;
+use crate::model::{Net, point_side};
 use crate::{Error, Result};
 
 /// Name of the graph input (what jetson-inference's `imagenet` binds by default).
@@ -56,7 +61,8 @@ pub const BATCH_DIM: &str = "batch";
 pub const DEFAULT_OPSET: i64 = 17;
 /// The opsets the emitted graph is valid for. 13 is the first with `Softmax` over one axis and
 /// `Clip` taking its bounds as inputs (both as emitted here); none of the emitted operators
-/// (Conv, Relu, Clip, Add, MaxPool, GlobalAveragePool, Flatten, Gemm, Softmax) changes meaning
+/// (Conv, Relu, Clip, Add, MaxPool, GlobalAveragePool, Flatten, Gemm, Softmax, Reshape, MatMul)
+/// changes meaning
 /// up to 21, the newest opset both test runtimes (tract, onnxruntime) are checked against.
 pub const OPSETS: RangeInclusive<i64> = 13..=21;
 
@@ -135,13 +141,26 @@ fn build(
 ) -> Result<pb::ModelProto> {
     check_opset(opset)?;
     let mut g = Graph::default();
+    let tap = net.point_head().is_some();
     let (features, arch) = match net {
-        Net::ResNet(m) => (resnet(&mut g, m, size)?, "resnet"),
-        Net::EfficientNetLite(m) => (efficientnet(&mut g, m, size)?, "efficientnet_lite"),
+        Net::ResNet(m) => (resnet(&mut g, m, size, tap)?, "resnet"),
+        Net::EfficientNetLite(m) => (efficientnet(&mut g, m, size, tap)?, "efficientnet_lite"),
     };
     let softmax = head == Some(true);
-    let k = match head {
-        Some(_) => {
+    let side = point_side(size);
+    let k = match (head, net.point_head()) {
+        (Some(_), Some(p)) => point_head(&mut g, p, &features, side, OUTPUT_NAME)?,
+        (None, Some(p)) => {
+            g.node(
+                "Flatten",
+                "map.flatten",
+                &[&features],
+                OUTPUT_NAME,
+                vec![attr_int("axis", 1)],
+            );
+            p.channels() * side * side
+        }
+        (Some(_), None) => {
             let logits_name = if softmax { "logits" } else { OUTPUT_NAME };
             let logits = g.gemm(head_name(net), &features, net.head(), logits_name)?;
             if softmax {
@@ -155,7 +174,7 @@ fn build(
             }
             net.num_outputs()
         }
-        None => {
+        (None, None) => {
             g.node("Identity", "features", &[&features], OUTPUT_NAME, vec![]);
             net.head().weight.val().dims()[0]
         }
@@ -177,8 +196,10 @@ fn build(
         doc_string: format!(
             "{INPUT_NAME}: [batch, 3, {size}, {size}] f32 RGB, normalised; {OUTPUT_NAME}: [batch, {k}] {}",
             match head {
+                Some(_) if tap => "points (x, y) per category, normalised to [-1, 1]",
                 Some(true) => "probabilities",
                 Some(false) => "raw outputs",
+                None if tap => "the point head's stride-8 map, flattened",
                 None => "pooled backbone features",
             }
         ),
@@ -207,6 +228,66 @@ fn build(
     })
 }
 
+/// Folds an eval-mode BatchNorm into a convolution's weight and bias (see the module docs).
+fn fold_bn(w: &[f32], bias: &[f32], bn: &BatchNorm, name: &str) -> Result<(Vec<f32>, Vec<f32>)> {
+    let out_ch = bias.len();
+    let per_out = w.len() / out_ch;
+    let gamma = values(bn.gamma.val(), name)?;
+    let beta = values(bn.beta.val(), name)?;
+    let mean = values(bn.running_mean.value(), name)?;
+    let var = values(bn.running_var.value(), name)?;
+    let mut wf = vec![0f32; w.len()];
+    let mut bf = vec![0f32; out_ch];
+    for o in 0..out_ch {
+        let scale = f64::from(gamma[o]) / (f64::from(var[o]) + bn.epsilon).sqrt();
+        for j in 0..per_out {
+            wf[o * per_out + j] = (f64::from(w[o * per_out + j]) * scale) as f32;
+        }
+        bf[o] = ((f64::from(bias[o]) - f64::from(mean[o])) * scale + f64::from(beta[o])) as f32;
+    }
+    Ok((wf, bf))
+}
+
+/// The point head after the tap `map` (`[N, C, side, side]`): Conv 3x3 + Relu + Conv 1x1 ->
+/// Reshape `[N, K, side * side]` -> Softmax(axis 2) -> MatMul with the cell centres
+/// `[side * side, 2]` -> Reshape `[N, 2K]` (see [`crate::model::point`]).
+fn point_head(g: &mut Graph, p: &PointHead, map: &str, side: usize, output: &str) -> Result<usize> {
+    let hw = [side, side];
+    let (h, hw) = g.conv("point.conv1", map, hw, &p.conv1, None)?;
+    let h = g.relu("point.relu", &h);
+    let (h, _) = g.conv("point.conv2", &h, hw, &p.conv2, None)?;
+    let k = p.categories();
+    let cells = side * side;
+    let shape = g.initializer_i64("point.heatmap_shape", &[0, k as i64, cells as i64]);
+    let flat = g.node(
+        "Reshape",
+        "point.flatten",
+        &[&h, &shape],
+        "point.flatten",
+        vec![],
+    );
+    let prob = g.node(
+        "Softmax",
+        "point.softmax",
+        &[&flat],
+        "point.softmax",
+        vec![attr_int("axis", 2)],
+    );
+    let (gx, gy) = point::grid(side, side);
+    let centres: Vec<f32> = gx.iter().zip(&gy).flat_map(|(x, y)| [*x, *y]).collect();
+    let centres = g.initializer("point.cell_centres", &[cells, 2], &centres)?;
+    let xy = g.node(
+        "MatMul",
+        "point.expect",
+        &[&prob, &centres],
+        "point.expect",
+        vec![],
+    );
+    let shape = g.initializer_i64("point.output_shape", &[0, 2 * k as i64]);
+    g.node("Reshape", "point.output", &[&xy, &shape], output, vec![]);
+    Ok(2 * k)
+}
+
 fn head_name(net: &Net) -> &'static str {
     match net {
         Net::ResNet(_) => "fc",
@@ -215,13 +296,15 @@ fn head_name(net: &Net) -> &'static str {
 }
 
 /// torchvision ResNet: stem, max-pool, residual stages, global average -> `[N, C]` value name.
-fn resnet(g: &mut Graph, m: &ResNet, size: usize) -> Result<String> {
+/// ResNet: stem, stages, global average -> `[N, C]`; with `tap`, `layer2`'s map.
+fn resnet(g: &mut Graph, m: &ResNet, size: usize, tap: bool) -> Result<String> {
     let hw = [size, size];
     let (x, hw) = g.conv_bn("conv1", INPUT_NAME, hw, &m.conv1, &m.bn1)?;
     let x = g.relu("relu", &x);
     let (mut x, mut hw) = g.maxpool("maxpool", &x, hw, &m.maxpool);
     let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4];
-    for (si, stage) in stages.into_iter().enumerate() {
+    let stages = if tap { &stages[..2] } else { &stages[..] };
+    for (si, stage) in stages.iter().enumerate() {
         for (bi, b) in stage.iter().enumerate() {
             let p = format!("layer{}.{bi}", si + 1);
             let (y, h1) = g.conv_bn(&format!("{p}.conv1"), &x, hw, &b.conv1, &b.bn1)?;
@@ -243,11 +326,14 @@ fn resnet(g: &mut Graph, m: &ResNet, size: usize) -> Result<String> {
             hw = h2;
         }
     }
+    if tap {
+        return Ok(x);
+    }
     Ok(g.global_average("avgpool", &x))
 }
 
 /// EfficientNet-Lite: stem, MBConv blocks, head convolution, global average -> `[N, 1280]`.
-fn efficientnet(g: &mut Graph, m: &EfficientNetLite, size: usize) -> Result<String> {
+fn efficientnet(g: &mut Graph, m: &EfficientNetLite, size: usize, tap: bool) -> Result<String> {
     let (x, hw) = g.conv_bn(
         "_conv_stem",
         INPUT_NAME,
@@ -257,7 +343,12 @@ fn efficientnet(g: &mut Graph, m: &EfficientNetLite, size: usize) -> Result<Stri
     )?;
     let mut x = g.relu6("_conv_stem.relu6", &x);
     let mut hw = hw;
-    for (i, b) in m._blocks.iter().enumerate() {
+    let blocks = if tap {
+        &m._blocks[..EfficientNetLite::TAP_BLOCKS]
+    } else {
+        &m._blocks[..]
+    };
+    for (i, b) in blocks.iter().enumerate() {
         let p = format!("_blocks.{i}");
         let (h, h_hw) = match (&b._expand_conv, &b._bn0) {
             (Some(conv), Some(bn)) => {
@@ -287,6 +378,9 @@ fn efficientnet(g: &mut Graph, m: &EfficientNetLite, size: usize) -> Result<Stri
             h
         };
         hw = h_hw;
+    }
+    if tap {
+        return Ok(x);
     }
     let (x, _) = g.conv_bn("_conv_head", &x, hw, &m._conv_head, &m._bn1)?;
     let x = g.relu6("_conv_head.relu6", &x);
@@ -422,6 +516,18 @@ impl Graph {
         output.to_string()
     }
 
+    /// Adds a 1-D int64 initializer (a shape).
+    fn initializer_i64(&mut self, name: &str, data: &[i64]) -> String {
+        self.initializers.push(pb::TensorProto {
+            dims: vec![data.len() as i64],
+            data_type: DataType::Int64 as i32,
+            name: name.into(),
+            int64_data: data.to_vec(),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
     /// Adds an f32 initializer; refuses NaN and infinity, naming the tensor.
     fn initializer(&mut self, name: &str, dims: &[usize], data: &[f32]) -> Result<String> {
         if let Some(i) = data.iter().position(|v| !v.is_finite()) {
@@ -451,27 +557,30 @@ impl Graph {
         conv: &Conv2d,
         bn: &BatchNorm,
     ) -> Result<(String, [usize; 2])> {
+        self.conv(name, x, hw, conv, Some(bn))
+    }
+
+    /// A convolution, with its BatchNorm (if any) folded in; returns the output and its
+    /// `[H, W]`.
+    fn conv(
+        &mut self,
+        name: &str,
+        x: &str,
+        hw: [usize; 2],
+        conv: &Conv2d,
+        bn: Option<&BatchNorm>,
+    ) -> Result<(String, [usize; 2])> {
         let dims = conv.weight.dims();
         let w = values(conv.weight.val(), name)?;
         let out_ch = dims[0];
-        let per_out = w.len() / out_ch;
         let bias = match &conv.bias {
             Some(b) => values(b.val(), name)?,
             None => vec![0.0; out_ch],
         };
-        let gamma = values(bn.gamma.val(), name)?;
-        let beta = values(bn.beta.val(), name)?;
-        let mean = values(bn.running_mean.value(), name)?;
-        let var = values(bn.running_var.value(), name)?;
-        let mut wf = vec![0f32; w.len()];
-        let mut bf = vec![0f32; out_ch];
-        for o in 0..out_ch {
-            let scale = f64::from(gamma[o]) / (f64::from(var[o]) + bn.epsilon).sqrt();
-            for j in 0..per_out {
-                wf[o * per_out + j] = (f64::from(w[o * per_out + j]) * scale) as f32;
-            }
-            bf[o] = ((f64::from(bias[o]) - f64::from(mean[o])) * scale + f64::from(beta[o])) as f32;
-        }
+        let (wf, bf) = match bn {
+            Some(bn) => fold_bn(&w, &bias, bn, name)?,
+            None => (w, bias),
+        };
         let wname = self.initializer(&format!("{name}.weight"), &dims, &wf)?;
         let bname = self.initializer(&format!("{name}.bias"), &[out_ch], &bf)?;
         let p = pads(&conv.padding, conv.kernel_size, conv.stride, hw);

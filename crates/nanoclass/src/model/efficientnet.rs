@@ -23,6 +23,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu6;
 
+use super::point::PointHead;
+
 /// BatchNorm epsilon of every EfficientNet-Lite BatchNorm layer.
 ///
 /// Source: `batch_norm_epsilon=1e-3` in TensorFlow's `efficientnet_lite_builder.py` (the PyTorch
@@ -223,6 +225,9 @@ pub struct EfficientNetLite {
     pub _bn1: BatchNorm,
     /// The classification head: `[N, 1280] -> [N, num_classes]` logits.
     pub _fc: Linear,
+    /// The regression task's point head on `_blocks.4`'s map (see [`crate::model::point`]);
+    /// when present it is the model's head and `_fc` is unused.
+    pub point: Option<PointHead>,
 }
 
 impl EfficientNetLite {
@@ -262,6 +267,7 @@ impl EfficientNetLite {
             _conv_head: same_conv(last_channels, Self::FEATURES, 1, 1, 1, device),
             _bn1: batch_norm(Self::FEATURES, device),
             _fc: LinearConfig::new(Self::FEATURES, num_classes).init(device),
+            point: None,
         }
     }
 
@@ -276,11 +282,26 @@ impl EfficientNetLite {
     /// If the input does not have 3 channels (a programming error: images are decoded to RGB
     /// before they become tensors).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = relu6(self._bn0.forward(self._conv_stem.forward(x)));
-        let x = self._blocks.iter().fold(x, |x, block| block.forward(x));
+        let x = self.tap(x);
+        let x = self._blocks[Self::TAP_BLOCKS..]
+            .iter()
+            .fold(x, |x, block| block.forward(x));
         let x = relu6(self._bn1.forward(self._conv_head.forward(x)));
         let [n, c, _, _] = x.dims();
         x.mean_dims(&[2, 3]).reshape([n, c])
+    }
+
+    /// Blocks up to the end of the stride-8 stage (`_blocks.0` to `_blocks.4`): the point head
+    /// reads their output.
+    pub const TAP_BLOCKS: usize = 5;
+
+    /// The stride-8 map the point head reads: `[N, 3, H, W]` -> `_blocks.4`'s output
+    /// `[N, 40, ceil(H / 8), ceil(W / 8)]` (the end of the third stage of [`LITE0_STAGES`]).
+    pub fn tap(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = relu6(self._bn0.forward(self._conv_stem.forward(x)));
+        self._blocks[..Self::TAP_BLOCKS]
+            .iter()
+            .fold(x, |x, block| block.forward(x))
     }
 
     /// Logits: `[N, 3, H, W]` -> `[N, num_classes]`, i.e. [`Self::features`] followed by `_fc`

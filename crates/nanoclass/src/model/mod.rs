@@ -2,9 +2,11 @@
 //!
 //! A [`Net`] is a backbone whose `features()` give `[N, C]` plus a linear head (`fc` for the
 //! ResNets, `_fc` for EfficientNet-Lite0, the names of their reference state dicts). Replacing
-//! the head for the user's `N` categories is [`Net::with_fresh_head`].
+//! the head for the user's `N` categories is [`Net::with_fresh_head`]. Regression models have a
+//! point head on the stride-8 map instead ([`point`], [`Net::with_point_head`]).
 
 pub mod efficientnet;
+pub mod point;
 pub mod registry;
 pub mod resnet;
 pub mod weights;
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::presets::Normalization;
 use efficientnet::EfficientNetLite;
+use point::PointHead;
 use resnet::{ResNet, ResNetDepth};
 
 /// The backbones nanoclass can fine-tune.
@@ -82,6 +85,25 @@ impl Arch {
         224
     }
 
+    /// Channels of the stride-8 map the regression point head reads
+    /// ([`crate::model::point`]): ResNet-18/34 `layer2` 128, ResNet-50 `layer2` 512,
+    /// EfficientNet-Lite0 `_blocks.4` 40.
+    pub fn point_channels(self) -> usize {
+        match self {
+            Arch::Resnet18 | Arch::Resnet34 => 128,
+            Arch::Resnet50 => 512,
+            Arch::EfficientnetLite0 => 40,
+        }
+    }
+
+    /// Name of the layer whose output the point head reads (`layer2` or `_blocks.4`).
+    pub fn point_tap(self) -> &'static str {
+        match self {
+            Arch::EfficientnetLite0 => "_blocks.4",
+            _ => "layer2",
+        }
+    }
+
     /// State-dict key prefix of the head (`fc` or `_fc`).
     pub fn head_key(self) -> &'static str {
         match self {
@@ -123,21 +145,89 @@ impl Net {
         }
     }
 
-    /// Backbone features: `[N, 3, H, W]` (RGB, f32, normalised per [`Arch::normalization`]) ->
-    /// `[N, C]`.
+    /// What the head reads, one row per image: `[N, 3, H, W]` (RGB, f32, normalised per
+    /// [`Arch::normalization`]) -> `[N, C]` pooled backbone features, or with a point head the
+    /// stride-8 map flattened, `[N, C * ceil(H / 8) * ceil(W / 8)]` (what frozen training
+    /// caches).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        if self.point_head().is_some() {
+            return self.tap(x).flatten(1, 3);
+        }
         match self {
             Net::ResNet(m) => m.features(x),
             Net::EfficientNetLite(m) => m.features(x),
         }
     }
 
-    /// Logits: `[N, 3, H, W]` -> `[N, outputs]`.
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        self.head().forward(self.features(x))
+    /// The stride-8 map the point head reads, `[N, C, ceil(H / 8), ceil(W / 8)]`
+    /// ([`Arch::point_tap`]).
+    pub fn tap(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Net::ResNet(m) => m.tap(x),
+            Net::EfficientNetLite(m) => m.tap(x),
+        }
     }
 
-    /// The linear head.
+    /// Logits (classification) or normalised points (regression): `[N, 3, H, W]` ->
+    /// `[N, outputs]`.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        match self.point_head() {
+            Some(p) => p.forward(self.tap(x)),
+            None => self.head().forward(self.features(x)),
+        }
+    }
+
+    /// Length of one row of [`Self::features`] for `size x size` inputs.
+    pub fn feature_len(&self, size: usize) -> usize {
+        match self.point_head() {
+            Some(p) => {
+                let side = point_side(size);
+                p.channels() * side * side
+            }
+            None => self.head().weight.dims()[0],
+        }
+    }
+
+    /// The point head, when the model has one (regression runs).
+    pub fn point_head(&self) -> Option<&PointHead> {
+        match self {
+            Net::ResNet(m) => m.point.as_ref(),
+            Net::EfficientNetLite(m) => m.point.as_ref(),
+        }
+    }
+
+    /// Sets (or removes) the point head.
+    pub fn with_point_head(self, point: Option<PointHead>) -> Net {
+        match self {
+            Net::ResNet(mut m) => {
+                m.point = point;
+                Net::ResNet(m)
+            }
+            Net::EfficientNetLite(mut m) => {
+                m.point = point;
+                Net::EfficientNetLite(m)
+            }
+        }
+    }
+
+    /// The trainable head as one module: the point head when there is one, else the linear
+    /// head.
+    pub fn head_module(&self) -> Head {
+        match self.point_head() {
+            Some(p) => Head::Point(p.clone()),
+            None => Head::Linear(self.head().clone()),
+        }
+    }
+
+    /// Replaces the head by `head` (the inverse of [`Self::head_module`]).
+    pub fn with_head_module(self, head: Head) -> Net {
+        match head {
+            Head::Linear(l) => self.with_head(l),
+            Head::Point(p) => self.with_point_head(Some(p)),
+        }
+    }
+
+    /// The linear head (`fc` / `_fc`); unused when the model has a point head.
     pub fn head(&self) -> &Linear {
         match self {
             Net::ResNet(m) => &m.fc,
@@ -145,9 +235,12 @@ impl Net {
         }
     }
 
-    /// Number of head outputs.
+    /// Number of head outputs (`2K` with a point head).
     pub fn num_outputs(&self) -> usize {
-        self.head().weight.dims()[1]
+        match self.point_head() {
+            Some(p) => 2 * p.categories(),
+            None => self.head().weight.dims()[1],
+        }
     }
 
     /// Replaces the head.
@@ -174,8 +267,42 @@ impl Net {
     /// Freezes every backbone parameter (no gradients, BatchNorm in eval mode: running
     /// statistics); the head stays trainable.
     pub fn freeze_backbone(self) -> Net {
-        let head = self.head().clone();
+        let head = self.head_module();
         let frozen = self.freeze();
-        frozen.with_head(head)
+        frozen.with_head_module(head)
+    }
+}
+
+/// Side of the stride-8 map for `size x size` inputs: three halvings rounding up (the stem's
+/// stride-2 convolution and two more stride-2 stages, in both families).
+pub fn point_side(size: usize) -> usize {
+    size.div_ceil(2).div_ceil(2).div_ceil(2)
+}
+
+/// A model's trainable head, as the frozen training loop holds it.
+// Boxing the point head would add a level to its module path; one Head exists per training run.
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Head {
+    /// The linear head on pooled features.
+    Linear(Linear),
+    /// The point head on the flattened stride-8 map.
+    Point(PointHead),
+}
+
+impl Head {
+    /// `[N, F]` rows of [`Net::features`] -> `[N, outputs]`.
+    ///
+    /// # Panics
+    /// When a point head's rows are not a square map of its channels (a programming error).
+    pub fn forward(&self, features: Tensor<2>) -> Tensor<2> {
+        match self {
+            Head::Linear(l) => l.forward(features),
+            Head::Point(p) => {
+                let cells = features.dims()[1] / p.channels();
+                let side = (cells as f64).sqrt().round() as usize;
+                p.forward_flat(features, side)
+            }
+        }
     }
 }

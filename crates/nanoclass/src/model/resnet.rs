@@ -17,6 +17,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::point::PointHead;
+
 /// The torchvision ResNet depths nanoclass builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResNetDepth {
@@ -164,6 +166,9 @@ pub struct ResNet {
     pub layer4: Vec<Block>,
     /// The head: `features -> num_outputs`.
     pub fc: Linear,
+    /// The regression task's point head on `layer2`'s map (see [`crate::model::point`]); when
+    /// present it is the model's head and `fc` is unused.
+    pub point: Option<PointHead>,
 }
 
 impl ResNet {
@@ -203,25 +208,30 @@ impl ResNet {
             layer3,
             layer4,
             fc: LinearConfig::new(depth.features(), num_outputs).init(d),
+            point: None,
         }
     }
 
     /// Backbone output: `[N, 3, H, W]` (RGB, f32, normalised) -> `[N, C]` after global average
     /// pooling; `C` = 512 (ResNet-18/34) or 2048 (ResNet-50).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self
-            .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
-        for b in self
-            .layer1
-            .iter()
-            .chain(&self.layer2)
-            .chain(&self.layer3)
-            .chain(&self.layer4)
-        {
+        let mut x = self.tap(x);
+        for b in self.layer3.iter().chain(&self.layer4) {
             x = b.forward(x);
         }
         // global average pool over H, W: [N, C, H, W] -> [N, C]
         x.mean_dim(3).mean_dim(2).flatten(1, 3)
+    }
+
+    /// The stride-8 map the point head reads: `[N, 3, H, W]` -> `layer2`'s output
+    /// `[N, C, ceil(H / 8), ceil(W / 8)]`, `C` = 128 (ResNet-18/34) or 512 (ResNet-50).
+    pub fn tap(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self
+            .maxpool
+            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        for b in self.layer1.iter().chain(&self.layer2) {
+            x = b.forward(x);
+        }
+        x
     }
 }

@@ -25,6 +25,7 @@ use burn::store::{
     SafetensorsStore,
 };
 
+use super::point::PointHead;
 use super::registry::{WeightsFormat, detect_format};
 use super::{Arch, Net};
 use crate::{Error, Result};
@@ -265,6 +266,31 @@ pub fn load_net(
         }
     };
     let mut net = Net::new(arch, file_outputs, device);
+    // A trained regression model carries its point head (`point.conv1`, `point.conv2`).
+    let point_key = format!("{prefix}point.conv2.weight");
+    if let Some(shape) = index.shapes.get(&point_key) {
+        let channels = index
+            .shapes
+            .get(&format!("{prefix}point.conv1.weight"))
+            .and_then(|s| s.get(1).copied());
+        match (shape.first().copied(), channels) {
+            (Some(k), Some(c)) if 2 * k == num_outputs && c == arch.point_channels() => {
+                net = net.with_point_head(Some(PointHead::new(c, k, device)));
+            }
+            (k, c) => {
+                return Err(werr(
+                    path,
+                    format!(
+                        "point head for {k:?} categories reading {c:?} channels; expected {} \
+                         categories reading {} channels of {arch}'s {}",
+                        num_outputs / 2,
+                        arch.point_channels(),
+                        arch.point_tap()
+                    ),
+                ));
+            }
+        }
+    }
     let (applied, ignored) = apply_file(&mut net, path, &index, &prefix)?;
     let mut file_head = None;
     let head = if file_outputs == num_outputs {

@@ -2,7 +2,8 @@
 //! embeds what is new.
 //!
 //! A cache folder belongs to one backbone state: its key is the SHA-256 of the architecture
-//! name, the SHA-256 of the pretrained weights file and the eval preset (as JSON). Inside it, each
+//! name, the SHA-256 of the pretrained weights file, the eval preset (as JSON) and the row
+//! length (pooled features, or the regression point head's flattened stride-8 map). Inside it, each
 //! image's `[C]` features are stored under the SHA-256 of the image file's bytes, as `C`
 //! little-endian f32 values. A renamed or copied image hits the cache; an edited one does not.
 //! Files are written to a temporary name and renamed, so a crash never leaves a torn entry.
@@ -51,6 +52,9 @@ impl FeatureCache {
                 .map_err(|e| Error::Other(e.to_string()))?
                 .as_bytes(),
         );
+        // The row length tells pooled features from a point head's flattened map.
+        h.update([0]);
+        h.update((dim as u64).to_le_bytes());
         let dir = root.join(hex::encode(h.finalize()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(FeatureCache { dir, dim })

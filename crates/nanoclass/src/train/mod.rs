@@ -50,8 +50,9 @@ use crate::data::split::stratified_split;
 use crate::engine::{EngineChoice, OrtModel, backbone_model, warn_fallback};
 use crate::eval::regression::{denormalise, distance, normalise};
 use crate::instant::{Features, HeadChoice, InstantModel, PretrainedHead};
+use crate::model::point::PointHead;
 use crate::model::weights::{LoadReport, load_net, save_net};
-use crate::model::{Arch, Net, registry};
+use crate::model::{Arch, Head, Net, registry};
 use crate::run::{
     EpochMetrics, Mode, OptimizerKind, Run, RunConfig, Schedule, SplitRecord, Task, WeightsRecord,
     files, write_atomic,
@@ -620,7 +621,7 @@ fn epoch_batches(n: usize, batch: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
 /// mean point error in pixels of the `size x size` input) for regression.
 fn eval_head(
     task: Task,
-    head: &Linear,
+    head: &Head,
     feats: &[f32],
     targets: &[Target],
     c: usize,
@@ -666,15 +667,18 @@ fn eval_net(
 }
 
 fn head_is_finite(net: &Net) -> bool {
-    let w: Vec<f32> = net
-        .head()
-        .weight
-        .val()
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap_or_default();
-    w.iter().all(|v| v.is_finite())
+    let finite = |t: Tensor<4>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap_or_default()
+            .iter()
+            .all(|v| v.is_finite())
+    };
+    match net.point_head() {
+        Some(p) => finite(p.conv1.weight.val()) && finite(p.conv2.weight.val()),
+        None => finite(net.head().weight.val().unsqueeze()),
+    }
 }
 
 /// Running training loss and score (top-1, or mean point error in pixels) of one epoch.
@@ -954,6 +958,14 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             &ad,
         )?,
     };
+    // Regression reads the stride-8 map through a point head (`crate::model::point`); a fresh
+    // one is added unless the starting model (a regression run) has its own.
+    let net = if opts.task == Task::Regression && net.point_head().is_none() {
+        let head = PointHead::new(opts.arch.point_channels(), n_classes, &ad);
+        net.with_point_head(Some(head))
+    } else {
+        net
+    };
     match &report {
         Some(r) => on_event(Event::Info(r.to_string())),
         None => on_event(Event::Warn(format!(
@@ -1086,7 +1098,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         })
     };
     if head_epochs > done {
-        let c = opts.arch.feature_dim();
+        let c = net.feature_len(size);
         let all: Vec<PathBuf> = train_samples
             .iter()
             .chain(&val_samples)
@@ -1191,7 +1203,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 on_event,
             ));
         }
-        let mut head = net.head().clone().train();
+        let mut head = net.head_module().train();
         let mut optim = make_optimizer(opts);
         if let Some(st) = state.as_ref().filter(|s| s.phase == "head") {
             head = checkpoint::with_param_ids(head, &st.param_ids, &opts.out)?;
@@ -1237,7 +1249,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 on_event(stats.step_event(epoch_no, k + 1, batches.len()));
             }
             let val = eval_head(opts.task, &head.valid(), &vf, &vl, c, size, &device);
-            net = net.with_head(head.clone());
+            net = net.with_head_module(head.clone());
             let ids = checkpoint::param_ids(&head);
             tracker.end_epoch(
                 &run,
@@ -1379,7 +1391,10 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                 }
                 let mut grads = loss.backward();
                 if body_lr_factor != 1.0 {
-                    let head_grads = GradientsParams::from_module(&mut grads, model.head());
+                    let head_grads = match model.point_head() {
+                        Some(p) => GradientsParams::from_module(&mut grads, p),
+                        None => GradientsParams::from_module(&mut grads, model.head()),
+                    };
                     let body_grads = GradientsParams::from_grads(grads, &model);
                     model = optim.step(lr * body_lr_factor, model, body_grads);
                     model = optim.step(lr, model, head_grads);
@@ -1499,8 +1514,24 @@ fn fit_instant(
             ad,
         ))),
     };
-    let train = eval_head(opts.task, &head.valid(), tf, tl, c, size, device);
-    let val = eval_head(opts.task, &head.valid(), vf, vl, c, size, device);
+    let train = eval_head(
+        opts.task,
+        &Head::Linear(head.valid()),
+        tf,
+        tl,
+        c,
+        size,
+        device,
+    );
+    let val = eval_head(
+        opts.task,
+        &Head::Linear(head.valid()),
+        vf,
+        vl,
+        c,
+        size,
+        device,
+    );
     let record = serde_json::json!({
         "head": model.kind,
         "temperature": model.temperature,
