@@ -144,7 +144,9 @@ fn site_packages() -> Vec<PathBuf> {
     out
 }
 
-/// `libonnxruntime.so*` (or `.dylib`, `.dll`) in `capi`, the highest version first.
+/// `libonnxruntime.so*` (or `.dylib`, `.dll`) in `capi`: the one with the highest version in
+/// its name (`libonnxruntime.so.1.31.1` over `libonnxruntime.so.1.9.0`; an unversioned name
+/// ranks lowest).
 fn capi_library(capi: &Path) -> Option<PathBuf> {
     let mut libs: Vec<PathBuf> = std::fs::read_dir(capi)
         .ok()?
@@ -157,8 +159,16 @@ fn capi_library(capi: &Path) -> Option<PathBuf> {
             })
         })
         .collect();
-    libs.sort();
+    libs.sort_by_key(|p| library_version(p));
     libs.pop()
+}
+
+/// The numeric version in a library's file name: `libonnxruntime.so.1.31.1` -> `[1, 31, 1]`.
+fn library_version(path: &Path) -> Vec<u64> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.split('.')
+        .filter_map(|part| part.parse::<u64>().ok())
+        .collect()
 }
 
 /// The process's ONNX Runtime environment: the library loaded once. `Err` holds why it is not
@@ -195,6 +205,39 @@ pub fn warn_fallback(reason: &str) {
     }
 }
 
+/// The one rule for picking the forward-only engine: `open` builds the ONNX Runtime model.
+///
+/// - [`EngineChoice::Burn`]: `Ok(None)`, `open` is not called.
+/// - [`EngineChoice::Ort`]: ONNX Runtime must be available and `open` must succeed; either
+///   failure is the error.
+/// - [`EngineChoice::Auto`]: `Some` when both hold; otherwise the reason is said once
+///   ([`warn_fallback`]) and the answer is `Ok(None)`, burn.
+///
+/// # Errors
+/// Only with [`EngineChoice::Ort`], as above.
+pub fn resolve<T>(choice: EngineChoice, open: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+    match choice {
+        EngineChoice::Burn => Ok(None),
+        EngineChoice::Ort => {
+            ort_environment().map_err(Error::Other)?;
+            open().map(Some)
+        }
+        EngineChoice::Auto => match ort_environment() {
+            Err(reason) => {
+                warn_fallback(&reason);
+                Ok(None)
+            }
+            Ok(_) => match open() {
+                Ok(m) => Ok(Some(m)),
+                Err(e) => {
+                    warn_fallback(&e.to_string());
+                    Ok(None)
+                }
+            },
+        },
+    }
+}
+
 /// The version of the ONNX graphs this build writes, part of the export cache key.
 const EXPORTER: &str = concat!("nanoclass-onnx-", env!("CARGO_PKG_VERSION"), "-opset17");
 
@@ -213,11 +256,11 @@ pub fn onnx_cache_dir() -> Option<PathBuf> {
 /// # Errors
 /// The model file cannot be read.
 pub fn onnx_cache_path(root: &Path, model: &Path, extra: &str) -> Result<PathBuf> {
-    let bytes = std::fs::read(model).map_err(|e| Error::io(model, e))?;
+    let digest = crate::model::registry::sha256_file(model)?;
     let mut h = Sha256::new();
     h.update(EXPORTER.as_bytes());
     h.update([0]);
-    h.update(&bytes);
+    h.update(digest.as_bytes());
     h.update([0]);
     h.update(extra.as_bytes());
     Ok(root.join(format!("{}.onnx", hex::encode(h.finalize()))))
@@ -398,12 +441,37 @@ mod tests {
     }
 
     #[test]
+    fn one_rule_picks_the_engine() {
+        let failing = || -> Result<u8> { Err(Error::Other("export failed".into())) };
+        // burn never opens ONNX Runtime
+        let r = resolve(EngineChoice::Burn, || -> Result<u8> { panic!("opened") });
+        assert!(matches!(r, Ok(None)));
+        // auto falls back, whatever failed (the library or the model)
+        assert!(matches!(resolve(EngineChoice::Auto, failing), Ok(None)));
+        // asked for by name, any failure is the error
+        assert!(resolve(EngineChoice::Ort, failing).is_err());
+        if ort_environment().is_ok() {
+            assert!(matches!(
+                resolve(EngineChoice::Auto, || Ok(7u8)),
+                Ok(Some(7))
+            ));
+            assert!(matches!(
+                resolve(EngineChoice::Ort, || Ok(7u8)),
+                Ok(Some(7))
+            ));
+        }
+    }
+
+    #[test]
     fn the_newest_library_in_capi_is_found() {
         let tmp = tempfile::tempdir().unwrap();
         assert_eq!(capi_library(tmp.path()), None);
+        // 1.9 sorts after 1.31 by name, not by version
         for n in [
-            "libonnxruntime.so.1.30.0",
+            "libonnxruntime.so",
+            "libonnxruntime.so.1.9.0",
             "libonnxruntime.so.1.31.1",
+            "libonnxruntime.so.1.30.0",
             "README",
         ] {
             std::fs::write(tmp.path().join(n), b"").unwrap();

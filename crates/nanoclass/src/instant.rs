@@ -47,7 +47,7 @@ use serde::Serialize;
 
 use crate::data::loader::Skipped;
 use crate::data::presets::{EvalPreset, presets};
-use crate::engine::{EngineChoice, OrtModel, backbone_model, warn_fallback};
+use crate::engine::{EngineChoice, OrtModel, backbone_model, resolve};
 use crate::eval::metrics::softmax;
 use crate::model::{Arch, Net};
 use crate::train::features::FeatureCache;
@@ -869,16 +869,11 @@ impl Embedder {
             .as_ref()
             .and_then(|r| r.file_head.as_ref())
             .and_then(PretrainedHead::from_linear);
-        let ort = match (EngineChoice::from_env(), &report) {
-            (EngineChoice::Burn, _) | (_, None) => None,
-            (engine, Some(r)) => match backbone_model(&net, arch, &r.path, preset.crop as usize) {
-                Ok(m) => Some(m),
-                Err(e) if engine == EngineChoice::Ort => return Err(e),
-                Err(e) => {
-                    warn_fallback(&e.to_string());
-                    None
-                }
-            },
+        let ort = match &report {
+            None => None,
+            Some(r) => resolve(EngineChoice::from_env(), || {
+                backbone_model(&net, arch, &r.path, preset.crop as usize)
+            })?,
         };
         let cache = match (cache_root, report) {
             (Some(root), Some(r)) => {

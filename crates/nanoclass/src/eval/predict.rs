@@ -9,7 +9,7 @@ use burn::prelude::*;
 use crate::data::decode::DecodeOptions;
 use crate::data::folder::Sample;
 use crate::data::loader::{Skipped, decode_batches};
-use crate::engine::{EngineChoice, OrtModel, open_cached, ort_environment, warn_fallback};
+use crate::engine::{EngineChoice, OrtModel, open_cached, resolve};
 use crate::eval::metrics::{ConfusionMatrix, EvalReport};
 use crate::eval::regression::{PointTile, RegressionReport, denormalise, distance, output_points};
 use crate::model::Net;
@@ -178,21 +178,11 @@ impl Predictor {
             });
         }
         let net = net.valid();
-        let backend = match engine {
-            EngineChoice::Burn => Backend::Burn {
+        let backend = match resolve(engine, || ort_model(&run, &net, precision))? {
+            Some(m) => Backend::Ort(m),
+            None => Backend::Burn {
                 net: Box::new(net),
                 device,
-            },
-            EngineChoice::Ort => Backend::Ort(ort_model(&run, &net, precision)?),
-            EngineChoice::Auto => match ort_environment() {
-                Ok(_) => Backend::Ort(ort_model(&run, &net, precision)?),
-                Err(reason) => {
-                    warn_fallback(&reason);
-                    Backend::Burn {
-                        net: Box::new(net),
-                        device,
-                    }
-                }
             },
         };
         Ok(Predictor { run, backend })

@@ -47,7 +47,7 @@ use crate::data::folder::{Sample, scan_image_folder, scan_regression_folder};
 use crate::data::loader::{Batch, Skipped, decode_batches, decode_samples, prefetch};
 use crate::data::presets::{EvalPreset, presets, regression_presets};
 use crate::data::split::stratified_split;
-use crate::engine::{EngineChoice, OrtModel, backbone_model, warn_fallback};
+use crate::engine::{EngineChoice, OrtModel, backbone_model, resolve};
 use crate::eval::regression::{denormalise, distance, normalise};
 use crate::instant::{Features, HeadChoice, InstantModel, PretrainedHead};
 use crate::model::point::PointHead;
@@ -1117,24 +1117,33 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             }
             _ => None,
         };
-        // Forward-only: on ONNX Runtime when chosen and available (opened only when some image
-        // is not in the cache).
-        if opts.engine == EngineChoice::Ort {
-            crate::engine::ort_environment().map_err(Error::Other)?;
-        }
+        // Forward-only: on ONNX Runtime when `engine::resolve` says so (with `auto`, opened
+        // only when some image is not in the cache).
         let ort_cell = std::cell::OnceCell::new();
-        let make_ort = || match (&pretrained, opts.engine) {
-            (_, EngineChoice::Burn) | (None, _) => None,
-            (Some(w), _) => match backbone_model(&net, opts.arch, w, eval_preset.crop as usize) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    warn_fallback(&e.to_string());
-                    None
-                }
-            },
+        let make_ort = || -> Result<Option<OrtModel>> {
+            match &pretrained {
+                None => Ok(None),
+                Some(w) => resolve(opts.engine, || {
+                    backbone_model(&net, opts.arch, w, eval_preset.crop as usize)
+                }),
+            }
         };
+        let get_ort = || {
+            ort_cell
+                .get_or_init(|| make_ort().map_err(|e| e.to_string()))
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+        };
+        if opts.engine == EngineChoice::Ort {
+            // asked for by name: opened now, so that a failure ends training before any work
+            get_ort();
+            if let Some(Err(e)) = ort_cell.get() {
+                return Err(Error::Other(e.clone()));
+            }
+        }
         let (feats, skip, hits) = extract_features(
-            (&net, &|| ort_cell.get_or_init(make_ort).as_ref()),
+            (&net, &get_ort),
             &all,
             &eval_preset,
             32,
