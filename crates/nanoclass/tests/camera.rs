@@ -1,6 +1,8 @@
 //! Camera sources: opening faults, frame validation and disconnects on a stand-in V4L2 stream,
 //! YUYV conversion, folder and video sources on real photos.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use nanoclass::camera::{self, CameraError, Source};
 use nanoclass::data::decode::{DecodeOptions, decode_file};
 
 fn data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data")
+    common::shared_data()
 }
 
 /// A blue-sky ant photo (mean RGB about (91, 145, 209)).

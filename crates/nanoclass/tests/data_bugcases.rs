@@ -3,9 +3,12 @@
 //! and `png` crates or by hand; the CMYK JPEG and the torchvision references come from
 //! `tests/fixtures/data/make_fixtures.py`.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use common::shared_data;
 use image::{ImageFormat, Rgb, RgbImage};
 use nanoclass::Error;
 use nanoclass::data::decode::{DecodeOptions, decode_bytes, decode_file};
@@ -629,21 +632,6 @@ fn jpeg_dct_downscaling_keeps_the_shorter_side() {
     // A JPEG already smaller than the request decodes at full size.
     let small = decode_bytes(&noisy_jpeg(300, 200), Path::new("s.jpg"), &opts).expect("decodes");
     assert_eq!(small.dimensions(), (300, 200));
-}
-
-/// The shared real-image datasets, `../shared/data` beside the repository (or
-/// `$NANOCLASS_DATA`). Their absence is a failure, not a skip.
-fn shared_data() -> PathBuf {
-    let dir = std::env::var_os("NANOCLASS_DATA").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("hymenoptera").is_dir(),
-        "real image data not found at {} (clone the repository beside shared/, or set NANOCLASS_DATA)",
-        dir.display()
-    );
-    dir
 }
 
 #[test]

@@ -16,10 +16,13 @@
 //! and, from PyPI, `onnxruntime==1.31.1` and `efficientnet-lite-pytorch==0.1.0` (`.ci/run`
 //! installs them); a missing module fails the test with the install command.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use common::shared_data;
 use nanoclass::data::decode::{DecodeOptions, decode_file};
 use nanoclass::data::markers::MarkerSet;
 use nanoclass::engine::{EngineChoice, onnx_cache_dir, onnx_cache_path, ort_environment};
@@ -37,16 +40,6 @@ use tract_onnx::prelude::{
 };
 
 const TOLERANCE: f32 = 1e-4;
-
-fn shared_data() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    assert!(
-        dir.join("hymenoptera").is_dir(),
-        "real image data not found at {} (clone the repository beside shared/)",
-        dir.display()
-    );
-    dir
-}
 
 /// A fresh folder under Cargo's scratch space for integration tests.
 fn scratch(name: &str) -> PathBuf {

@@ -2,8 +2,11 @@
 //! built from the real photos of ../shared/data, targets that move with flipped and cropped
 //! views, and runs of one task refused by the other's commands.
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::shared_data;
 use image::{Rgb, RgbImage};
 use nanoclass::data::folder::{parse_dli_point, scan_regression_folder};
 use nanoclass::data::markers::{MarkerSet, draw_marker};
@@ -13,16 +16,6 @@ use nanoclass::eval::regression::{denormalise, normalise};
 use nanoclass::run::Task;
 use rand::SeedableRng;
 use rand_chacha::ChaCha12Rng;
-
-fn shared_data() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data");
-    assert!(
-        dir.join("hymenoptera").is_dir(),
-        "real image data not found at {} (clone the repository beside shared/)",
-        dir.display()
-    );
-    dir
-}
 
 fn write_jpeg(path: &Path, img: &RgbImage) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

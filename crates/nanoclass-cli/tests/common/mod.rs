@@ -25,3 +25,15 @@ pub fn ok(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what} failed:\n{stderr}");
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// The report of `nanoclass eval RUN --json` with `extra` arguments.
+pub fn eval_json(run: &Path, extra: &[&str]) -> serde_json::Value {
+    let out = bin()
+        .args(["eval"])
+        .arg(run)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    serde_json::from_str(&ok(out, "eval")).unwrap()
+}
