@@ -13,6 +13,9 @@ const S = {
   instant: null, instantStarted: false, userStopped: false,
   // Each refit of the instant model seen by the page: {images, embedded, embed_ms, update_ms, fit_ms}.
   instantUpdates: [],
+  // The task's kind ("classification" | "regression"); regression: points saved by clicking
+  // the frame ({name, x, y, count} each), the thumbnail editor's image ({name, x, y}).
+  kind: "classification", pointsSaved: [], editor: null,
 };
 window.studio = S;
 
@@ -76,8 +79,10 @@ async function loadTask() {
   const ul = $("categories");
   ul.innerHTML = "";
   $("thumbs").innerHTML = "";
-  if (!S.task) { updateCaptureButton(); return; }
+  closeEditor();
+  if (!S.task) { setKind("classification"); $("task-kind-badge").hidden = true; updateCaptureButton(); return; }
   const t = await api("GET", taskUrl());
+  setKind(t.kind || "classification");
   if (!t.categories.some((c) => c.name === S.category)) {
     S.category = t.categories.length ? t.categories[0].name : "";
   }
@@ -128,6 +133,107 @@ async function deleteCategory(name) {
     await loadTask(); await loadRuns(); scheduleInstant(0);
   } catch (e) { show(e.message, "error"); }
 }
+
+
+// Shows what the selected task predicts and switches the page between capture (classification)
+// and click-to-label (regression).
+function setKind(kind) {
+  S.kind = kind;
+  const reg = kind === "regression";
+  const badge = $("task-kind-badge");
+  badge.textContent = reg ? "regression · points" : "classification";
+  badge.dataset.kind = kind; badge.hidden = !S.task;
+  $("stage").classList.toggle("pointing", reg);
+  $("capture-row").hidden = reg;
+  $("train-note").textContent = reg
+    ? "The held-out figure is the mean distance between predicted and clicked points, in pixels of the model input, on images never trained on."
+    : "Accuracy is measured on held-out images (never the training images).";
+  updatePointHint();
+}
+
+function updatePointHint() {
+  const h = $("point-hint");
+  h.hidden = S.kind !== "regression";
+  h.textContent = S.category
+    ? `Click the point of "${S.category}" in the frame: that frame is saved with the point.`
+    : "Add a category, then click its point in the frame to save the frame.";
+}
+
+// Where the picture of an <img> or <video> is drawn on the page: the content box (borders and
+// padding removed) with object-fit and a centred object-position applied. Returns the page
+// position (CSS pixels, client coordinates) of image pixel (0, 0) and the scale in CSS pixels
+// per image pixel on each axis; null before the picture has a size.
+function pictureRect(el) {
+  const nw = el.naturalWidth || el.videoWidth, nh = el.naturalHeight || el.videoHeight;
+  if (!nw || !nh) return null;
+  const r = el.getBoundingClientRect(), cs = getComputedStyle(el);
+  const px = (k) => parseFloat(cs[k]) || 0;
+  const left = r.left + px("borderLeftWidth") + px("paddingLeft");
+  const top = r.top + px("borderTopWidth") + px("paddingTop");
+  const w = r.width - px("borderLeftWidth") - px("borderRightWidth") - px("paddingLeft") - px("paddingRight");
+  const h = r.height - px("borderTopWidth") - px("borderBottomWidth") - px("paddingTop") - px("paddingBottom");
+  let sx = w / nw, sy = h / nh;
+  const fit = cs.objectFit; // <video> is "contain" in the browser's own style sheet
+  if (fit === "contain") sx = sy = Math.min(w / nw, h / nh);
+  else if (fit === "cover") sx = sy = Math.max(w / nw, h / nh);
+  else if (fit === "none") sx = sy = 1;
+  else if (fit === "scale-down") sx = sy = Math.min(1, w / nw, h / nh);
+  return { left: left + (w - nw * sx) / 2, top: top + (h - nh * sy) / 2, sx, sy, width: nw, height: nh };
+}
+
+// A click -> integer pixel of the picture: the nearest whole continuous coordinate (pixel i
+// spans [i, i + 1); a click on the corner between pixels i - 1 and i gives i), clamped to
+// 0..width-1 and 0..height-1. null for a click on the letterbox bars or before a picture.
+function clickToPixel(el, e) {
+  const p = pictureRect(el);
+  if (!p) return null;
+  const x = (e.clientX - p.left) / p.sx, y = (e.clientY - p.top) / p.sy;
+  if (x < 0 || y < 0 || x > p.width || y > p.height) return null;
+  return { x: Math.min(p.width - 1, Math.round(x)), y: Math.min(p.height - 1, Math.round(y)), width: p.width, height: p.height };
+}
+
+// The frame on show (the browser camera's <video> or the device camera's <img>) as a JPEG of
+// its own pixel size: exactly the picture the user clicked.
+function grabShown(el) {
+  return new Promise((resolve, reject) => {
+    const w = el.naturalWidth || el.videoWidth, h = el.naturalHeight || el.videoHeight;
+    if (!w || !h) { reject(new Error("the camera has no picture yet")); return; }
+    const c = $("grab");
+    c.width = w; c.height = h;
+    c.getContext("2d").drawImage(el, 0, 0, w, h);
+    c.toBlob((b) => (b ? resolve(b) : reject(new Error("could not encode the frame"))), "image/jpeg", 0.92);
+  });
+}
+
+let pointInflight = false;
+// Regression: a click on the live frame saves that frame with the clicked point.
+async function savePointClick(e) {
+  if (S.kind !== "regression" || !S.task || pointInflight) return;
+  if (!S.category) { show("add a category first, then click its point in the frame", "error"); return; }
+  const el = e.currentTarget;
+  const p = clickToPixel(el, e);
+  if (!p) return;
+  pointInflight = true;
+  const cat = S.category;
+  try {
+    const blob = await grabShown(el);
+    const r = await fetch(`${catUrl(cat)}/points?x=${p.x}&y=${p.y}`, { method: "POST", body: blob, headers: { "Content-Type": "image/jpeg" }, credentials: "same-origin" });
+    const data = await r.json().catch(() => ({}));
+    if (!r.ok) throw new Error(data.error || r.statusText);
+    S.pointsSaved.push({ name: data.saved[0], x: p.x, y: p.y, count: data.count });
+    S.captures += 1;
+    setCount(cat, data.count);
+    show(`saved ${data.saved[0]} (point ${p.x}, ${p.y}) to "${cat}"`);
+    scheduleThumbs();
+  } catch (err) {
+    show("save point: " + err.message, "error");
+  } finally {
+    pointInflight = false;
+  }
+}
+
+const COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4", "#469990"];
+const colourOf = (i) => COLOURS[i % COLOURS.length];
 
 // ------------------------------------------------------------------ camera
 
@@ -189,7 +295,10 @@ function startDevicePreview() {
   }
   if (S.deviceSource.error) cameraMessage("Device camera: " + S.deviceSource.error);
   img.hidden = false;
-  img.src = `/api/source/stream?g=${S.deviceSource.generation}&t=${Date.now()}`;
+  // S.deviceShown: the source generation whose first frame is on show (read by the tests).
+  const gen = S.deviceSource.generation;
+  img.onload = () => { S.deviceShown = gen; };
+  img.src = `/api/source/stream?g=${gen}&t=${Date.now()}`;
 }
 
 async function refreshSource() {
@@ -218,6 +327,7 @@ function cameraReady() {
 }
 
 function updateCaptureButton() {
+  updatePointHint();
   $("capture").disabled = !(S.task && S.category && (S.source === "device" ? S.deviceSource && S.deviceSource.uri : S.stream));
 }
 
@@ -298,7 +408,7 @@ function scheduleInstant(ms) {
 
 // Refreshes the instant model's status; starts the preview the first time it is ready.
 async function loadInstant() {
-  if (!S.task) return;
+  if (!S.task || S.kind === "regression") return;
   const task = S.task;
   let st = null;
   try { st = await api("GET", `${taskUrl()}/instant`); } catch (e) { st = { ready: false, note: e.message, off: true }; }
@@ -374,9 +484,28 @@ async function loadThumbs() {
   for (const im of imgs.slice().reverse()) {
     const d = document.createElement("div");
     d.className = "thumb";
+    d.dataset.name = im.name;
     const img = document.createElement("img");
     img.loading = "lazy"; img.alt = im.name;
     img.src = `${catUrl(cat)}/images/${enc(im.name)}/thumb`;
+    let shown = img;
+    if (im.point && im.size) {
+      // Regression: the point drawn over the thumbnail; a click opens it larger to correct it.
+      d.classList.add("point");
+      d.dataset.x = im.point[0]; d.dataset.y = im.point[1];
+      const frame = document.createElement("div");
+      frame.className = "frame";
+      frame.style.aspectRatio = `${im.size[0]} / ${im.size[1]}`;
+      const dot = document.createElement("span");
+      dot.className = "dot";
+      dot.style.left = (100 * im.point[0] / im.size[0]).toFixed(3) + "%";
+      dot.style.top = (100 * im.point[1] / im.size[1]).toFixed(3) + "%";
+      dot.style.background = colourOf(categoryIndex(cat));
+      frame.append(img, dot);
+      frame.title = `point (${im.point[0]}, ${im.point[1]}): click to correct it`;
+      frame.onclick = () => openEditor(cat, im.name);
+      shown = frame;
+    }
     const del = document.createElement("button");
     del.textContent = "×"; del.title = "delete this image";
     del.onclick = async () => {
@@ -388,9 +517,61 @@ async function loadThumbs() {
         scheduleInstant();
       } catch (e) { show(e.message, "error"); }
     };
-    d.append(img, del);
+    d.append(shown, del);
     box.appendChild(d);
   }
+}
+
+// Index of a category in label order (the order the page lists them).
+function categoryIndex(name) {
+  const names = [...document.querySelectorAll("li.category")].map((li) => li.dataset.name);
+  return Math.max(0, names.indexOf(name));
+}
+
+// The thumbnail editor: the image larger with its point; a click moves the point (the server
+// renames the file to the new <x>_<y>_<uuid>.jpg).
+function openEditor(cat, name) {
+  const m = /^(\d+)_(\d+)_/.exec(name);
+  if (!m) return;
+  S.editor = { category: cat, name, x: Number(m[1]), y: Number(m[2]) };
+  const img = $("editor-img");
+  img.onload = drawEditor;
+  img.src = `${catUrl(cat)}/images/${enc(name)}`;
+  $("point-editor").hidden = false;
+  drawEditor();
+}
+
+function closeEditor() {
+  S.editor = null;
+  $("point-editor").hidden = true;
+  $("editor-img").removeAttribute("src");
+}
+
+function drawEditor() {
+  const ed = S.editor, img = $("editor-img"), dot = $("editor-dot");
+  if (!ed) return;
+  $("editor-info").textContent = `${ed.name} · point (${ed.x}, ${ed.y})`;
+  $("point-editor").dataset.name = ed.name;
+  if (!img.naturalWidth) { dot.hidden = true; return; }
+  dot.hidden = false;
+  dot.style.left = (100 * ed.x / img.naturalWidth).toFixed(3) + "%";
+  dot.style.top = (100 * ed.y / img.naturalHeight).toFixed(3) + "%";
+  dot.style.background = colourOf(categoryIndex(ed.category));
+}
+
+async function editorClick(e) {
+  const ed = S.editor;
+  if (!ed) return;
+  const p = clickToPixel($("editor-img"), e);
+  if (!p) return;
+  try {
+    const r = await api("PUT", `${catUrl(ed.category)}/images/${enc(ed.name)}/point`, { x: p.x, y: p.y });
+    Object.assign(ed, { name: r.name, x: r.point[0], y: r.point[1] });
+    drawEditor();
+    setCount(ed.category, r.count);
+    show(`moved the point to (${r.point[0]}, ${r.point[1]}): ${r.name}`);
+    await loadThumbs();
+  } catch (err) { show("move point: " + err.message, "error"); }
 }
 
 async function uploadFiles(files) {
@@ -448,6 +629,7 @@ async function followTraining(fresh) {
   S.chart = []; drawChart();
   $("train-result").innerHTML = "";
   $("train-progress").value = 0;
+  delete $("train-status").dataset.state; // the outcome shown belongs to the job followed now
   if (!S.task) return;
   const st = await api("GET", `${taskUrl()}/train`);
   if (st.state === "idle") { $("train-status").textContent = "idle"; setTraining(false); return; }
@@ -470,6 +652,9 @@ function setTraining(on) {
 }
 
 const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
+const pxs = (x) => (x === null || x === undefined ? "–" : x.toFixed(1) + " px");
+// The held-out figure of an epoch or a run: top-1 (classification) or mean point error.
+const heldOut = (top1, errorPx) => (errorPx !== null && errorPx !== undefined ? `held-out error ${pxs(errorPx)}` : `held-out top-1 ${pct(top1)}`);
 
 function onTrainEvent(ev, replay) {
   const status = $("train-status");
@@ -488,7 +673,7 @@ function onTrainEvent(ev, replay) {
     case "epoch":
       if (!replay && S.times.firstEpoch === null && S.times.trainClicked !== null) S.times.firstEpoch = performance.now();
       S.chart.push(ev); drawChart();
-      status.textContent = `epoch ${ev.epoch}/${S.totalEpochs || "?"} · loss ${ev.train_loss.toFixed(4)} · held-out top-1 ${pct(ev.val_top1)}${secs()}`;
+      status.textContent = `epoch ${ev.epoch}/${S.totalEpochs || "?"} · loss ${ev.train_loss.toFixed(4)} · ${heldOut(ev.val_top1, ev.val_error_px)}${secs()}`;
       $("train-progress").value = S.totalEpochs ? 0.2 + 0.8 * ev.epoch / S.totalEpochs : 0;
       break;
     case "warn":
@@ -497,7 +682,7 @@ function onTrainEvent(ev, replay) {
     case "done":
       if (!replay) S.times.done = performance.now();
       $("train-progress").value = 1;
-      status.textContent = `done: run ${ev.run}, best held-out top-1 ${pct(ev.best_val_top1)} (epoch ${ev.best_epoch}, ${ev.val_images} held-out images)${secs()}`;
+      status.textContent = `done: run ${ev.run}, best ${heldOut(ev.best_val_top1, ev.best_val_error_px)} (epoch ${ev.best_epoch}, ${ev.val_images} held-out images)${secs()}`;
       status.dataset.state = "done";
       renderEval(ev.eval);
       setTraining(false);
@@ -526,7 +711,7 @@ async function switchToRun(ev) {
   // The bars left from the preview are not this model's scores.
   clearBars();
   const m = $("live-msg");
-  m.textContent = `Now showing the trained model: run ${ev.run} (held-out top-1 ${pct(ev.best_val_top1)}). The instant preview stays in the model list.`;
+  m.textContent = `Now showing the trained model: run ${ev.run} (${heldOut(ev.best_val_top1, ev.best_val_error_px)}).` + (S.kind === "regression" ? "" : " The instant preview stays in the model list.");
   m.hidden = false; m.dataset.switched = String(ev.run);
   if (wasLive) startLive();
 }
@@ -538,15 +723,18 @@ function drawChart() {
   g.font = "11px system-ui, sans-serif";
   g.strokeStyle = "#d8dce1"; g.strokeRect(L, T, W - L - R, H - T - B);
   const pts = S.chart;
+  const reg = pts.some((p) => p.val_error_px !== null && p.val_error_px !== undefined);
   g.fillStyle = "#69707a";
-  g.fillText("loss", 2, T + 8); g.fillText("top-1", W - R + 2, T + 8);
+  g.fillText("loss", 2, T + 8); g.fillText(reg ? "error" : "top-1", W - R + 2, T + 8);
   g.fillText("epoch", W / 2 - 14, H - 4);
   if (!pts.length) return;
   const n = Math.max(S.totalEpochs, pts.length, 2);
   const maxLoss = Math.max(...pts.map((p) => Math.max(p.train_loss, p.val_loss || 0)), 1e-6);
   const x = (e) => L + (W - L - R) * (e - 1) / (n - 1);
   const yl = (v) => T + (H - T - B) * (1 - v / maxLoss);
-  const ya = (v) => T + (H - T - B) * (1 - v);
+  // Right axis: top-1 in [0, 1], or the held-out point error in px from 0 to the largest seen.
+  const maxErr = reg ? Math.max(...pts.map((p) => p.val_error_px || 0), 1e-6) : 1;
+  const ya = (v) => T + (H - T - B) * (1 - v / maxErr);
   const line = (color, f) => {
     g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
     let started = false;
@@ -555,17 +743,19 @@ function drawChart() {
   };
   line("#1f6feb", (p) => yl(p.train_loss));
   line("#f59e0b", (p) => (p.val_loss === null ? null : yl(p.val_loss)));
-  line("#2e7d32", (p) => (p.val_top1 === null ? null : ya(p.val_top1)));
+  const right = (p) => (reg ? p.val_error_px : p.val_top1);
+  line("#2e7d32", (p) => (right(p) === null || right(p) === undefined ? null : ya(right(p))));
   g.fillStyle = "#1f6feb"; g.fillText("train loss", L + 4, H - B - 4);
   g.fillStyle = "#f59e0b"; g.fillText("held-out loss", L + 70, H - B - 4);
-  g.fillStyle = "#2e7d32"; g.fillText("held-out top-1", L + 160, H - B - 4);
-  g.fillStyle = "#69707a"; g.fillText(maxLoss.toFixed(2), 2, T + 20); g.fillText("100%", W - R + 2, T + 20);
+  g.fillStyle = "#2e7d32"; g.fillText(reg ? "held-out error (px)" : "held-out top-1", L + 160, H - B - 4);
+  g.fillStyle = "#69707a"; g.fillText(maxLoss.toFixed(2), 2, T + 20); g.fillText(reg ? maxErr.toFixed(0) + "px" : "100%", W - R + 2, T + 20);
 }
 
 function renderEval(ev) {
   const box = $("train-result");
   box.innerHTML = "";
   if (!ev) return;
+  if (ev.task === "regression") { renderPointErrors(ev, box); return; }
   const cm = ev.confusion;
   const t = document.createElement("table");
   t.className = "cm"; t.id = "confusion";
@@ -584,6 +774,27 @@ function renderEval(ev) {
   box.append(cap, t);
 }
 
+// Regression: the held-out point error per category (mean, 90th percentile, largest), in
+// pixels of the model input; no confusion matrix.
+function renderPointErrors(ev, box) {
+  const t = document.createElement("table");
+  t.className = "errors"; t.id = "point-errors";
+  t.innerHTML = '<tr><th>category</th><th>images</th><th>mean</th><th title="90th percentile">p90</th><th>max</th></tr>';
+  for (const c of [...ev.per_category, ev.overall]) {
+    const tr = document.createElement("tr");
+    tr.dataset.category = c.category;
+    tr.innerHTML = `<th>${esc(c.category)}</th><td>${c.n}</td><td class="mean">${pxs(c.mean_px)}</td><td>${pxs(c.p90_px)}</td><td>${pxs(c.max_px)}</td>`;
+    t.appendChild(tr);
+  }
+  const cap = document.createElement("div");
+  cap.className = "muted small";
+  cap.textContent = `Held-out point error (mean, 90th percentile, largest) in ${ev.pixel_space}` + (ev.out_of_view ? `; ${ev.out_of_view} image(s) with the point outside the model's view were not scored.` : ".");
+  const wrap = document.createElement("div");
+  wrap.className = "table-scroll";
+  wrap.appendChild(t);
+  box.append(cap, wrap);
+}
+
 function esc(s) { const d = document.createElement("div"); d.textContent = s; return d.innerHTML; }
 
 // ------------------------------------------------------------------ live
@@ -593,7 +804,9 @@ async function loadRuns(select) {
   const keep = select !== undefined ? String(select) : sel.value;
   sel.innerHTML = "";
   S.runs = S.task ? await api("GET", `${taskUrl()}/runs`) : [];
-  if (S.task) {
+  // The instant preview scores categories: classification tasks only.
+  const instant = S.task && S.kind !== "regression";
+  if (instant) {
     const o = document.createElement("option");
     o.value = "instant"; o.textContent = instantLabel();
     sel.appendChild(o);
@@ -601,11 +814,12 @@ async function loadRuns(select) {
   for (const r of S.runs.filter((r) => r.ready)) {
     const o = document.createElement("option");
     o.value = r.id;
-    o.textContent = `run ${r.id} · ${r.arch} ${r.mode} · held-out ${pct(r.best_val_top1)}` + (r.stale ? " · retrain needed" : "");
+    o.textContent = `run ${r.id} · ${r.arch} ${r.mode} · ${r.task === "regression" ? "held-out error " + pxs(r.best_val_error_px) : "held-out " + pct(r.best_val_top1)}` + (r.stale ? " · retrain needed" : "") + (r.task !== S.kind ? ` · ${r.task} model` : "");
     sel.appendChild(o);
   }
+  const first = instant ? 1 : 0; // the newest trained run
   if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
-  else if (sel.options.length > 1) sel.value = sel.options[1].value; // the newest trained run
+  else if (sel.options.length > first) sel.value = sel.options[first].value;
   checkModel();
 }
 
@@ -629,13 +843,19 @@ function checkModel() {
     return ready;
   }
   if (!r) { m.textContent = S.task ? "No trained model yet: train one above." : ""; m.hidden = !S.task; $("live-start").disabled = true; stopLive(); return false; }
+  if (r.task !== S.kind) {
+    // Never run a classifier on a regression task or a point model on a classification task.
+    m.textContent = `Run ${r.id} is a ${r.task} model and this is a ${S.kind} task: it cannot run here. Train a ${S.kind} model on this task's images.`;
+    m.hidden = false; m.dataset.refused = "kind"; $("live-start").disabled = true; stopLive(); clearBars(); return false;
+  }
+  delete m.dataset.refused;
   if (r.stale) { m.textContent = r.note; m.hidden = false; $("live-start").disabled = true; stopLive(); clearBars(); return false; }
   m.textContent = r.note || ""; m.hidden = !r.note;
   $("live-start").disabled = false;
   return true;
 }
 
-function clearBars() { $("live-bars").innerHTML = ""; $("live-top1").textContent = "–"; delete $("live-top1").dataset.label; $("live-fps").textContent = ""; $("live-preview").hidden = true; }
+function clearBars() { clearPoints(); $("live-bars").innerHTML = ""; $("live-top1").textContent = "–"; delete $("live-top1").dataset.label; $("live-fps").textContent = ""; $("live-preview").hidden = true; }
 
 function liveQuery() {
   return `smoothing=${$("live-smoothing").value}&threshold=${$("live-threshold").value}`;
@@ -649,6 +869,7 @@ function stopLive() {
   $("live-start").textContent = "Start live";
   S.liveTimes = [];
   $("live-preview").hidden = true;
+  drawOverlay();
   loadNext();
 }
 
@@ -706,6 +927,7 @@ function renderScores(v) {
     pv.textContent = `Preview: instant model (${v.head}) on ${v.images} images, refitted on every capture. Press Train for the full model.`;
     pv.dataset.images = v.images; pv.hidden = false; $("live-msg").hidden = true;
   } else { pv.hidden = true; }
+  if (v.points) { renderPoints(v); return; }
   const top = $("live-top1");
   if (v.label) { top.textContent = `${v.label} ${(100 * v.top[1]).toFixed(0)}%`; top.dataset.label = v.label; }
   else { top.textContent = "unsure"; top.dataset.label = ""; }
@@ -727,6 +949,75 @@ function renderScores(v) {
   });
 }
 
+// Regression live view: a marker per category (its colour and name) at the predicted point,
+// drawn over the frame on show; the points are listed under it (data-x, data-y: pixels of the
+// scored frame).
+function renderPoints(v) {
+  $("live-bars").innerHTML = "";
+  const top = $("live-top1");
+  top.textContent = `${v.points.length} point${v.points.length === 1 ? "" : "s"}`; top.dataset.label = "";
+  const list = $("live-points");
+  if (list.children.length !== v.labels.length || list.dataset.run !== String(v.run)) {
+    list.innerHTML = ""; list.dataset.run = v.run;
+    v.labels.forEach((l, i) => {
+      const d = document.createElement("div");
+      d.className = "live-point"; d.dataset.label = l;
+      d.innerHTML = `<span class="swatch" style="background:${colourOf(i)}"></span><span class="l">${esc(l)}</span><span class="xy"></span>`;
+      list.appendChild(d);
+    });
+  }
+  v.points.forEach((p, i) => {
+    const d = list.children[i];
+    d.dataset.x = p[0].toFixed(2); d.dataset.y = p[1].toFixed(2);
+    d.dataset.width = v.size[0]; d.dataset.height = v.size[1];
+    d.querySelector(".xy").textContent = `(${p[0].toFixed(0)}, ${p[1].toFixed(0)}) px`;
+  });
+  S.lastPoints = v;
+  drawOverlay();
+}
+
+function shownMedia() {
+  const el = S.source === "device" ? $("device-img") : $("video");
+  return el.hidden ? null : el;
+}
+
+// Draws the last predicted points over the frame on show, scaled from the scored frame's
+// pixels to where the picture is on the page.
+function drawOverlay() {
+  const c = $("live-overlay"), stage = $("stage");
+  const dpr = window.devicePixelRatio || 1;
+  c.width = Math.round(stage.clientWidth * dpr); c.height = Math.round(stage.clientHeight * dpr);
+  const g = c.getContext("2d");
+  g.setTransform(dpr, 0, 0, dpr, 0, 0);
+  g.clearRect(0, 0, stage.clientWidth, stage.clientHeight);
+  const v = S.lastPoints, el = shownMedia();
+  if (!v || !S.live || !el) return;
+  const p = pictureRect(el);
+  if (!p) return;
+  const box = stage.getBoundingClientRect();
+  // The scored frame may differ in size from the one on show (a browser frame is scored as
+  // sent; the device stream is the scored frame): map through relative coordinates.
+  const kx = p.sx * p.width / v.size[0], ky = p.sy * p.height / v.size[1];
+  g.font = "bold 13px system-ui, sans-serif";
+  v.points.forEach((pt, i) => {
+    const X = p.left - box.left + pt[0] * kx, Y = p.top - box.top + pt[1] * ky;
+    g.lineWidth = 3; g.strokeStyle = "#000";
+    g.beginPath(); g.arc(X, Y, 9, 0, 2 * Math.PI); g.stroke();
+    g.lineWidth = 2; g.strokeStyle = colourOf(i);
+    g.beginPath(); g.arc(X, Y, 9, 0, 2 * Math.PI); g.stroke();
+    g.beginPath(); g.moveTo(X - 4, Y); g.lineTo(X + 4, Y); g.moveTo(X, Y - 4); g.lineTo(X, Y + 4); g.stroke();
+    g.lineWidth = 3; g.strokeStyle = "#000"; g.strokeText(v.labels[i], X + 12, Y - 8);
+    g.fillStyle = colourOf(i); g.fillText(v.labels[i], X + 12, Y - 8);
+  });
+}
+
+function clearPoints() {
+  S.lastPoints = null;
+  $("live-points").innerHTML = "";
+  delete $("live-points").dataset.run;
+  drawOverlay();
+}
+
 // ------------------------------------------------------------------ wiring
 
 async function init() {
@@ -739,7 +1030,8 @@ async function init() {
   $("task-create").onclick = async () => {
     const name = $("task-name").value.trim();
     if (!name) return;
-    try { await api("POST", "/api/tasks", { name, kind: "classification" }); $("task-name").value = ""; show(`created task "${name}"`); await loadTasks(name); }
+    const kind = $("task-kind").value;
+    try { await api("POST", "/api/tasks", { name, kind }); $("task-name").value = ""; show(`created ${kind} task "${name}"`); await loadTasks(name); }
     catch (e) { show(e.message, "error"); }
   };
   $("task-select").onchange = (e) => selectTask(e.target.value);
@@ -765,6 +1057,14 @@ async function init() {
   for (const ev of ["pointerup", "pointercancel", "lostpointercapture"]) cap.addEventListener(ev, stopHold);
   cap.addEventListener("keydown", (e) => { if ((e.key === "Enter" || e.key === " ") && !e.repeat) { e.preventDefault(); captureOnce(); } });
   cap.addEventListener("contextmenu", (e) => e.preventDefault());
+
+  // Regression: a click on the live frame saves it with the point; a click on the enlarged
+  // thumbnail moves its point.
+  $("video").addEventListener("click", savePointClick);
+  $("device-img").addEventListener("click", savePointClick);
+  $("editor-img").addEventListener("click", editorClick);
+  $("editor-close").onclick = closeEditor;
+  window.addEventListener("resize", drawOverlay);
 
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });

@@ -45,7 +45,7 @@ pub async fn info(State(st): State<AppState>) -> Json<Value> {
         "source": st.inner.source.status(),
         "backbones": archs,
         "modes": ["frozen", "full", "finetune", "instant"],
-        "task_kinds": ["classification"],
+        "task_kinds": ["classification", "regression"],
         "max_upload_bytes": st.inner.max_upload,
     }))
 }
@@ -194,7 +194,9 @@ fn extension_for(bytes: &[u8]) -> Option<&'static str> {
 }
 
 /// Checks that every upload decodes (with the training decoder), then saves them all; one bad
-/// file saves nothing and answers 400 naming it and the reason.
+/// file saves nothing and answers 400 naming it and the reason. In a regression task every
+/// file must be named `<x>_<y>_<uuid>.<ext>` with its point inside the image (it is saved
+/// under that point with a new uuid).
 fn save_checked(
     st: &AppState,
     task: &str,
@@ -203,31 +205,203 @@ fn save_checked(
 ) -> ApiResult<Vec<String>> {
     let store = &st.inner.store;
     store.category_dir(task, category)?;
+    let regression = store.task_meta(task)?.kind == TaskKind::Regression;
     let mut ready = Vec::new();
     for (name, bytes) in &items {
-        let img = decode_bytes(
-            bytes,
-            Path::new(name),
-            &DecodeOptions {
-                min_side: Some(256),
-            },
-        )
-        .map_err(|e| ApiError::bad_request(format!("{e}; nothing was saved")))?;
-        match extension_for(bytes) {
-            Some(ext) => ready.push((bytes.to_vec(), ext)),
-            // A format that decodes but is not one the dataset scanner lists: store as JPEG.
-            None => ready.push((
-                crate::source::encode_jpeg(&img)
-                    .map_err(ApiError::internal)?
-                    .to_vec(),
-                "jpg",
-            )),
+        let point =
+            if regression {
+                Some(point_from_name(name).map_err(|e| {
+                    ApiError::bad_request(format!("{}; nothing was saved", e.message))
+                })?)
+            } else {
+                None
+            };
+        let (bytes, ext, img) = storable(bytes, name, point.is_some())
+            .map_err(|e| ApiError::bad_request(format!("{}; nothing was saved", e.message)))?;
+        if let Some(p) = point {
+            check_point(&img, p, name)
+                .map_err(|e| ApiError::bad_request(format!("{}; nothing was saved", e.message)))?;
         }
+        ready.push((bytes, ext, point));
     }
     ready
         .into_iter()
-        .map(|(bytes, ext)| store.save_image(task, category, &bytes, ext))
+        .map(|(bytes, ext, point)| match point {
+            Some(p) => store.save_point_image(task, category, &bytes, ext, p),
+            None => store.save_image(task, category, &bytes, ext),
+        })
         .collect()
+}
+
+/// Decodes encoded image bytes with the training decoder and returns what to store: the bytes
+/// as given with their extension, or the image re-encoded as JPEG when its format is not one
+/// the dataset scanner lists, and the decoded image (full size when `full`, so that a point
+/// can be checked against it; otherwise possibly DCT-scaled). 400 naming `name` and the reason
+/// when it does not decode.
+fn storable(
+    bytes: &[u8],
+    name: &str,
+    full: bool,
+) -> ApiResult<(Vec<u8>, &'static str, image::RgbImage)> {
+    let opts = DecodeOptions {
+        min_side: if full { None } else { Some(256) },
+    };
+    let img = decode_bytes(bytes, Path::new(name), &opts)?;
+    Ok(match extension_for(bytes) {
+        Some(ext) => (bytes.to_vec(), ext, img),
+        // A format that decodes but is not one the dataset scanner lists: store as JPEG.
+        None => (
+            crate::source::encode_jpeg(&img)
+                .map_err(ApiError::internal)?
+                .to_vec(),
+            "jpg",
+            img,
+        ),
+    })
+}
+
+/// The point of a regression file name `<x>_<y>_<uuid>.<ext>`; 400 naming the file otherwise.
+fn point_from_name(name: &str) -> ApiResult<[u32; 2]> {
+    crate::store::split_point_name(name)
+        .map(|(p, _, _)| p)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{name}: a regression task's image must be named <x>_<y>_<uuid>.jpg with its \
+                 point in integer pixels (or be saved by clicking the point on the live frame)"
+            ))
+        })
+}
+
+/// Checks that a point lies in an image: `x` in `0..width`, `y` in `0..height` (integer
+/// pixels; continuous coordinates `[0, width)`). 400 naming `what` (a file or "the frame"),
+/// the point, the image size and the allowed ranges.
+pub fn check_point(img: &image::RgbImage, point: [u32; 2], what: &str) -> ApiResult<()> {
+    let (w, h) = img.dimensions();
+    if point[0] < w && point[1] < h {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "{what}: point ({}, {}) lies outside the {w}x{h} image (x must be in 0..={}, y in 0..={})",
+        point[0],
+        point[1],
+        w.saturating_sub(1),
+        h.saturating_sub(1)
+    )))
+}
+
+/// Query of `POST .../points`: the clicked point in integer pixels of the posted image.
+#[derive(Debug, Deserialize)]
+pub struct PointQuery {
+    /// Pixels from the left edge, `0..width`.
+    pub x: Option<String>,
+    /// Pixels from the top edge, `0..height`.
+    pub y: Option<String>,
+}
+
+/// Parses one coordinate of a point: a non-negative integer number of pixels.
+fn coordinate(axis: &str, v: Option<&str>, what: &str) -> ApiResult<u32> {
+    let v = v.ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "{what}: no {axis}: the point is ?x=X&y=Y in pixels"
+        ))
+    })?;
+    v.trim().parse::<u32>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{what}: {axis} = {v:?} is not a non-negative integer number of pixels"
+        ))
+    })
+}
+
+/// `POST /api/tasks/{task}/categories/{category}/points?x=X&y=Y` → 201: saves an encoded
+/// image (the frame the user clicked on) into a regression category as `<x>_<y>_<uuid>.jpg`.
+/// 400 when the task is not a regression task, the image does not decode, or the point is
+/// not an integer pixel inside it; nothing is saved then.
+pub async fn save_point(
+    State(st): State<AppState>,
+    UrlPath((task, category)): UrlPath<(String, String)>,
+    Query(q): Query<PointQuery>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let store = st.inner.store.clone();
+    let (t, c) = (task.clone(), category.clone());
+    let (name, point) = blocking(move || {
+        store.category_dir(&t, &c)?;
+        require_kind(
+            &store,
+            &t,
+            TaskKind::Regression,
+            "saving a frame with a point",
+        )?;
+        let what = "the frame";
+        let point = [
+            coordinate("x", q.x.as_deref(), what)?,
+            coordinate("y", q.y.as_deref(), what)?,
+        ];
+        let fail =
+            |e: ApiError| ApiError::new(e.status, format!("{}; nothing was saved", e.message));
+        let (bytes, ext, img) = storable(&body, "frame", true).map_err(fail)?;
+        check_point(&img, point, what).map_err(fail)?;
+        Ok((store.save_point_image(&t, &c, &bytes, ext, point)?, point))
+    })
+    .await?;
+    let count = category_count(&st, &task, &category).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"saved": [name], "point": point, "count": count})),
+    ))
+}
+
+/// Body of `PUT .../images/{image}/point`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPoint {
+    /// Pixels from the left edge of the stored image, `0..width`.
+    pub x: u32,
+    /// Pixels from the top edge, `0..height`.
+    pub y: u32,
+}
+
+/// `PUT /api/tasks/{task}/categories/{category}/images/{image}/point` with `{x, y}`: corrects a
+/// regression image's point by renaming it to `<x>_<y>_<uuid>.<ext>` (atomic; the bytes are
+/// untouched) → `{name, point, count}`. 400 when the point lies outside the image or the task
+/// is not a regression task, 404 for a missing image, 409 when the new name is taken.
+pub async fn move_point(
+    State(st): State<AppState>,
+    UrlPath((task, category, image)): UrlPath<(String, String, String)>,
+    Json(body): Json<NewPoint>,
+) -> ApiResult<Json<Value>> {
+    refuse_while_training(&st, &task)?;
+    let store = st.inner.store.clone();
+    let (t, c) = (task.clone(), category.clone());
+    let point = [body.x, body.y];
+    let name = blocking(move || {
+        require_kind(&store, &t, TaskKind::Regression, "moving a point")?;
+        let path = store.image_path(&t, &c, &image)?;
+        let img = nanoclass::data::decode::decode_file(&path, &DecodeOptions::default())?;
+        check_point(&img, point, &image)?;
+        store.move_point(&t, &c, &image, point)
+    })
+    .await?;
+    let count = category_count(&st, &task, &category).await?;
+    Ok(Json(json!({"name": name, "point": point, "count": count})))
+}
+
+/// 400 unless `task` is of `kind`, naming what was asked and the task's kind.
+fn require_kind(
+    store: &crate::store::Store,
+    task: &str,
+    kind: TaskKind,
+    what: &str,
+) -> ApiResult<()> {
+    let have = store.task_meta(task)?.kind;
+    if have == kind {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "{what} needs a {} task; task {task:?} is a {} task",
+        kind.name(),
+        have.name()
+    )))
 }
 
 fn rejection(status: StatusCode, text: String) -> ApiError {
@@ -403,7 +577,17 @@ pub async fn capture(
     {
         let store = st.inner.store.clone();
         let (t, c) = (task.clone(), category.clone());
-        blocking(move || store.category_dir(&t, &c)).await?;
+        blocking(move || {
+            store.category_dir(&t, &c)?;
+            require_kind(
+                &store,
+                &t,
+                TaskKind::Classification,
+                "capturing a frame without a point (in a regression task, click the point on \
+                 the live frame: POST .../points?x=X&y=Y)",
+            )
+        })
+        .await?;
     }
     if st.inner.source.status().uri.is_none() {
         return Err(ApiError::conflict(
@@ -459,6 +643,7 @@ pub async fn import_folder(
     let (t, c) = (task.clone(), category.clone());
     let (imported, skipped) = blocking(move || {
         store.category_dir(&t, &c)?;
+        let regression = store.task_meta(&t)?.kind == TaskKind::Regression;
         let dir = body.path;
         if !dir.is_dir() {
             return Err(ApiError::bad_request(format!(
@@ -493,12 +678,40 @@ pub async fn import_folder(
                 skipped.push(json!({"file": f, "reason": format!("{} bytes, over the upload limit of {limit}", bytes.len())}));
                 continue;
             }
-            if let Err(e) = decode_bytes(&bytes, &f, &DecodeOptions { min_side: Some(256) }) {
-                skipped.push(json!({"file": f, "reason": e.to_string()}));
-                continue;
-            }
+            let file_name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let point = if regression {
+                match point_from_name(&file_name) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        skipped.push(json!({"file": f, "reason": e.message}));
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let min_side = if regression { None } else { Some(256) };
+            let img = match decode_bytes(&bytes, &f, &DecodeOptions { min_side }) {
+                Ok(img) => img,
+                Err(e) => {
+                    skipped.push(json!({"file": f, "reason": e.to_string()}));
+                    continue;
+                }
+            };
             let ext = extension_for(&bytes).unwrap_or("jpg");
-            imported.push(store.save_image(&t, &c, &bytes, ext)?);
+            match point {
+                Some(p) => {
+                    if let Err(e) = check_point(&img, p, &f.display().to_string()) {
+                        skipped.push(json!({"file": f, "reason": e.message}));
+                        continue;
+                    }
+                    imported.push(store.save_point_image(&t, &c, &bytes, ext, p)?);
+                }
+                None => imported.push(store.save_image(&t, &c, &bytes, ext)?),
+            }
         }
         Ok((imported, skipped))
     })
@@ -523,18 +736,29 @@ pub async fn start_training(
     let cache = st.inner.feature_cache.clone();
     let (run, opts) = blocking(move || {
         let cats = store.categories(&t)?;
+        let kind = store.task_meta(&t)?.kind;
+        // A classifier needs two categories; a point regressor is fine with one.
+        let needed = match kind {
+            TaskKind::Classification => 2,
+            TaskKind::Regression => 1,
+        };
         let with_images = cats.iter().filter(|c| c.count > 0).count();
-        if cats.len() < 2 || with_images < cats.len() {
+        if cats.len() < needed || with_images < cats.len() {
             let empty: Vec<&str> = cats
                 .iter()
                 .filter(|c| c.count == 0)
                 .map(|c| c.name.as_str())
                 .collect();
-            return Err(ApiError::bad_request(if cats.len() < 2 {
+            return Err(ApiError::bad_request(if cats.len() < needed {
                 format!(
-                    "task {t:?} has {} categor{}: at least 2 are needed to train a classifier",
+                    "task {t:?} has {} categor{}: at least {needed} {} needed to train a {}",
                     cats.len(),
-                    if cats.len() == 1 { "y" } else { "ies" }
+                    if cats.len() == 1 { "y" } else { "ies" },
+                    if needed == 1 { "is" } else { "are" },
+                    match kind {
+                        TaskKind::Classification => "classifier",
+                        TaskKind::Regression => "point model",
+                    }
                 )
             } else {
                 format!("categories without images: {}", empty.join(", "))
@@ -542,7 +766,6 @@ pub async fn start_training(
         }
         let run = store.next_run_id(&t)?;
         let out = store.runs_dir(&t)?.join(run.to_string());
-        let kind = store.task_meta(&t)?.kind;
         let opts = options(&req, kind, store.data_dir(&t)?, out, cache)?;
         Ok((run, opts))
     })
@@ -650,13 +873,26 @@ pub async fn get_run(
     Ok(Json(v))
 }
 
-/// The run's directory after checking that its labels are all still categories (409 with
-/// "retrain needed" otherwise).
+/// The run's directory after checking that it predicts what the task needs (a classification
+/// run in a classification task, a regression run in a regression task; 409 naming both
+/// otherwise) and that its labels are all still categories (409 with "retrain needed"
+/// otherwise).
 fn fresh_run(st: &AppState, task: &str, run: u32) -> ApiResult<PathBuf> {
     let store = &st.inner.store;
     let dir = store.run_dir(task, run)?;
+    let kind = store.task_meta(task)?.kind;
     let cats = store.category_names(task)?;
-    let labels = nanoclass::run::Run::open(&dir)?.config.labels;
+    let config = nanoclass::run::Run::open(&dir)?.config;
+    if config.task != kind.run_task() {
+        return Err(ApiError::conflict(format!(
+            "run {run} is a {} model and task {task:?} is a {} task: the live view runs only {} \
+             models here; train one with this task's images",
+            config.task.name(),
+            kind.name(),
+            kind.name()
+        )));
+    }
+    let labels = config.labels;
     match staleness(&labels, &cats) {
         (true, note) => Err(ApiError::conflict(note.unwrap_or_default())),
         _ => Ok(dir),
@@ -675,19 +911,21 @@ pub async fn predict(
     let st2 = st.clone();
     let scores = blocking(move || {
         let dir = fresh_run(&st2, &task, run)?;
-        let img = decode_bytes(
-            &body,
-            Path::new("frame"),
-            &DecodeOptions {
-                min_side: Some(256),
-            },
-        )?;
         let live = st2.inner.models.get(&dir, opts)?;
         let mut live = live
             .lock()
             .map_err(|_| ApiError::internal("model lock poisoned"))?;
+        // Points are in pixels of the frame as sent: decode it at full size.
+        let regression = live.predictor().task() == nanoclass::run::Task::Regression;
+        let img = decode_bytes(
+            &body,
+            Path::new("frame"),
+            &DecodeOptions {
+                min_side: if regression { None } else { Some(256) },
+            },
+        )?;
         let r = live.process(&img);
-        Ok(Scores::new(run, &live, r, None))
+        Ok(Scores::new(run, &live, r, None, img.dimensions()))
     })
     .await?;
     Ok(Json(scores))
@@ -749,7 +987,7 @@ pub async fn live_stream(
                     continue;
                 };
                 let r = live.process(&frame.image);
-                let s = Scores::new(run, &live, r, Some(frame.index));
+                let s = Scores::new(run, &live, r, Some(frame.index), frame.image.dimensions());
                 let mut v = json!(s);
                 v["type"] = json!("scores");
                 if tx.blocking_send(v).is_err() {
@@ -858,7 +1096,9 @@ fn touch_instant(st: &AppState, task: &str) {
     let st = st.clone();
     let task = task.to_string();
     tokio::task::spawn_blocking(move || {
-        if let Some(hub) = &st.inner.instant {
+        if let Some(hub) = &st.inner.instant
+            && instant_task(&st, &task).is_ok()
+        {
             // Errors (a backbone that cannot load) are reported by GET .../instant.
             let _ = hub.refresh(&st.inner.store, &task);
         }
@@ -874,8 +1114,10 @@ async fn refresh_instant_now(st: &AppState, task: &str) {
     let st = st.clone();
     let task = task.to_string();
     let _ = blocking(move || match &st.inner.instant {
-        Some(hub) => hub.refresh(&st.inner.store, &task).map(|_| ()),
-        None => Ok(()),
+        Some(hub) if instant_task(&st, &task).is_ok() => {
+            hub.refresh(&st.inner.store, &task).map(|_| ())
+        }
+        _ => Ok(()),
     })
     .await;
 }
@@ -884,6 +1126,17 @@ fn instant_hub(st: &AppState) -> ApiResult<&crate::instant::InstantHub> {
     st.inner.instant.as_ref().ok_or_else(|| {
         ApiError::conflict("the instant preview is off (the studio was started with --no-instant)")
     })
+}
+
+/// 409 for a regression task: the instant preview scores categories, it has no points.
+fn instant_task(st: &AppState, task: &str) -> ApiResult<()> {
+    match st.inner.store.task_meta(task)?.kind {
+        TaskKind::Classification => Ok(()),
+        TaskKind::Regression => Err(ApiError::conflict(format!(
+            "the instant preview is for classification tasks; task {task:?} is a regression \
+             task (train it to see its points live)"
+        ))),
+    }
 }
 
 /// `GET /api/tasks/{task}/instant`: brings the instant model up to date and returns its status
@@ -896,7 +1149,7 @@ pub async fn instant_status(
     instant_hub(&st)?;
     let st2 = st.clone();
     let v = blocking(move || {
-        st2.inner.store.task_meta(&task)?;
+        instant_task(&st2, &task)?;
         instant_hub(&st2)?.refresh(&st2.inner.store, &task)
     })
     .await?;
@@ -916,7 +1169,7 @@ pub async fn instant_predict(
     instant_hub(&st)?;
     let st2 = st.clone();
     let v = blocking(move || {
-        st2.inner.store.task_meta(&task)?;
+        instant_task(&st2, &task)?;
         let hub = instant_hub(&st2)?;
         if hub.wants_recentre(&task) {
             hub.refresh(&st2.inner.store, &task)?;
@@ -954,7 +1207,7 @@ pub async fn instant_live(
         let st2 = st.clone();
         let t = task.clone();
         blocking(move || {
-            st2.inner.store.task_meta(&t)?;
+            instant_task(&st2, &t)?;
             instant_hub(&st2)?.refresh(&st2.inner.store, &t)
         })
         .await?;
@@ -1062,9 +1315,13 @@ pub async fn instant_file_frame(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let category = body.category;
     {
-        let store = st.inner.store.clone();
+        let st2 = st.clone();
         let (t, c) = (task.clone(), category.clone());
-        blocking(move || store.category_dir(&t, &c)).await?;
+        blocking(move || {
+            st2.inner.store.category_dir(&t, &c)?;
+            instant_task(&st2, &t)
+        })
+        .await?;
     }
     let jpeg = instant_hub(&st)?.take_frame(&task, id)?;
     save_frame(&st, &task, &category, jpeg).await

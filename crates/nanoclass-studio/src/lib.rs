@@ -176,6 +176,8 @@ pub fn app(state: AppState) -> Router {
         )
         .route(img, get(get_image).delete(delete_image))
         .route(&format!("{img}/thumb"), get(get_thumb))
+        .route(&format!("{img}/point"), axum::routing::put(move_point))
+        .route(&format!("{cat}/points"), post(save_point))
         .route(&format!("{cat}/capture"), post(capture))
         .route(&format!("{cat}/import"), post(import_folder))
         .route(

@@ -53,10 +53,19 @@ impl LiveQuery {
 pub struct Scores {
     /// Run number of the model.
     pub run: u32,
+    /// `classification` or `regression`: what the model predicts.
+    pub task: &'static str,
     /// Labels, index order.
     pub labels: Vec<String>,
-    /// Probabilities per label (after smoothing), sum 1.
+    /// Probabilities per label (after smoothing), sum 1; empty for regression.
     pub probs: Vec<f32>,
+    /// Regression: the predicted point of each label (index order), `[x, y]` in continuous
+    /// pixel coordinates of the frame (0 at the left/top edge, `size` at the right/bottom),
+    /// smoothed like the probabilities; None for classification.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub points: Option<Vec<[f32; 2]>>,
+    /// The frame's `[width, height]` in pixels (the space of `points`).
+    pub size: [u32; 2],
     /// Top-1 label, None below the threshold.
     pub label: Option<String>,
     /// Top-1 index and probability (even below the threshold).
@@ -68,12 +77,21 @@ pub struct Scores {
 }
 
 impl Scores {
-    /// From a [`LiveResult`] of `live`.
-    pub fn new(run: u32, live: &Live, r: LiveResult, frame: Option<u64>) -> Scores {
+    /// From a [`LiveResult`] of `live` on a frame of `size` = `(width, height)` pixels.
+    pub fn new(
+        run: u32,
+        live: &Live,
+        r: LiveResult,
+        frame: Option<u64>,
+        size: (u32, u32),
+    ) -> Scores {
         Scores {
             run,
+            task: live.predictor().task().name(),
             labels: live.labels().to_vec(),
             probs: r.probs,
+            points: r.points,
+            size: [size.0, size.1],
             label: r.label,
             top: r.top.first().copied(),
             ms: r.ms,

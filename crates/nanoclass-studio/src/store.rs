@@ -2,8 +2,11 @@
 //! through `spawn_blocking`.
 //!
 //! ```text
-//! DATA/<task>/task.json              {"kind": "classification", "created": <unix seconds>}
-//! DATA/<task>/data/<category>/*.jpg  an ImageFolder dataset: `nanoclass train DATA/<task>/data`
+//! DATA/<task>/task.json              {"kind": "classification" | "regression", "created": <unix seconds>}
+//! DATA/<task>/data/<category>/*.jpg  an ImageFolder dataset: `nanoclass train DATA/<task>/data`;
+//!                                    in a regression task every image is named
+//!                                    `<x>_<y>_<uuid>.jpg` (the DLI course layout), x and y the
+//!                                    category's point in integer pixels of the saved image
 //! DATA/<task>/runs/<n>/              one run directory per training (a model version)
 //! DATA/<task>/trash/                 deleted categories and images, moved here (never erased)
 //! DATA/.trash/                       deleted tasks, moved here
@@ -18,25 +21,53 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nanoclass::data::category::validate_category_name;
 use nanoclass::data::decode::is_image_extension;
+use nanoclass::data::folder::parse_dli_point;
 use nanoclass::eval::metrics::EvalReport;
+use nanoclass::eval::regression::RegressionReport;
 use nanoclass::run::{Run, files, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult};
 
-/// The kind of problem a task solves. Stored in `task.json`; the training settings and the
-/// dataset layout follow from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The kind of problem a task solves. Stored in `task.json` (a task written before regression
+/// existed has no `kind` and is a classification task); the training settings, the dataset
+/// layout and which models the live view accepts follow from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     /// One category per image (ImageFolder: one folder per category).
+    #[default]
     Classification,
+    /// One point per category (the DLI course's second project): every image of category `c`
+    /// is `c/<x>_<y>_<uuid>.jpg` with `(x, y)` the clicked point in integer pixels of the saved
+    /// image; the model predicts one point per category.
+    Regression,
+}
+
+impl TaskKind {
+    /// `classification` or `regression`, as in `task.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Classification => "classification",
+            TaskKind::Regression => "regression",
+        }
+    }
+
+    /// The library's task of a run trained for this kind of task.
+    pub fn run_task(self) -> nanoclass::run::Task {
+        match self {
+            TaskKind::Classification => nanoclass::run::Task::Classification,
+            TaskKind::Regression => nanoclass::run::Task::Regression,
+        }
+    }
 }
 
 /// `task.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskMeta {
-    /// What the task's model predicts.
+    /// What the task's model predicts (missing in tasks made before regression existed:
+    /// classification).
+    #[serde(default)]
     pub kind: TaskKind,
     /// Creation time, seconds since the Unix epoch.
     pub created: u64,
@@ -73,6 +104,25 @@ pub struct ImageInfo {
     pub name: String,
     /// File size in bytes.
     pub bytes: u64,
+    /// Regression tasks: the point from the file name, `[x, y]` in integer pixels of the
+    /// image; absent for classification tasks and for names that do not parse.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub point: Option<[u32; 2]>,
+    /// Regression tasks: the image's `[width, height]` in pixels as stored (from the file
+    /// header), so that the page can place the point over a thumbnail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<[u32; 2]>,
+}
+
+/// The held-out evaluation of a run (`eval/eval.json`): a classification report (top-1,
+/// per-class figures, confusion matrix) or a regression report (point errors in pixels).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RunEval {
+    /// A regression run's report (it carries `"task": "regression"`).
+    Regression(RegressionReport),
+    /// A classification run's report.
+    Classification(EvalReport),
 }
 
 /// A trained (or training) model version as listed by the API.
@@ -82,14 +132,21 @@ pub struct RunInfo {
     pub id: u32,
     /// Backbone name.
     pub arch: String,
-    /// `frozen`, `full` or `finetune`.
+    /// `frozen`, `full`, `finetune` or `instant`.
     pub mode: String,
+    /// What the model predicts: `classification` (scores per label) or `regression` (one point
+    /// per label).
+    pub task: String,
     /// Labels the model outputs, index order.
     pub labels: Vec<String>,
     /// Epochs completed.
     pub epochs: usize,
-    /// Best held-out top-1 over the completed epochs, in `[0, 1]` (None without a held-out set).
+    /// Best held-out top-1 over the completed epochs, in `[0, 1]` (None without a held-out set,
+    /// and for regression).
     pub best_val_top1: Option<f64>,
+    /// Regression: lowest mean held-out point error over the completed epochs, in pixels of
+    /// the model input (None without a held-out set, and for classification).
+    pub best_val_error_px: Option<f64>,
     /// Whether `model.safetensors` exists (at least one epoch completed).
     pub ready: bool,
     /// True when the model knows a label that is no longer a category (deleted or renamed):
@@ -98,7 +155,7 @@ pub struct RunInfo {
     /// Why it is stale, or which current categories it does not know; None when it matches.
     pub note: Option<String>,
     /// Held-out evaluation written after training (`eval/eval.json`).
-    pub eval: Option<EvalReport>,
+    pub eval: Option<RunEval>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -321,22 +378,41 @@ impl Store {
         Ok(trash)
     }
 
-    /// The images of a category, oldest first (names are time-ordered).
+    /// The images of a category, oldest first: classification names are time-ordered; regression
+    /// names start with the point, so they are ordered by modification time (a point
+    /// correction renames the file and keeps its time), then name. Regression images carry
+    /// their point and size.
     pub fn list_images(&self, task: &str, category: &str) -> ApiResult<Vec<ImageInfo>> {
         let dir = self.category_dir(task, category)?;
-        image_files(&dir)?
-            .into_iter()
-            .map(|p| {
-                let bytes = std::fs::metadata(&p).map_err(|e| io_err(&p, e))?.len();
-                Ok(ImageInfo {
-                    name: p
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    bytes,
-                })
-            })
-            .collect()
+        let regression = self.task_meta(task)?.kind == TaskKind::Regression;
+        let mut out = Vec::new();
+        for p in image_files(&dir)? {
+            let meta = std::fs::metadata(&p).map_err(|e| io_err(&p, e))?;
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (point, size) = if regression {
+                let point = parse_dli_point(&p).ok().map(|[x, y]| [x as u32, y as u32]);
+                let size = image::image_dimensions(&p).ok().map(|(w, h)| [w, h]);
+                (point, size)
+            } else {
+                (None, None)
+            };
+            out.push((
+                meta.modified().ok(),
+                ImageInfo {
+                    name,
+                    bytes: meta.len(),
+                    point,
+                    size,
+                },
+            ));
+        }
+        if regression {
+            out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        }
+        Ok(out.into_iter().map(|(_, i)| i).collect())
     }
 
     /// The path of a stored image, after checking that `name` is a plain image file name in
@@ -375,6 +451,59 @@ impl Store {
         let name = format!("{}.{ext}", unique_stem());
         write_atomic(&dir.join(&name), bytes)?;
         Ok(name)
+    }
+
+    /// Writes an image with its point into a regression category as `<x>_<y>_<uuid>.<ext>`
+    /// (the DLI course layout; a random UUID v4), through a temporary file and a rename. The
+    /// caller has checked that the bytes decode and that the point lies in the image. Returns
+    /// the file name.
+    pub fn save_point_image(
+        &self,
+        task: &str,
+        category: &str,
+        bytes: &[u8],
+        ext: &str,
+        point: [u32; 2],
+    ) -> ApiResult<String> {
+        let dir = self.category_dir(task, category)?;
+        let name = point_name(point, &uuid::Uuid::new_v4().to_string(), ext);
+        write_atomic(&dir.join(&name), bytes)?;
+        Ok(name)
+    }
+
+    /// Moves a regression image's point: renames `<x>_<y>_<uuid>.<ext>` to the new
+    /// `<x'>_<y'>_<uuid>.<ext>` (one `rename` in the same folder: atomic, the bytes are not
+    /// rewritten). The caller has checked that the point lies in the image. Returns the new
+    /// name; the same name when the point did not change.
+    ///
+    /// # Errors
+    /// 400 when `name` is not a `<x>_<y>_<uuid>` name; 404 when it is missing; 409 when the new
+    /// name is taken.
+    pub fn move_point(
+        &self,
+        task: &str,
+        category: &str,
+        name: &str,
+        point: [u32; 2],
+    ) -> ApiResult<String> {
+        let path = self.image_path(task, category, name)?;
+        let (_, uuid, ext) = split_point_name(name).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "image {name:?}: not a <x>_<y>_<uuid>.jpg name, so it has no point to move"
+            ))
+        })?;
+        let new = point_name(point, uuid, ext);
+        if new == name {
+            return Ok(new);
+        }
+        let to = path.with_file_name(&new);
+        if to.exists() {
+            return Err(ApiError::conflict(format!(
+                "image {name:?}: cannot rename to {new:?}, which exists"
+            )));
+        }
+        std::fs::rename(&path, &to).map_err(|e| io_err(&path, e))?;
+        Ok(new)
     }
 
     /// Moves an image to the task's `trash/`.
@@ -449,6 +578,10 @@ impl Store {
             .iter()
             .filter_map(|m| m.val_top1)
             .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.max(v))));
+        let best_error = metrics
+            .iter()
+            .filter_map(|m| m.val_error_px)
+            .fold(None, |b: Option<f64>, v| Some(b.map_or(v, |b| b.min(v))));
         let categories = self.category_names(task)?;
         let (stale, note) = staleness(&run.config.labels, &categories);
         let eval = std::fs::read(dir.join("eval").join("eval.json"))
@@ -461,9 +594,11 @@ impl Store {
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
+            task: run.config.task.name().to_string(),
             labels: run.config.labels.clone(),
             epochs: metrics.len(),
             best_val_top1: best,
+            best_val_error_px: best_error,
             ready: run.model_path().is_file(),
             stale,
             note,
@@ -518,6 +653,20 @@ pub fn staleness(labels: &[String], categories: &[String]) -> (bool, Option<Stri
     }
 }
 
+/// `<x>_<y>_<uuid>.<ext>`: the DLI course's regression file name.
+pub fn point_name(point: [u32; 2], uuid: &str, ext: &str) -> String {
+    format!("{}_{}_{uuid}.{ext}", point[0], point[1])
+}
+
+/// Splits a regression file name `<x>_<y>_<uuid>.<ext>` into its point, uuid and extension;
+/// None when it is not one ([`parse_dli_point`]'s rules).
+pub fn split_point_name(name: &str) -> Option<([u32; 2], &str, &str)> {
+    let point = parse_dli_point(Path::new(name)).ok()?;
+    let (stem, ext) = name.rsplit_once('.')?;
+    let uuid = stem.splitn(3, '_').nth(2)?;
+    Some(([point[0] as u32, point[1] as u32], uuid, ext))
+}
+
 /// Image files directly in `dir` (by extension, any case; hidden files skipped), sorted.
 pub(crate) fn image_files(dir: &Path) -> ApiResult<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -539,6 +688,23 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn point_names_follow_the_course_layout() {
+        assert_eq!(
+            point_name([12, 200], "3f2a-11ee", "jpg"),
+            "12_200_3f2a-11ee.jpg"
+        );
+        assert_eq!(
+            split_point_name("12_200_3f2a_11ee.jpg"),
+            Some(([12, 200], "3f2a_11ee", "jpg"))
+        );
+        assert_eq!(split_point_name("1700000000000-000001.jpg"), None);
+        assert_eq!(split_point_name("-1_2_x.jpg"), None);
+        // Old task.json files without a kind are classification tasks.
+        let meta: TaskMeta = serde_json::from_str(r#"{"created": 5}"#).unwrap();
+        assert_eq!(meta.kind, TaskKind::Classification);
     }
 
     #[test]

@@ -7,10 +7,13 @@
 //! - `features`: `{done, total}` images embedded by the backbone;
 //! - `phase`: `{phase, epochs, steps}`;
 //! - `step`: `{epoch, step, steps, loss}` (at most about 4 a second);
-//! - `epoch`: `{epoch, phase, train_loss, val_loss, val_top1, lr, seconds}`; `val_*` are
-//!   held-out figures (None without a held-out set), training accuracy is not sent;
-//! - `done`: `{run, best_val_top1, best_epoch, train_images, val_images, seconds, eval}`, with
-//!   `eval` the held-out confusion matrix and per-class figures;
+//! - `epoch`: `{epoch, phase, train_loss, val_loss, val_top1, val_error_px, lr, seconds}`;
+//!   `val_*` are held-out figures (None without a held-out set; `val_top1` for classification,
+//!   `val_error_px` for regression: the mean point error in pixels of the model input),
+//!   training accuracy is not sent;
+//! - `done`: `{run, task, best_val_top1, best_val_error_px, best_epoch, train_images,
+//!   val_images, seconds, eval}`, with `eval` the held-out confusion matrix and per-class
+//!   figures (classification) or the point errors per category (regression);
 //! - `stopped`: `{run, message, kept}` (`kept`: a model of the completed epochs exists);
 //! - `error`: `{message}`.
 
@@ -29,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::TaskKind;
+use crate::store::{RunEval, TaskKind};
 
 /// Training settings from the page. Missing fields take the `nanoclass train` defaults.
 #[derive(Debug, Clone, Deserialize)]
@@ -236,9 +239,7 @@ pub fn options(
     }
     Ok(TrainOptions {
         data,
-        task: match kind {
-            TaskKind::Classification => Task::Classification,
-        },
+        task: kind.run_task(),
         arch,
         weights: req
             .weights
@@ -292,6 +293,7 @@ fn event_json(ev: Event) -> Value {
             "train_loss": m.train_loss,
             "val_loss": m.val_loss,
             "val_top1": m.val_top1,
+            "val_error_px": m.val_error_px,
             "lr": m.lr,
             "seconds": m.seconds,
         }),
@@ -382,7 +384,7 @@ fn run_job(job: &Job, opts: &TrainOptions) {
     let kept = opts.out.join(files::MODEL).is_file();
     match result {
         Ok(Ok(summary)) => {
-            let eval = evaluate(&summary.run_dir, &opts.data);
+            let eval = evaluate(&summary.run_dir, &opts.data, opts.task);
             let eval = match eval {
                 Ok(r) => Some(r),
                 Err(e) => {
@@ -395,7 +397,9 @@ fn run_job(job: &Job, opts: &TrainOptions) {
                 json!({
                     "type": "done",
                     "run": job.run,
+                    "task": opts.task.name(),
                     "best_val_top1": summary.best_val_top1,
+                    "best_val_error_px": summary.best_val_error_px,
                     "best_epoch": summary.best_epoch,
                     "train_images": summary.train_images,
                     "val_images": summary.val_images,
@@ -421,14 +425,26 @@ fn run_job(job: &Job, opts: &TrainOptions) {
 }
 
 /// The held-out evaluation of a finished run (the split recorded at training time), written
-/// to `RUN/eval/eval.json` and returned.
+/// to `RUN/eval/eval.json` and returned: top-1, per-class figures and the confusion matrix for
+/// classification; the point errors per category, in pixels of the model input, for
+/// regression.
 fn evaluate(
     run_dir: &std::path::Path,
     data: &std::path::Path,
-) -> nanoclass::Result<nanoclass::eval::metrics::EvalReport> {
-    let p = Predictor::open(run_dir)?;
-    let (samples, _) = p.held_out(data, EvalSplit::Val)?;
-    let (report, _) = p.evaluate(&samples, 32);
+    task: Task,
+) -> nanoclass::Result<RunEval> {
+    let report = match task {
+        Task::Classification => {
+            let p = Predictor::open(run_dir)?;
+            let (samples, _) = p.held_out(data, EvalSplit::Val)?;
+            RunEval::Classification(p.evaluate(&samples, 32).0)
+        }
+        Task::Regression => {
+            let p = Predictor::open_regression(run_dir)?;
+            let (samples, _) = p.held_out(data, EvalSplit::Val)?;
+            RunEval::Regression(p.evaluate_regression(&samples, 32, 0)?.0)
+        }
+    };
     let dir = run_dir.join("eval");
     std::fs::create_dir_all(&dir).map_err(|e| nanoclass::Error::io(&dir, e))?;
     let bytes = serde_json::to_vec_pretty(&report)

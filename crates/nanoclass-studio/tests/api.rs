@@ -1083,6 +1083,42 @@ async fn training_streams_held_out_progress_and_live_scores_follow_the_categorie
     assert_eq!(v["labels"], json!(["ants", "bees"]));
     assert_eq!(v["run"], 1);
 
+    // The classifier in a regression task with the same categories is refused, naming both.
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "pts", "kind": "regression"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for c in ["ants", "bees"] {
+        call(
+            &app,
+            "POST",
+            "/api/tasks/pts/categories",
+            Some(json!({ "name": c })),
+        )
+        .await;
+    }
+    copy_tree(
+        &tmp.path().join("studio/hym/runs/1"),
+        &tmp.path().join("studio/pts/runs/1"),
+    );
+    let r = raw(
+        &app,
+        "/api/tasks/pts/runs/1/predict",
+        std::fs::read(&photos("val", "ants", 1)[0]).unwrap(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(
+        r.error().contains("classification model") && r.error().contains("regression task"),
+        "{}",
+        r.error()
+    );
+
     // A second category set: deleting "bees" makes run 1 stale; it is never used again.
     let r = call(&app, "DELETE", "/api/tasks/hym/categories/bees", None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
@@ -1174,4 +1210,407 @@ async fn a_running_training_stops_on_request() {
         call(&app, "GET", "/api/tasks/s/train", None).await.json()["state"],
         "stopped"
     );
+}
+
+/// A `w x h` JPEG of one colour.
+fn jpeg(w: u32, h: u32) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::RgbImage::from_pixel(w, h, image::Rgb([30, 120, 200]))
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .unwrap();
+    out.into_inner()
+}
+
+/// Splits `<x>_<y>_<uuid>.jpg` into the point and the uuid.
+fn point_and_uuid(name: &str) -> ([u32; 2], String) {
+    let stem = name
+        .strip_suffix(".jpg")
+        .unwrap_or_else(|| panic!("{name}"));
+    let mut parts = stem.splitn(3, '_');
+    let x = parts.next().unwrap().parse().unwrap();
+    let y = parts.next().unwrap().parse().unwrap();
+    let uuid = parts.next().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&uuid).is_ok(), "{name}: {uuid}");
+    ([x, y], uuid)
+}
+
+#[tokio::test]
+async fn regression_tasks_save_clicked_points_and_refuse_bad_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    // The kind is stored with the task; a task.json without one is a classification task.
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "nose", "kind": "regression"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    assert_eq!(r.json()["kind"], "regression");
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("studio/nose/task.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["kind"], "regression");
+    std::fs::create_dir_all(tmp.path().join("studio/old/data")).unwrap();
+    std::fs::write(tmp.path().join("studio/old/task.json"), r#"{"created": 1}"#).unwrap();
+    let tasks = call(&app, "GET", "/api/tasks", None).await.json();
+    let kinds: Vec<(&str, &str)> = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![("nose", "regression"), ("old", "classification")]
+    );
+    let info = call(&app, "GET", "/api/info", None).await.json();
+    assert_eq!(info["task_kinds"], json!(["classification", "regression"]));
+    for (task, cat) in [("nose", "nose"), ("old", "things")] {
+        let r = call(
+            &app,
+            "POST",
+            &format!("/api/tasks/{task}/categories"),
+            Some(json!({ "name": cat })),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    }
+    let dir = tmp.path().join("studio/nose/data/nose");
+
+    // A clicked frame is saved under its point, exactly as sent.
+    let frame = jpeg(64, 48);
+    let r = raw(
+        &app,
+        "/api/tasks/nose/categories/nose/points?x=10&y=47",
+        frame.clone(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    let v = r.json();
+    assert_eq!(v["count"], 1);
+    assert_eq!(v["point"], json!([10, 47]));
+    let name = v["saved"][0].as_str().unwrap().to_string();
+    assert_eq!(point_and_uuid(&name).0, [10, 47]);
+    assert_eq!(std::fs::read(dir.join(&name)).unwrap(), frame);
+    assert_eq!(
+        nanoclass::data::folder::parse_dli_point(&dir.join(&name)).unwrap(),
+        [10.0, 47.0]
+    );
+
+    // Bad points and bad frames are refused with the reason; nothing is written.
+    for (query, body, why) in [
+        (
+            "x=64&y=0",
+            frame.clone(),
+            "point (64, 0) lies outside the 64x48 image",
+        ),
+        (
+            "x=0&y=48",
+            frame.clone(),
+            "x must be in 0..=63, y in 0..=47",
+        ),
+        (
+            "x=-1&y=3",
+            frame.clone(),
+            "x = \"-1\" is not a non-negative integer",
+        ),
+        ("x=1.5&y=3", frame.clone(), "x = \"1.5\""),
+        ("x=3", frame.clone(), "no y"),
+        ("x=1&y=1", b"not an image".to_vec(), "frame"),
+    ] {
+        let r = raw(
+            &app,
+            &format!("/api/tasks/nose/categories/nose/points?{query}"),
+            body,
+            "image/jpeg",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{query}");
+        assert!(r.error().contains(why), "{query}: {}", r.error());
+    }
+    assert_eq!(listing(&dir), vec![name.clone()]);
+    // Classification tasks take no points, and regression tasks no point-less frames.
+    let r = raw(
+        &app,
+        "/api/tasks/old/categories/things/points?x=1&y=1",
+        frame.clone(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error().contains("needs a regression task") && r.error().contains("classification"),
+        "{}",
+        r.error()
+    );
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks/nose/categories/nose/capture",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.error().contains("regression task"), "{}", r.error());
+    // Uploads into a regression task must carry the point in the course's file name.
+    let (ct, body) = multipart(&[("photo.jpg", &frame)]);
+    let r = raw(&app, "/api/tasks/nose/categories/nose/images", body, &ct).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error().contains("photo.jpg") && r.error().contains("<x>_<y>_<uuid>.jpg"),
+        "{}",
+        r.error()
+    );
+    let (ct, body) = multipart(&[("3_4_a.jpg", &frame), ("99_4_b.jpg", &frame)]);
+    let r = raw(&app, "/api/tasks/nose/categories/nose/images", body, &ct).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error().contains("99_4_b.jpg") && r.error().contains("lies outside"),
+        "{}",
+        r.error()
+    );
+    assert_eq!(listing(&dir).len(), 1, "one bad file saves nothing");
+    let (ct, body) = multipart(&[("3_4_a.jpg", &frame)]);
+    let r = raw(&app, "/api/tasks/nose/categories/nose/images", body, &ct).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    assert_eq!(r.json()["count"], 2);
+    assert_eq!(
+        point_and_uuid(r.json()["saved"][0].as_str().unwrap()).0,
+        [3, 4]
+    );
+    // The listing carries each point and the image size.
+    let imgs = call(&app, "GET", "/api/tasks/nose/categories/nose/images", None)
+        .await
+        .json();
+    assert_eq!(imgs[0]["name"], name.as_str());
+    assert_eq!(imgs[0]["point"], json!([10, 47]));
+    assert_eq!(imgs[0]["size"], json!([64, 48]));
+    assert_eq!(imgs[1]["point"], json!([3, 4]));
+}
+
+#[tokio::test]
+async fn a_corrected_point_renames_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "r", "kind": "regression"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    call(
+        &app,
+        "POST",
+        "/api/tasks/r/categories",
+        Some(json!({"name": "eye"})),
+    )
+    .await;
+    let frame = jpeg(64, 48);
+    let r = raw(
+        &app,
+        "/api/tasks/r/categories/eye/points?x=5&y=6",
+        frame.clone(),
+        "image/jpeg",
+    )
+    .await;
+    let old = r.json()["saved"][0].as_str().unwrap().to_string();
+    let (_, uuid) = point_and_uuid(&old);
+    let dir = tmp.path().join("studio/r/data/eye");
+
+    let r = call(
+        &app,
+        "PUT",
+        &format!("/api/tasks/r/categories/eye/images/{old}/point"),
+        Some(json!({"x": 63, "y": 0})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let v = r.json();
+    let new = format!("63_0_{uuid}.jpg");
+    assert_eq!(v["name"], new.as_str());
+    assert_eq!(v["point"], json!([63, 0]));
+    assert_eq!(v["count"], 1);
+    assert_eq!(listing(&dir), vec![new.clone()], "renamed, not copied");
+    assert_eq!(std::fs::read(dir.join(&new)).unwrap(), frame);
+    let imgs = call(&app, "GET", "/api/tasks/r/categories/eye/images", None)
+        .await
+        .json();
+    assert_eq!(imgs[0]["point"], json!([63, 0]));
+
+    // Outside the image, a missing image, a bad body: refused, the file stays.
+    let r = call(
+        &app,
+        "PUT",
+        &format!("/api/tasks/r/categories/eye/images/{new}/point"),
+        Some(json!({"x": 64, "y": 0})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error().contains(&new) && r.error().contains("lies outside the 64x48 image"),
+        "{}",
+        r.error()
+    );
+    let r = call(
+        &app,
+        "PUT",
+        &format!("/api/tasks/r/categories/eye/images/{old}/point"),
+        Some(json!({"x": 1, "y": 1})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = call(
+        &app,
+        "PUT",
+        &format!("/api/tasks/r/categories/eye/images/{new}/point"),
+        Some(json!({"x": -3, "y": 1})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(listing(&dir), vec![new.clone()]);
+    // The same point again keeps the name.
+    let r = call(
+        &app,
+        "PUT",
+        &format!("/api/tasks/r/categories/eye/images/{new}/point"),
+        Some(json!({"x": 63, "y": 0})),
+    )
+    .await;
+    assert_eq!(r.json()["name"], new.as_str());
+}
+
+/// Copies a folder tree.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_regression_task_trains_points_and_its_model_runs_only_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    // The instant preview is on: it must refuse the regression task.
+    cfg.instant_weights = Some("efficientnet_lite0".into());
+    let app = router(cfg);
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "spot", "kind": "regression"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    call(
+        &app,
+        "POST",
+        "/api/tasks/spot/categories",
+        Some(json!({"name": "marker"})),
+    )
+    .await;
+    // Real photos with a magenta disc at a known point, saved through the click endpoint.
+    let set = nanoclass::data::markers::MarkerSet {
+        source: shared_data().join("hymenoptera/train/ants"),
+        out: tmp.path().join("markers"),
+        size: 224,
+        radius: 10.0,
+        categories: 1,
+        train: 15,
+        val: 1,
+        seed: 3,
+    };
+    let written = set.write().unwrap();
+    for m in &written[..15] {
+        let r = raw(
+            &app,
+            &format!(
+                "/api/tasks/spot/categories/marker/points?x={}&y={}",
+                m.point[0], m.point[1]
+            ),
+            std::fs::read(&m.path).unwrap(),
+            "image/jpeg",
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+    }
+    let r = call(&app, "GET", "/api/tasks/spot/instant", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.error().contains("classification tasks"), "{}", r.error());
+
+    // One category is enough for a point model; the held-out figure is the error in pixels.
+    let events = train_and_wait(
+        &app,
+        "spot",
+        json!({"mode": "frozen", "epochs": 2, "batch_size": 8}),
+    )
+    .await;
+    let epochs: Vec<&Value> = events.iter().filter(|e| e["type"] == "epoch").collect();
+    assert_eq!(epochs.len(), 2, "{events:?}");
+    for e in &epochs {
+        let px = e["val_error_px"]
+            .as_f64()
+            .expect("held-out error each epoch");
+        assert!(px.is_finite() && px >= 0.0, "{e}");
+        assert_eq!(e["val_top1"], Value::Null);
+    }
+    let done = events.last().unwrap();
+    assert_eq!(done["type"], "done", "{events:?}");
+    assert_eq!(done["task"], "regression");
+    assert_eq!(done["val_images"], 3);
+    assert!(done["best_val_error_px"].as_f64().is_some(), "{done}");
+    let eval = &done["eval"];
+    assert_eq!(eval["task"], "regression", "{eval}");
+    assert_eq!(eval["per_category"][0]["category"], "marker");
+    assert_eq!(eval["overall"]["n"], 3);
+    assert!(eval.get("confusion").is_none());
+    let runs = call(&app, "GET", "/api/tasks/spot/runs", None).await.json();
+    assert_eq!(runs[0]["task"], "regression");
+    assert_eq!(runs[0]["eval"]["task"], "regression");
+    assert!(runs[0]["best_val_error_px"].as_f64().is_some());
+    assert_eq!(runs[0]["best_val_top1"], Value::Null);
+
+    // A frame of the held-out photo: one point, in pixels of the frame.
+    let held = std::fs::read(&written[15].path).unwrap();
+    let r = raw(
+        &app,
+        "/api/tasks/spot/runs/1/predict",
+        held.clone(),
+        "image/jpeg",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    let v = r.json();
+    assert_eq!(v["task"], "regression");
+    assert_eq!(v["labels"], json!(["marker"]));
+    assert_eq!(v["size"], json!([224, 224]));
+    assert_eq!(v["probs"], json!([]));
+    let p = v["points"][0].as_array().unwrap();
+    assert!(p.iter().all(|c| c.as_f64().unwrap().is_finite()), "{v}");
+
+    // The same model in a classification task is refused, with both kinds named.
+    task_with(&app, "cls", &["marker"]).await;
+    copy_tree(
+        &tmp.path().join("studio/spot/runs/1"),
+        &tmp.path().join("studio/cls/runs/1"),
+    );
+    let r = raw(&app, "/api/tasks/cls/runs/1/predict", held, "image/jpeg").await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(
+        r.error().contains("regression model") && r.error().contains("classification task"),
+        "{}",
+        r.error()
+    );
+    let r = call(&app, "GET", "/api/tasks/cls/runs/1/live", None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
 }
