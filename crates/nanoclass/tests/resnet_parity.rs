@@ -13,12 +13,15 @@ use nanoclass::model::{Arch, Net};
 
 const TOL: f32 = 1e-4;
 
-/// Fixtures for all three ResNets, generated once per test binary.
+/// Fixtures for all three ResNets (about 1.2 GB), generated once per run of the test binary into
+/// one folder under Cargo's scratch space, replaced on the next run rather than left behind.
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("nanoclass-resnet-fixtures-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("resnet-fixtures");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).expect("clear the previous fixtures");
+        }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/make_fixtures.py");
         let out = Command::new("/usr/bin/python3")
             .arg(&script)
