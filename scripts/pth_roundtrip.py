@@ -8,7 +8,8 @@ The reference architectures:
                                      from PyPI efficientnet-lite-pytorch==0.1.0 (the port whose
                                      key names the released Lite0 weights use)
 
-A regression model's state dict also holds its point head (`point.conv1.*`, `point.conv2.*`):
+A regression model's state dict also holds its point head (`point.conv1.*`, `point.conv2.*`,
+`point.offset.*`):
 the reference model then gets the PyTorch module below as `point`, reading `layer2` (ResNets)
 or `_blocks.4` (EfficientNet-Lite0), and outputs `(x, y)` per category, a spatial soft-argmax
 over the heatmap cells (nanoclass's `model::point`), written here independently.
@@ -51,23 +52,28 @@ def build(arch: str, outputs: int) -> torch.nn.Module:
 
 
 class PointHead(torch.nn.Module):
-    """Conv 3x3 (C -> 64, pad 1) -> ReLU -> Conv 1x1 (64 -> K) -> softmax over the H*W cells
-    -> expected cell centre, x_j = (2j + 1) / W - 1, y_i = (2i + 1) / H - 1 -> [N, 2K]."""
+    """h = ReLU(Conv 3x3 (C -> 64, pad 1)); p = softmax over the H*W cells of Conv 1x1 (64 -> K);
+    offsets = Conv 1x1 (64 -> 2K) * (2 / W, 2 / H), channel 2k = x and 2k + 1 = y of
+    category k; point = sum p * (cell centre + offset), cell centres x_j = (2j + 1) / W - 1,
+    y_i = (2i + 1) / H - 1 -> [N, 2K]."""
 
     def __init__(self, channels: int, categories: int):
         super().__init__()
         self.conv1 = torch.nn.Conv2d(channels, 64, 3, padding=1)
         self.conv2 = torch.nn.Conv2d(64, categories, 1)
+        self.offset = torch.nn.Conv2d(64, 2 * categories, 1)
 
     def forward(self, m: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(torch.relu(self.conv1(m)))
-        n, k, hh, ww = h.shape
-        p = torch.softmax(h.reshape(n, k, hh * ww), dim=2)
+        h = torch.relu(self.conv1(m))
+        logits = self.conv2(h)
+        n, k, hh, ww = logits.shape
+        p = torch.softmax(logits.reshape(n, k, hh * ww), dim=2)
         cx = (2 * torch.arange(ww, dtype=torch.float32) + 1) / ww - 1
         cy = (2 * torch.arange(hh, dtype=torch.float32) + 1) / hh - 1
         gy, gx = torch.meshgrid(cy, cx, indexing="ij")
-        x = (p * gx.reshape(1, 1, -1)).sum(2)
-        y = (p * gy.reshape(1, 1, -1)).sum(2)
+        off = self.offset(h).reshape(n, k, 2, hh * ww)
+        x = (p * (gx.reshape(1, 1, -1) + off[:, :, 0] * (2 / ww))).sum(2)
+        y = (p * (gy.reshape(1, 1, -1) + off[:, :, 1] * (2 / hh))).sum(2)
         return torch.stack([x, y], dim=2).reshape(n, 2 * k)
 
 

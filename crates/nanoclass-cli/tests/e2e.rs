@@ -355,9 +355,10 @@ fn regression_trains_evaluates_in_pixels_and_predicts_points_in_input_pixels() {
     assert!(err.contains("hymenoptera"), "{err}");
 }
 
-/// The point head on frozen EfficientNet-Lite0 finds a marker it has never seen to within 8 px
-/// (of 224) on held-out photos, and its predictions mirror with the image: on a horizontally
-/// flipped photo the point comes out at `(224 - x, y)`.
+/// The point head on frozen EfficientNet-Lite0 finds a marker it has never seen to within 3 px
+/// (of 224) on held-out photos (1.2 px measured; without its per-cell offsets the points sit on
+/// the 8 px grid of cell centres and this set gave 4.5 px), and its predictions mirror with the
+/// image: on a horizontally flipped photo the point comes out at `(224 - x, y)`.
 #[test]
 fn frozen_point_head_finds_held_out_markers_and_mirrors_with_the_image() {
     let tmp = tempfile::tempdir().unwrap();
@@ -387,7 +388,7 @@ fn frozen_point_head_finds_held_out_markers_and_mirrors_with_the_image() {
     let report = eval_json(&run, &[]);
     let mean = report["overall"]["mean_px"].as_f64().unwrap();
     assert_eq!(report["overall"]["n"], 30);
-    assert!(mean <= 8.0, "mean held-out error {mean:.2} px");
+    assert!(mean <= 3.0, "mean held-out error {mean:.2} px");
 
     // Each held-out photo and its mirror image, as PNG from the same pixels.
     let mut files = Vec::new();
@@ -441,7 +442,7 @@ fn frozen_point_head_finds_held_out_markers_and_mirrors_with_the_image() {
          {truth_gap:.2} px from the mirrored target, {unmirrored_gap:.2} px from the unmirrored one"
     );
     assert!(
-        mirror_gap <= 8.0 && truth_gap <= 8.0,
+        mirror_gap <= 4.0 && truth_gap <= 4.0,
         "flipped photos: prediction {mirror_gap:.2} px from the mirrored prediction, \
          {truth_gap:.2} px from the mirrored target"
     );

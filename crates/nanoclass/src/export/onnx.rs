@@ -16,9 +16,9 @@
 //!   with the weight in PyTorch layout `[K, C]` (`transB = 1`).
 //! - Output `output_0`: `[batch, K]`, the logits, or with `softmax` a `Softmax(axis 1)` of them.
 //! - A regression model (point head, [`crate::model::point`]) stops at the stride-8 map and
-//!   ends in `Conv` 3x3 + `Relu` + `Conv` 1x1, `Reshape` to `[batch, K, cells]`,
-//!   `Softmax(axis 2)`, `MatMul` with the cell centres `[cells, 2]` and `Reshape` to
-//!   `output_0` `[batch, 2K]`: `(x, y)` per category, normalised to `[-1, 1]`.
+//!   ends in `Conv` 3x3 + `Relu`, then a heatmap `Conv` 1x1 with `Softmax` over the cells and
+//!   an offset `Conv` 1x1 with `Mul`, `Add` (cell centres), `Mul`, `ReduceSum` and
+//!   `Reshape` to `output_0` `[batch, 2K]`: `(x, y)` per category, normalised to `[-1, 1]`.
 //!
 //! # Padding is for the export's input size
 //!
@@ -59,11 +59,11 @@ pub const OUTPUT_NAME: &str = "output_0";
 pub const BATCH_DIM: &str = "batch";
 /// Opset declared when none is asked for.
 pub const DEFAULT_OPSET: i64 = 17;
-/// The opsets the emitted graph is valid for. 13 is the first with `Softmax` over one axis and
-/// `Clip` taking its bounds as inputs (both as emitted here); none of the emitted operators
-/// (Conv, Relu, Clip, Add, MaxPool, GlobalAveragePool, Flatten, Gemm, Softmax, Reshape, MatMul)
-/// changes meaning
-/// up to 21, the newest opset both test runtimes (tract, onnxruntime) are checked against.
+/// The opsets the emitted graph is valid for. 13 is the first with `Softmax` over one axis,
+/// `Clip` taking its bounds as inputs and `ReduceSum` taking its axes as an input (all as
+/// emitted here); none of the emitted operators (Conv, Relu, Clip, Add, MaxPool,
+/// GlobalAveragePool, Flatten, Gemm, Softmax, Reshape, Mul, ReduceSum) changes meaning up
+/// to 21, the newest opset both test runtimes (tract, onnxruntime) are checked against.
 pub const OPSETS: RangeInclusive<i64> = 13..=21;
 
 /// Checks an opset against [`OPSETS`].
@@ -248,21 +248,23 @@ fn fold_bn(w: &[f32], bias: &[f32], bn: &BatchNorm, name: &str) -> Result<(Vec<f
     Ok((wf, bf))
 }
 
-/// The point head after the tap `map` (`[N, C, side, side]`): Conv 3x3 + Relu + Conv 1x1 ->
-/// Reshape `[N, K, side * side]` -> Softmax(axis 2) -> MatMul with the cell centres
-/// `[side * side, 2]` -> Reshape `[N, 2K]` (see [`crate::model::point`]).
+/// The point head after the tap `map` (`[N, C, side, side]`, see [`crate::model::point`]):
+/// `h = Relu(Conv 3x3)`; `p = Softmax(Reshape(Conv 1x1 (h), [N, K, 1, cells]), axis 3)`;
+/// `pos = Reshape(Conv 1x1 (h), [N, K, 2, cells]) * reach + centres`;
+/// `output = Reshape(ReduceSum(pos * p, axis 3), [N, 2K])`.
 fn point_head(g: &mut Graph, p: &PointHead, map: &str, side: usize, output: &str) -> Result<usize> {
     let hw = [side, side];
     let (h, hw) = g.conv("point.conv1", map, hw, &p.conv1, None)?;
     let h = g.relu("point.relu", &h);
-    let (h, _) = g.conv("point.conv2", &h, hw, &p.conv2, None)?;
+    let (heat, _) = g.conv("point.conv2", &h, hw, &p.conv2, None)?;
+    let (off, _) = g.conv("point.offset", &h, hw, &p.offset, None)?;
     let k = p.categories();
     let cells = side * side;
-    let shape = g.initializer_i64("point.heatmap_shape", &[0, k as i64, cells as i64]);
+    let shape = g.initializer_i64("point.heatmap_shape", &[0, k as i64, 1, cells as i64]);
     let flat = g.node(
         "Reshape",
         "point.flatten",
-        &[&h, &shape],
+        &[&heat, &shape],
         "point.flatten",
         vec![],
     );
@@ -271,17 +273,42 @@ fn point_head(g: &mut Graph, p: &PointHead, map: &str, side: usize, output: &str
         "point.softmax",
         &[&flat],
         "point.softmax",
-        vec![attr_int("axis", 2)],
+        vec![attr_int("axis", 3)],
+    );
+    let shape = g.initializer_i64("point.offset_shape", &[0, k as i64, 2, cells as i64]);
+    let off = g.node(
+        "Reshape",
+        "point.offset_cells",
+        &[&off, &shape],
+        "point.offset_cells",
+        vec![],
+    );
+    let reach = [2.0 / side as f32, 2.0 / side as f32];
+    let reach = g.initializer("point.reach", &[1, 1, 2, 1], &reach)?;
+    let off = g.node(
+        "Mul",
+        "point.offset_scaled",
+        &[&off, &reach],
+        "point.offset_scaled",
+        vec![],
     );
     let (gx, gy) = point::grid(side, side);
-    let centres: Vec<f32> = gx.iter().zip(&gy).flat_map(|(x, y)| [*x, *y]).collect();
-    let centres = g.initializer("point.cell_centres", &[cells, 2], &centres)?;
-    let xy = g.node(
-        "MatMul",
-        "point.expect",
-        &[&prob, &centres],
-        "point.expect",
+    let centres = g.initializer("point.cell_centres", &[1, 1, 2, cells], &[gx, gy].concat())?;
+    let pos = g.node(
+        "Add",
+        "point.positions",
+        &[&off, &centres],
+        "point.positions",
         vec![],
+    );
+    let votes = g.node("Mul", "point.votes", &[&pos, &prob], "point.votes", vec![]);
+    let axes = g.initializer_i64("point.sum_axes", &[3]);
+    let xy = g.node(
+        "ReduceSum",
+        "point.expect",
+        &[&votes, &axes],
+        "point.expect",
+        vec![attr_int("keepdims", 0)],
     );
     let shape = g.initializer_i64("point.output_shape", &[0, 2 * k as i64]);
     g.node("Reshape", "point.output", &[&xy, &shape], output, vec![]);

@@ -8,17 +8,27 @@
 //! map still has 28 x 28 cells at 224 x 224 ([`crate::model::Arch::point_tap`]):
 //!
 //! ```text
-//! map [N, C, H, W] -> Conv 3x3 (C -> 64, pad 1) -> ReLU -> Conv 1x1 (64 -> K)
-//!   -> heatmap logits [N, K, H, W] -> softmax over the H * W cells of each category
-//!   -> expected cell centre: x = sum p * gx, y = sum p * gy
+//! map [N, C, H, W] -> Conv 3x3 (C -> 64, pad 1) -> ReLU -> h
+//! h -> Conv 1x1 (64 -> K)  -> heatmap logits -> softmax over the H * W cells: p [N, K, cells]
+//! h -> Conv 1x1 (64 -> 2K) -> * (2 / W, 2 / H): a per-cell offset (ox, oy) in cell widths,
+//!                             started at zero
+//! x = sum p * (gx + ox), y = sum p * (gy + oy)
 //!   -> [N, 2K] = (x_0, y_0, x_1, y_1, ...), normalised coordinates in [-1, 1]
 //! ```
 //!
 //! `gx_j = (2 j + 1) / W - 1` and `gy_i = (2 i + 1) / H - 1` are the centres of the map's cells in
 //! the same normalised coordinates as the targets ([`crate::eval::regression::normalise`]: a
 //! stride-8 cell `j` covers input pixels `8 j .. 8 j + 8`, whose centre `8 j + 4` normalises to
-//! `(2 j + 1) / W - 1` when `W = size / 8`). The expectation (the "DSNT" of Nibali et al., 2018,
-//! <https://arxiv.org/abs/1801.07372>) is differentiable and can place a point between cells.
+//! `(2 j + 1) / W - 1` when `W = size / 8`). The expectation over the cells is the spatial
+//! soft-argmax ("DSNT", Nibali et al., 2018, <https://arxiv.org/abs/1801.07372>). Trained with
+//! the point loss alone, its heatmaps concentrate on one cell, which puts every point on a cell
+//! centre (8 px apart at 224 px) and stops the gradient that would move it. The offsets (the
+//! sub-cell refinement of keypoint detectors such as CenterNet, Zhou et al., 2019,
+//! <https://arxiv.org/abs/1904.07850>) move each cell's vote, so a point can lie anywhere, and
+//! their gradient does not vanish when the heatmap is peaked. They are linear in `h`: a bounded
+//! offset (`tanh`) saturates at the peak cell, whose activations are large, and its votes then
+//! land on the neighbouring cell centres instead (measured: 108 of 120 held-out coordinates on a
+//! cell centre, 2.76 px mean, as without offsets).
 //! The outputs keep the layout of the course's linear head (one pair per category), so the loss,
 //! the metrics and every reader of the outputs are the same for both heads.
 
@@ -31,13 +41,17 @@ use burn::tensor::activation::{relu, softmax};
 pub const HIDDEN: usize = 64;
 
 /// The point head (see the module docs). State-dict names: `point.conv1.{weight,bias}` (`[64, C,
-/// 3, 3]`, `[64]`) and `point.conv2.{weight,bias}` (`[K, 64, 1, 1]`, `[K]`).
+/// 3, 3]`, `[64]`), `point.conv2.{weight,bias}` (`[K, 64, 1, 1]`, `[K]`) and
+/// `point.offset.{weight,bias}` (`[2K, 64, 1, 1]`, `[2K]`; channel `2k` is category `k`'s x
+/// offset, `2k + 1` its y offset).
 #[derive(Module, Debug)]
 pub struct PointHead {
     /// 3x3 convolution, `C -> 64`, padding 1, with bias.
     pub conv1: Conv2d,
     /// 1x1 convolution, `64 -> K` heatmap logits, with bias.
     pub conv2: Conv2d,
+    /// 1x1 convolution, `64 -> 2K` offsets in cell widths, with bias; initialised to zero.
+    pub offset: Conv2d,
 }
 
 impl PointHead {
@@ -48,6 +62,9 @@ impl PointHead {
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init(device),
             conv2: Conv2dConfig::new([HIDDEN, categories], [1, 1]).init(device),
+            offset: Conv2dConfig::new([HIDDEN, 2 * categories], [1, 1])
+                .with_initializer(burn::nn::Initializer::Zeros)
+                .init(device),
         }
     }
 
@@ -61,31 +78,23 @@ impl PointHead {
         self.conv2.weight.dims()[0]
     }
 
-    /// Heatmap logits: `[N, C, H, W]` -> `[N, K, H, W]`.
-    pub fn heatmaps(&self, map: Tensor<4>) -> Tensor<4> {
-        self.conv2.forward(relu(self.conv1.forward(map)))
-    }
-
     /// Points: `[N, C, H, W]` -> `[N, 2K]`, `(x, y)` per category in normalised coordinates.
     pub fn forward(&self, map: Tensor<4>) -> Tensor<2> {
-        let h = self.heatmaps(map);
-        let [n, k, hh, ww] = h.dims();
-        let device = h.device();
-        let p = softmax(h.reshape([n, k, hh * ww]), 2);
+        let h = relu(self.conv1.forward(map));
+        let logits = self.conv2.forward(h.clone());
+        let [n, k, hh, ww] = logits.dims();
+        let cells = hh * ww;
+        let device = logits.device();
+        let p = softmax(logits.reshape([n, k, cells]), 2).reshape([n, k, 1, cells]);
         let (gx, gy) = grid(hh, ww);
-        let gx = Tensor::<1>::from_data(TensorData::new(gx, [hh * ww]), &device).reshape([
-            1,
-            1,
-            hh * ww,
-        ]);
-        let gy = Tensor::<1>::from_data(TensorData::new(gy, [hh * ww]), &device).reshape([
-            1,
-            1,
-            hh * ww,
-        ]);
-        let x = (p.clone() * gx).sum_dim(2);
-        let y = (p * gy).sum_dim(2);
-        Tensor::cat(vec![x, y], 2).reshape([n, 2 * k])
+        let centres =
+            Tensor::<1>::from_data(TensorData::new([gx, gy].concat(), [2 * cells]), &device)
+                .reshape([1, 1, 2, cells]);
+        let reach = vec![2.0 / ww as f32, 2.0 / hh as f32];
+        let reach =
+            Tensor::<1>::from_data(TensorData::new(reach, [2]), &device).reshape([1, 1, 2, 1]);
+        let offsets = self.offset.forward(h).reshape([n, k, 2, cells]) * reach;
+        ((centres + offsets) * p).sum_dim(3).reshape([n, 2 * k])
     }
 
     /// [`Self::forward`] on a map flattened to `[N, C * H * W]` (what the frozen path caches),
@@ -136,7 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn a_peaked_heatmap_gives_its_cell_and_the_pair_layout_is_x_then_y() {
+    fn a_peaked_heatmap_gives_its_cell_offset_by_its_vote() {
         let device = Device::flex();
         let mut head = PointHead::new(1, 2, &device);
         // conv1's channel 0 passes the map through, conv2 scales it by 50 for category 0 and
@@ -161,6 +170,13 @@ mod tests {
             [2],
             &device,
         )));
+        // no offsets but category 0's y: one cell width down
+        head.offset.weight =
+            burn::module::Param::from_tensor(Tensor::<4>::zeros([4, HIDDEN, 1, 1], &device));
+        head.offset.bias = Some(burn::module::Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 0.0, 0.0], [4]),
+            &device,
+        )));
         let mut map = vec![0.0f32; 8 * 8];
         map[3 * 8 + 6] = 1.0; // row 3, column 6
         let out = head.forward(Tensor::<4>::from_data(
@@ -171,7 +187,7 @@ mod tests {
         assert_eq!(v.len(), 4);
         let (gx, gy) = grid(8, 8);
         assert!((v[0] - gx[3 * 8 + 6]).abs() < 1e-3, "x {v:?}");
-        assert!((v[1] - gy[3 * 8 + 6]).abs() < 1e-3, "y {v:?}");
+        assert!((v[1] - (gy[3 * 8 + 6] + 2.0 / 8.0)).abs() < 1e-3, "y {v:?}");
         // category 1 has all-zero logits: the uniform mean, the centre of the map
         assert!(v[2].abs() < 1e-5 && v[3].abs() < 1e-5, "{v:?}");
     }

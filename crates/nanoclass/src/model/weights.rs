@@ -273,8 +273,22 @@ pub fn load_net(
             .shapes
             .get(&format!("{prefix}point.conv1.weight"))
             .and_then(|s| s.get(1).copied());
+        let offsets = index
+            .shapes
+            .get(&format!("{prefix}point.offset.weight"))
+            .and_then(|s| s.first().copied());
+        if offsets.is_none() {
+            return Err(werr(
+                path,
+                "a point head without its offsets (`point.offset.*`), written by an earlier \
+                 build; train the run again"
+                    .to_string(),
+            ));
+        }
         match (shape.first().copied(), channels) {
-            (Some(k), Some(c)) if 2 * k == num_outputs && c == arch.point_channels() => {
+            (Some(k), Some(c))
+                if 2 * k == num_outputs && c == arch.point_channels() && offsets == Some(2 * k) =>
+            {
                 net = net.with_point_head(Some(PointHead::new(c, k, device)));
             }
             (k, c) => {
