@@ -676,7 +676,9 @@ fn head_is_finite(net: &Net) -> bool {
             .all(|v| v.is_finite())
     };
     match net.point_head() {
-        Some(p) => finite(p.conv1.weight.val()) && finite(p.conv2.weight.val()),
+        Some(p) => [&p.conv1, &p.conv2, &p.offset]
+            .into_iter()
+            .all(|c| finite(c.weight.val())),
         None => finite(net.head().weight.val().unsqueeze()),
     }
 }
