@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use nanoclass::camera::{self, CameraError, Frame};
+use nanoclass::infer::scorer::ScoreOptions;
 use nanoclass::live::{Live, LiveOptions, annotate};
 
 /// Flags of `nanoclass live`.
@@ -48,12 +49,12 @@ pub struct LiveArgs {
     max_batch: usize,
     /// Inference engine: ort (ONNX Runtime, from ORT_DYLIB_PATH, the config file or a
     /// pip-installed onnxruntime), burn (pure Rust), or auto (ort when its library loads).
-    #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
-    engine: nanoclass::engine::EngineChoice,
+    #[arg(long, default_value_t = nanoclass::infer::engine::EngineChoice::from_env())]
+    engine: nanoclass::infer::engine::EngineChoice,
     /// Model precision on ONNX Runtime: auto (the int8 model `nanoclass quantize` kept, if
     /// any), fp32 or int8.
-    #[arg(long, default_value_t = nanoclass::quantize::Precision::from_env())]
-    precision: nanoclass::quantize::Precision,
+    #[arg(long, default_value_t = nanoclass::infer::precision::Precision::from_env())]
+    precision: nanoclass::infer::precision::Precision,
 }
 
 /// Frames the reader thread may decode ahead of the model.
@@ -70,9 +71,11 @@ enum Sink {
 /// Runs `nanoclass live`.
 pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
     let opts = LiveOptions {
-        top_k: a.top_k.max(1),
-        threshold: a.threshold,
-        smoothing: a.smoothing,
+        score: ScoreOptions {
+            top_k: a.top_k.max(1),
+            threshold: a.threshold,
+            smoothing: a.smoothing,
+        },
         engine: a.engine,
         precision: a.precision,
     };
@@ -142,7 +145,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
             break;
         }
         let images: Vec<image::RgbImage> = batch.iter().map(|f| f.image.clone()).collect();
-        let scored = live.process_batch(&images);
+        let scored = live.process_batch(&images)?;
         for (frame, r) in batch.into_iter().zip(scored) {
             frames += 1;
             model_ms += r.ms;
@@ -151,6 +154,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
             let labels = live.labels();
             if a.json {
                 let top: Vec<_> = r
+                    .scores
                     .top
                     .iter()
                     .map(|&(i, p)| serde_json::json!({"index": i, "label": labels[i], "prob": p}))
@@ -182,6 +186,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
                 writeln!(results, "{:>6}  {pts} | {fps:.1} FPS", frame.index)?;
             } else {
                 let best = r
+                    .scores
                     .top
                     .iter()
                     .map(|&(i, p)| format!("{} {:.3}", labels[i], p))
@@ -199,7 +204,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
                 Sink::Dir(dir) => {
                     let img = annotate(&frame.image, &r, labels, Some(fps))?;
                     let path = dir.join(format!("frame-{:06}.jpg", frame.index));
-                    nanoclass::run::write_atomic(&path, &jpeg(&img)?)?;
+                    nanoclass::fs::write_atomic(&path, &jpeg(&img)?)?;
                 }
                 Sink::Stdout => {
                     let img = annotate(&frame.image, &r, labels, Some(fps))?;

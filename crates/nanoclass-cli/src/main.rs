@@ -5,10 +5,14 @@
 
 mod capture;
 mod cli;
+mod eval;
 mod export;
 mod live;
+mod predict;
 mod quantize;
 mod studio;
+mod train;
+mod weights;
 
 use std::process::ExitCode;
 

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use nanoclass::quantize::{QuantizeOptions, quantize};
+use nanoclass::infer::quantize::{QuantizeOptions, quantize};
 
 /// Flags of `nanoclass quantize`.
 #[derive(Args, Debug)]
@@ -45,7 +45,9 @@ pub fn run(a: QuantizeArgs) -> Result<ExitCode> {
         format!(
             "kept {}: int8 {:.4} vs fp32 {:.4} held-out top-1 ({:+.2} points), {:.2} ms vs {:.2} ms \
              per image ({:.2}x)",
-            a.run.join(nanoclass::quantize::INT8_MODEL).display(),
+            a.run
+                .join(nanoclass::infer::precision::INT8_MODEL)
+                .display(),
             r.int8_top1,
             r.fp32_top1,
             -r.drop_points,

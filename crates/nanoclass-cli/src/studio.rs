@@ -38,8 +38,8 @@ pub struct StudioArgs {
     no_instant: bool,
     /// Inference engine of the live view, the instant preview and frozen training's features:
     /// ort (ONNX Runtime), burn, or auto (ort when its library loads).
-    #[arg(long, default_value_t = nanoclass::engine::EngineChoice::from_env())]
-    engine: nanoclass::engine::EngineChoice,
+    #[arg(long, default_value_t = nanoclass::infer::engine::EngineChoice::from_env())]
+    engine: nanoclass::infer::engine::EngineChoice,
 }
 
 /// Runs the studio until the process is stopped.
@@ -51,7 +51,7 @@ pub fn run(a: StudioArgs) -> Result<ExitCode> {
     // $NANOCLASS_ENGINE (`EngineChoice::from_env`); the flag sets it for this process.
     // SAFETY: no other thread exists yet (the async runtime and rayon's pool start below), so
     // nothing reads the environment concurrently.
-    unsafe { std::env::set_var(nanoclass::engine::ENGINE_ENV, a.engine.name()) };
+    unsafe { std::env::set_var(nanoclass::infer::engine::ENGINE_ENV, a.engine.name()) };
     let mut config = nanoclass_studio::StudioConfig::new(a.data);
     config.source = a.source;
     config.token = a.token;

@@ -924,7 +924,7 @@ pub async fn predict(
                 min_side: if regression { None } else { Some(256) },
             },
         )?;
-        let r = live.process(&img);
+        let r = live.process(&img)?;
         Ok(Scores::new(run, &live, r, None, img.dimensions()))
     })
     .await?;
@@ -986,8 +986,16 @@ pub async fn live_stream(
                 let Some(frame) = frames.borrow_and_update().clone() else {
                     continue;
                 };
-                let r = live.process(&frame.image);
-                let s = Scores::new(run, &live, r, Some(frame.index), frame.image.dimensions());
+                let s = match live.process(&frame.image) {
+                    Ok(r) => {
+                        Scores::new(run, &live, r, Some(frame.index), frame.image.dimensions())
+                    }
+                    Err(e) => {
+                        let _ =
+                            tx.blocking_send(json!({"type": "error", "message": e.to_string()}));
+                        return;
+                    }
+                };
                 let mut v = json!(s);
                 v["type"] = json!("scores");
                 if tx.blocking_send(v).is_err() {

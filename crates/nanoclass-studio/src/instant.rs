@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use image::RgbImage;
-use nanoclass::eval::metrics::top_k;
-use nanoclass::instant::{Embedder, Features, HeadChoice, InstantModel, margin};
-use nanoclass::live::{LiveOptions, confident, ema};
+use nanoclass::infer::embed::Embedder;
+use nanoclass::infer::engine::EngineChoice;
+use nanoclass::infer::scorer::{confident, ema, margin, top_k};
+use nanoclass::instant::{Features, HeadChoice, InstantModel};
+use nanoclass::live::LiveOptions;
 use nanoclass::model::Arch;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -196,10 +198,10 @@ impl TaskState {
         if smoothed.as_ref().is_some_and(|s| s.len() != p.len()) {
             *smoothed = None;
         }
-        let p = ema(smoothed.as_deref(), p, opts.smoothing);
+        let p = ema(smoothed.as_deref(), p, opts.score.smoothing);
         *smoothed = Some(p.clone());
         let top = top_k(&p, p.len());
-        let label = confident(&top, opts.threshold).map(|i| self.labels[i].clone());
+        let label = confident(&top, opts.score.threshold).map(|i| self.labels[i].clone());
         json!({
             "type": "scores",
             "preview": true,
@@ -276,8 +278,13 @@ impl InstantHub {
         if let Some(e) = e.as_ref() {
             return Ok(e.clone());
         }
-        let loaded = Embedder::open(ARCH, &self.weights, self.cache_root.as_deref())
-            .map_err(|err| ApiError::conflict(format!("the instant preview's backbone: {err}")))?;
+        let loaded = Embedder::open(
+            ARCH,
+            &self.weights,
+            self.cache_root.as_deref(),
+            EngineChoice::from_env(),
+        )
+        .map_err(|err| ApiError::conflict(format!("the instant preview's backbone: {err}")))?;
         let loaded = Arc::new(Mutex::new(loaded));
         *e = Some(loaded.clone());
         Ok(loaded)
@@ -329,7 +336,7 @@ impl InstantHub {
         if !missing.is_empty() {
             let emb = self.embedder()?;
             let emb = emb.lock().map_err(|_| poisoned())?;
-            let (feats, _skipped) = emb.files(&missing);
+            let (feats, _skipped) = emb.files(&missing)?;
             // A file that cannot be decoded is left out (training skips it too).
             for (p, f) in missing.iter().zip(feats) {
                 if let Some(f) = f {
@@ -385,7 +392,7 @@ impl InstantHub {
         let features = {
             let emb = self.embedder()?;
             let emb = emb.lock().map_err(|_| poisoned())?;
-            emb.frames(std::slice::from_ref(image))
+            emb.frames(std::slice::from_ref(image))?
                 .pop()
                 .ok_or_else(|| ApiError::internal("the backbone returned no features"))?
         };

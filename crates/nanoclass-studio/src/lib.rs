@@ -65,7 +65,7 @@ impl StudioConfig {
             source: None,
             token: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
-            feature_cache: nanoclass::train::features::default_dir(),
+            feature_cache: nanoclass::infer::cache::default_dir(),
             instant_weights: Some(instant::ARCH.name().to_string()),
         }
     }

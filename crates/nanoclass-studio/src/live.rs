@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use nanoclass::infer::scorer::ScoreOptions;
 use nanoclass::live::{Live, LiveOptions, LiveResult};
 use nanoclass::run::files;
 use serde::{Deserialize, Serialize};
@@ -40,9 +41,11 @@ impl LiveQuery {
             )));
         }
         Ok(LiveOptions {
-            top_k: usize::MAX,
-            threshold: self.threshold.filter(|t| *t > 0.0),
-            smoothing,
+            score: ScoreOptions {
+                top_k: usize::MAX,
+                threshold: self.threshold.filter(|t| *t > 0.0),
+                smoothing,
+            },
             ..LiveOptions::default()
         })
     }
@@ -89,11 +92,11 @@ impl Scores {
             run,
             task: live.predictor().task().name(),
             labels: live.labels().to_vec(),
-            probs: r.probs,
+            probs: r.scores.probs,
             points: r.points,
             size: [size.0, size.1],
             label: r.label,
-            top: r.top.first().copied(),
+            top: r.scores.top.first().copied(),
             ms: r.ms,
             frame,
         }
@@ -114,8 +117,8 @@ fn key(run_dir: &Path, opts: &LiveOptions) -> Key {
         run_dir.to_path_buf(),
         meta.as_ref().and_then(|m| m.modified().ok()),
         meta.map_or(0, |m| m.len()),
-        opts.smoothing.to_bits(),
-        opts.threshold.unwrap_or(-1.0).to_bits(),
+        opts.score.smoothing.to_bits(),
+        opts.score.threshold.unwrap_or(-1.0).to_bits(),
     )
 }
 

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Files are written to a temporary name and renamed into place
-//! ([`nanoclass::run::write_atomic`]), so an image is never seen half-written.
+//! ([`nanoclass::fs::write_atomic`]), so an image is never seen half-written.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,8 @@ use nanoclass::data::decode::is_image_extension;
 use nanoclass::data::folder::parse_dli_point;
 use nanoclass::eval::metrics::EvalReport;
 use nanoclass::eval::regression::RegressionReport;
-use nanoclass::run::{Run, files, write_atomic};
+use nanoclass::fs::write_atomic;
+use nanoclass::run::{Run, files};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult};
@@ -590,10 +591,7 @@ impl Store {
         Ok(RunInfo {
             id,
             arch: run.config.arch.name().to_string(),
-            mode: serde_json::to_value(run.config.mode)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            mode: run.config.hyper.mode.name().to_string(),
             task: run.config.task.name().to_string(),
             labels: run.config.labels.clone(),
             epochs: metrics.len(),

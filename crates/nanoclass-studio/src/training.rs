@@ -23,10 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use nanoclass::eval::predict::{EvalSplit, Predictor};
+use nanoclass::eval::heldout::EvalSplit;
+use nanoclass::fs::write_atomic;
+use nanoclass::infer::predictor::Predictor;
 use nanoclass::model::Arch;
-use nanoclass::run::{Mode, OptimizerKind, Schedule, Task, files, write_atomic};
-use nanoclass::train::{Event, TrainOptions, train};
+use nanoclass::run::{Task, files};
+use nanoclass::train::{Event, Hyperparams, Mode, TrainOptions, train};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -208,63 +210,28 @@ pub fn options(
         ))
     })?;
     let mode = parse_mode(req.mode.as_deref().unwrap_or("frozen"))?;
-    let epochs = req.epochs.unwrap_or(match mode {
-        Mode::Frozen => 30,
-        Mode::Full => 10,
-        Mode::Finetune => 5,
-        Mode::Instant => 1,
-    });
-    if !(1..=1000).contains(&epochs) {
-        return Err(ApiError::bad_request(format!(
-            "epochs must be in 1..=1000, got {epochs}"
-        )));
-    }
-    let head_epochs = req.head_epochs.unwrap_or(10);
-    if head_epochs > 1000 {
-        return Err(ApiError::bad_request(format!(
-            "head epochs must be in 0..=1000, got {head_epochs}"
-        )));
-    }
-    let batch_size = req.batch_size.unwrap_or(16);
-    if !(2..=512).contains(&batch_size) {
-        return Err(ApiError::bad_request(format!(
-            "batch size must be in 2..=512 (BatchNorm needs two images per batch), got {batch_size}"
-        )));
-    }
-    let lr = req.lr.unwrap_or(1e-3);
-    if !(lr.is_finite() && lr > 0.0 && lr <= 10.0) {
-        return Err(ApiError::bad_request(format!(
-            "learning rate must be in (0, 10], got {lr}"
-        )));
-    }
-    Ok(TrainOptions {
-        data,
-        task: kind.run_task(),
-        arch,
-        weights: req
-            .weights
-            .clone()
-            .unwrap_or_else(|| arch.name().to_string()),
-        mode,
-        epochs,
-        head_epochs,
-        batch_size,
-        lr,
-        body_lr_factor: 0.1,
-        optimizer: OptimizerKind::Adam,
-        momentum: 0.9,
-        weight_decay: 0.0,
-        schedule: Schedule::Cosine,
+    let defaults = Hyperparams::for_mode(mode);
+    let hyper = Hyperparams {
+        epochs: req.epochs.unwrap_or(defaults.epochs),
+        head_epochs: req.head_epochs.unwrap_or(10),
+        batch_size: req.batch_size.unwrap_or(defaults.batch_size),
+        lr: req.lr.unwrap_or(defaults.lr),
         seed: req.seed.unwrap_or(0),
-        val_fraction: 0.2,
-        out,
-        resume: false,
-        force: false,
-        feature_cache,
-        stop: None,
-        instant_head: Default::default(),
-        engine: nanoclass::engine::EngineChoice::from_env(),
-    })
+        ..defaults
+    };
+    hyper
+        .validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut opts = TrainOptions::new(data, out);
+    opts.task = kind.run_task();
+    opts.arch = arch;
+    opts.weights = req
+        .weights
+        .clone()
+        .unwrap_or_else(|| arch.name().to_string());
+    opts.hyper = hyper;
+    opts.feature_cache = feature_cache;
+    Ok(opts)
 }
 
 fn event_json(ev: Event) -> Value {
@@ -437,7 +404,7 @@ fn evaluate(
         Task::Classification => {
             let p = Predictor::open(run_dir)?;
             let (samples, _) = p.held_out(data, EvalSplit::Val)?;
-            RunEval::Classification(p.evaluate(&samples, 32).0)
+            RunEval::Classification(p.evaluate(&samples, 32)?.0)
         }
         Task::Regression => {
             let p = Predictor::open_regression(run_dir)?;

@@ -12,8 +12,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::Serialize;
 
+use crate::infer::device::default_device;
 use crate::model::{Arch, Net};
-use crate::train::default_device;
 
 /// Medians in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -43,7 +43,7 @@ pub struct BenchResult {
 
 /// Batch 1 and 16 forward medians of `net`'s ONNX export on ONNX Runtime.
 fn ort_times(net: &Net, runs: usize) -> std::result::Result<(f64, f64), String> {
-    crate::engine::ort_environment()?;
+    crate::infer::ort::ort_environment()?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = dir.path().join("bench.onnx");
     let model = crate::export::onnx::model_proto(
@@ -55,7 +55,7 @@ fn ort_times(net: &Net, runs: usize) -> std::result::Result<(f64, f64), String> 
     )
     .map_err(|e| e.to_string())?;
     std::fs::write(&path, crate::export::onnx::encode(&model)).map_err(|e| e.to_string())?;
-    let m = crate::engine::OrtModel::open(&path).map_err(|e| e.to_string())?;
+    let m = crate::infer::ort::OrtModel::open(&path).map_err(|e| e.to_string())?;
     let one = vec![0.5f32; 3 * 224 * 224];
     let sixteen = vec![0.5f32; 16 * 3 * 224 * 224];
     let b1 = time(3, runs * 3, || {

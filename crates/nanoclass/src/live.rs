@@ -4,42 +4,35 @@
 //! A frame goes through the run's stored eval preset ([`crate::data::presets::EvalPreset`]:
 //! resize the shorter side, centre crop, normalise; `[1, 3, crop, crop]`, RGB, f32), the run's
 //! network, and a softmax. Scores can be smoothed over frames (an exponential moving average) and
-//! a top-1 below a threshold is reported as no label.
+//! a top-1 below a threshold is reported as no label ([`crate::infer::scorer`]).
 
 use std::path::Path;
 use std::time::Instant;
 
 use image::RgbImage;
 
-use crate::engine::EngineChoice;
-use crate::eval::metrics::{softmax, top_k};
-use crate::eval::predict::Predictor;
-use crate::quantize::Precision;
+use crate::infer::engine::EngineChoice;
+use crate::infer::precision::Precision;
+use crate::infer::predictor::Predictor;
+use crate::infer::scorer::{ScoreOptions, Scorer, Scores};
+use crate::run::Task;
 use crate::{Error, Result};
 
-/// How live scores are post-processed.
+/// How live frames are scored.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LiveOptions {
-    /// How many of the best classes [`LiveResult::top`] lists (at least 1).
-    pub top_k: usize,
-    /// A top-1 probability below this (in `[0, 1]`) gives no label: the frame is "unsure".
-    pub threshold: Option<f32>,
-    /// Exponential moving average factor `a` in `[0, 1)`: `s_t = a * s_(t-1) + (1 - a) * p_t`
-    /// over the frames' softmax probabilities. 0 disables smoothing; 0.8 averages over roughly
-    /// the last 5 frames.
-    pub smoothing: f32,
-    /// The inference engine ([`crate::engine`]).
+    /// Top-k, threshold and smoothing ([`ScoreOptions`]).
+    pub score: ScoreOptions,
+    /// The inference engine ([`crate::infer::engine`]).
     pub engine: EngineChoice,
-    /// The model precision on ONNX Runtime ([`crate::quantize`]).
+    /// The model precision on ONNX Runtime ([`crate::infer::precision`]).
     pub precision: Precision,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
         LiveOptions {
-            top_k: 5,
-            threshold: None,
-            smoothing: 0.0,
+            score: ScoreOptions::default(),
             engine: EngineChoice::from_env(),
             precision: Precision::from_env(),
         }
@@ -49,11 +42,11 @@ impl Default for LiveOptions {
 /// The scores of one frame.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LiveResult {
-    /// Softmax probabilities, one per label (after smoothing), summing to 1.
-    pub probs: Vec<f32>,
-    /// The `top_k` best `(label index, probability)`, best first.
-    pub top: Vec<(usize, f32)>,
-    /// The top-1 label, or None when its probability is below the threshold.
+    /// Classification runs: probabilities (after smoothing), top-k, label index and margin.
+    /// Regression runs: empty probabilities and top-k, no label.
+    pub scores: Scores,
+    /// The top-1 label's name, or None when its probability is below the threshold (and for
+    /// regression runs).
     pub label: Option<String>,
     /// Model time for this frame, in milliseconds: the forward pass (input tensor in, outputs
     /// out) on the engine, per frame of the batch.
@@ -63,8 +56,7 @@ pub struct LiveResult {
     pub preprocess_ms: f64,
     /// Regression runs: the predicted point of each category (label order), in continuous
     /// pixel coordinates of the frame (see [`crate::eval::regression`]), smoothed like the
-    /// probabilities; `probs` and `top` are then empty and `label` None. None for
-    /// classification runs.
+    /// probabilities. None for classification runs.
     pub points: Option<Vec<[f32; 2]>>,
 }
 
@@ -72,8 +64,7 @@ pub struct LiveResult {
 #[derive(Debug)]
 pub struct Live {
     predictor: Predictor,
-    opts: LiveOptions,
-    smoothed: Option<Vec<f32>>,
+    scorer: Scorer,
 }
 
 impl Live {
@@ -81,28 +72,11 @@ impl Live {
     /// [`LiveResult::points`] says which).
     ///
     /// # Errors
-    /// Those of [`Predictor::open_any`]; [`Error::Other`] when `smoothing` is outside `[0, 1)` or
-    /// `threshold` outside `[0, 1]`.
+    /// Those of [`Predictor::open_full`] and [`ScoreOptions::validate`].
     pub fn open(run_dir: &Path, opts: LiveOptions) -> Result<Live> {
-        if !(0.0..1.0).contains(&opts.smoothing) {
-            return Err(Error::Other(format!(
-                "smoothing must be in [0, 1), got {}",
-                opts.smoothing
-            )));
-        }
-        if let Some(t) = opts.threshold
-            && !(0.0..=1.0).contains(&t)
-        {
-            return Err(Error::Other(format!(
-                "threshold must be in [0, 1], got {t}"
-            )));
-        }
+        let scorer = Scorer::new(opts.score)?;
         let predictor = Predictor::open_full(run_dir, opts.engine, opts.precision)?;
-        Ok(Live {
-            predictor,
-            opts,
-            smoothed: None,
-        })
+        Ok(Live { predictor, scorer })
     }
 
     /// Class names, index = output index.
@@ -122,21 +96,27 @@ impl Live {
 
     /// Forgets the smoothing history (e.g. when the camera changes).
     pub fn reset(&mut self) {
-        self.smoothed = None;
+        self.scorer.reset();
     }
 
     /// Scores one frame (any size; RGB).
-    pub fn process(&mut self, frame: &RgbImage) -> LiveResult {
-        self.process_batch(std::slice::from_ref(frame))
+    ///
+    /// # Errors
+    /// The engine fails.
+    pub fn process(&mut self, frame: &RgbImage) -> Result<LiveResult> {
+        self.process_batch(std::slice::from_ref(frame))?
             .pop()
-            .unwrap_or_else(|| self.result(Vec::new(), 0.0, 0.0))
+            .ok_or_else(|| Error::Other("the engine gave no result for the frame".into()))
     }
 
     /// Scores consecutive frames in one forward pass (`[n, 3, crop, crop]`); smoothing runs over
     /// them in order, exactly as if they had been processed one by one.
-    pub fn process_batch(&mut self, frames: &[RgbImage]) -> Vec<LiveResult> {
+    ///
+    /// # Errors
+    /// The engine fails.
+    pub fn process_batch(&mut self, frames: &[RgbImage]) -> Result<Vec<LiveResult>> {
         if frames.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let per_frame = |t: Instant| t.elapsed().as_secs_f64() * 1000.0 / frames.len() as f64;
         let start = Instant::now();
@@ -147,14 +127,11 @@ impl Live {
         }
         let preprocess_ms = per_frame(start);
         let start = Instant::now();
-        if self.predictor.task() == crate::run::Task::Regression {
+        if self.predictor.task() == Task::Regression {
             // The same path as `predict`: the eval view, the model, back to frame pixels.
-            let rows = match self.predictor.input_points(pixels, frames.len()) {
-                Ok(rows) => rows,
-                Err(_) => return Vec::new(), // not reached: the task was just checked
-            };
+            let rows = self.predictor.input_points(pixels, frames.len())?;
             let ms = per_frame(start);
-            return rows
+            return Ok(rows
                 .into_iter()
                 .zip(frames)
                 .map(|(row, frame)| {
@@ -163,48 +140,39 @@ impl Live {
                         .into_iter()
                         .flat_map(|p| b.unmap_point(p, preset.crop))
                         .collect();
-                    let smoothed = self.smooth(flat);
+                    let smoothed = self.scorer.points(flat);
                     let points = smoothed.chunks_exact(2).map(|c| [c[0], c[1]]).collect();
                     LiveResult {
-                        probs: Vec::new(),
-                        top: Vec::new(),
+                        scores: Scores {
+                            probs: Vec::new(),
+                            top: Vec::new(),
+                            label: None,
+                            margin: 0.0,
+                        },
                         label: None,
                         ms,
                         preprocess_ms,
                         points: Some(points),
                     }
                 })
-                .collect();
+                .collect());
         }
-        let logits = self.predictor.logits(pixels, frames.len());
+        let logits = self.predictor.logits(pixels, frames.len())?;
         let ms = per_frame(start);
-        logits
+        Ok(logits
             .into_iter()
             .map(|row| {
-                let p = softmax(&row);
-                let p = self.smooth(p);
-                self.result(p, ms, preprocess_ms)
+                let scores = self.scorer.logits(&row);
+                let label = scores.label.map(|i| self.labels()[i].clone());
+                LiveResult {
+                    scores,
+                    label,
+                    ms,
+                    preprocess_ms,
+                    points: None,
+                }
             })
-            .collect()
-    }
-
-    fn smooth(&mut self, p: Vec<f32>) -> Vec<f32> {
-        let next = ema(self.smoothed.as_deref(), p, self.opts.smoothing);
-        self.smoothed = Some(next.clone());
-        next
-    }
-
-    fn result(&self, probs: Vec<f32>, ms: f64, preprocess_ms: f64) -> LiveResult {
-        let top = top_k(&probs, self.opts.top_k.max(1));
-        let label = confident(&top, self.opts.threshold).map(|i| self.labels()[i].clone());
-        LiveResult {
-            probs,
-            top,
-            label,
-            ms,
-            preprocess_ms,
-            points: None,
-        }
+            .collect())
     }
 }
 
@@ -216,7 +184,7 @@ const UNSURE: plotters::style::RGBColor = plotters::style::RGBColor(255, 191, 0)
 const OTHER: plotters::style::RGBColor = plotters::style::RGBColor(230, 230, 230);
 
 /// A copy of `frame` with the result drawn on it: a dark band at the top with one line per
-/// entry of `result.top` (`label  93.1%`, the top-1 in green, or `(unsure)` in amber when it is
+/// entry of `result.scores.top` (`label  93.1%`, the top-1 in green, or `(unsure)` in amber when it is
 /// below the threshold) and, when `fps` is given, the frame rate at the right. For a regression
 /// result, each category's point is marked with a ring and its name.
 ///
@@ -234,7 +202,7 @@ pub fn annotate(
     crate::eval::metrics::font().map_err(Error::Other)?;
     let (w, h) = frame.dimensions();
     let mut buf = frame.as_raw().clone();
-    let lines = result.top.len().max(1) as u32;
+    let lines = result.scores.top.len().max(1) as u32;
     let points = result.points.as_deref().unwrap_or_default();
     let band = (lines * LINE_PX + 8).min(h);
     {
@@ -251,7 +219,7 @@ pub fn annotate(
                     .color(color)
                     .pos(Pos::new(HPos::Left, VPos::Top))
             };
-            for (row, &(i, p)) in result.top.iter().enumerate() {
+            for (row, &(i, p)) in result.scores.top.iter().enumerate() {
                 let (text, color) = if row == 0 && result.label.is_none() {
                     (
                         format!("(unsure) {}  {:.1}%", labels[i], p * 100.0),
@@ -294,51 +262,20 @@ pub fn annotate(
         .ok_or_else(|| Error::Other("drawing the live result: buffer size changed".into()))
 }
 
-/// One step of the exponential moving average `a * prev + (1 - a) * p`; without a previous value
-/// of the same length (the first frame, or the labels changed) it is `p` itself.
-/// One step of the exponential moving average of [`LiveOptions::smoothing`].
-pub fn ema(prev: Option<&[f32]>, p: Vec<f32>, a: f32) -> Vec<f32> {
-    match prev {
-        Some(prev) if a > 0.0 && prev.len() == p.len() => prev
-            .iter()
-            .zip(&p)
-            .map(|(s, x)| a * s + (1.0 - a) * x)
-            .collect(),
-        _ => p,
-    }
-}
-
-/// The top-1 index when its probability reaches `threshold` (always, without one).
-pub fn confident(top: &[(usize, f32)], threshold: Option<f32>) -> Option<usize> {
-    let &(i, p) = top.first()?;
-    threshold.is_none_or(|t| p >= t).then_some(i)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ema_weights_the_history_by_the_factor() {
-        let first = ema(None, vec![1.0, 0.0], 0.75);
-        assert_eq!(first, vec![1.0, 0.0]);
-        let second = ema(Some(&first), vec![0.0, 1.0], 0.75);
-        assert_eq!(second, vec![0.75, 0.25]);
-        // No smoothing: the new frame alone.
-        assert_eq!(ema(Some(&first), vec![0.0, 1.0], 0.0), vec![0.0, 1.0]);
-        // A changed label count restarts the average.
-        assert_eq!(
-            ema(Some(&first), vec![0.2, 0.3, 0.5], 0.75),
-            vec![0.2, 0.3, 0.5]
-        );
-    }
-
-    #[test]
     fn annotation_draws_a_band_and_leaves_the_rest() {
         let frame = RgbImage::from_pixel(160, 120, image::Rgb([200, 40, 40]));
         let result = LiveResult {
-            probs: vec![0.9, 0.1],
-            top: vec![(0, 0.9), (1, 0.1)],
+            scores: Scores {
+                probs: vec![0.9, 0.1],
+                top: vec![(0, 0.9), (1, 0.1)],
+                label: Some(0),
+                margin: 0.8,
+            },
             label: Some("ants".into()),
             ms: 1.0,
             preprocess_ms: 0.5,
@@ -359,14 +296,5 @@ mod tests {
                 p[1] > 150 && p[1] > p[0] + 40
             });
         assert!(greenish);
-    }
-
-    #[test]
-    fn below_the_threshold_there_is_no_label() {
-        let top = [(2, 0.55), (0, 0.45)];
-        assert_eq!(confident(&top, None), Some(2));
-        assert_eq!(confident(&top, Some(0.5)), Some(2));
-        assert_eq!(confident(&top, Some(0.6)), None);
-        assert_eq!(confident(&[], None), None);
     }
 }

@@ -7,18 +7,19 @@
 //!   model.safetensors  the best model (highest held-out top-1), PyTorch layout, reference names
 //!   last.safetensors   the model after the last completed epoch
 //!   metrics.jsonl    one JSON object per epoch
-//!   checkpoint/      training state for --resume (optimizer.bin, state.json)
+//!   checkpoint/      training state for --resume (see crate::train::checkpoint)
 //! ```
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::data::labels::{read_labels, write_labels};
 use crate::data::presets::{EvalPreset, TrainPreset};
+use crate::fs::write_atomic;
 use crate::model::Arch;
+use crate::train::hyper::Hyperparams;
 use crate::{Error, Result};
 
 /// File names inside a run directory.
@@ -73,45 +74,6 @@ impl std::fmt::Display for Task {
     }
 }
 
-/// How the backbone is trained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Backbone frozen in eval mode; its features are computed once per image and cached, and
-    /// only the head is trained.
-    Frozen,
-    /// Every layer trained from the start (the course's recipe).
-    Full,
-    /// The head first on the frozen backbone, then every layer with a lower backbone learning
-    /// rate.
-    Finetune,
-    /// No gradient training: a head fitted in one go on the frozen features (class prototypes
-    /// or a linear head, see [`crate::instant`]).
-    Instant,
-}
-
-/// Optimizer choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OptimizerKind {
-    /// Adam (Kingma & Ba), betas (0.9, 0.999), eps 1e-8 (torch defaults).
-    Adam,
-    /// SGD with momentum.
-    Sgd,
-}
-
-/// Learning-rate schedule over the epochs of a phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Schedule {
-    /// Cosine annealing from `lr` to 0 over the phase's steps (Loshchilov & Hutter, SGDR).
-    Cosine,
-    /// Multiply by 0.1 every `ceil(epochs / 3)` epochs (torchvision's StepLR recipe, scaled).
-    Step,
-    /// Constant learning rate.
-    None,
-}
-
 /// Where the validation split came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -160,28 +122,9 @@ pub struct RunConfig {
     pub data: PathBuf,
     /// Starting weights.
     pub weights: WeightsRecord,
-    /// Training mode.
-    pub mode: Mode,
-    /// Epochs (for `finetune`: the full-network epochs).
-    pub epochs: usize,
-    /// Head-only epochs before the full phase (`finetune`).
-    pub head_epochs: usize,
-    /// Images per batch.
-    pub batch_size: usize,
-    /// Learning rate of the head (and of the whole network in `full`).
-    pub lr: f64,
-    /// Backbone learning rate = `lr * body_lr_factor` in the `finetune` full phase.
-    pub body_lr_factor: f64,
-    /// Optimizer.
-    pub optimizer: OptimizerKind,
-    /// SGD momentum.
-    pub momentum: f64,
-    /// L2 weight decay.
-    pub weight_decay: f64,
-    /// Schedule.
-    pub schedule: Schedule,
-    /// Seed for the split, shuffling, augmentation and head initialisation.
-    pub seed: u64,
+    /// How it trains (flattened into `config.json`: `mode`, `epochs`, `lr`, ...).
+    #[serde(flatten)]
+    pub hyper: Hyperparams,
     /// The held-out split.
     pub split: SplitRecord,
 }
@@ -231,30 +174,6 @@ fn run_err(dir: &Path, reason: impl Into<String>) -> Error {
         path: dir.to_path_buf(),
         reason: reason.into(),
     }
-}
-
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    make_readable(path)
-}
-
-/// Gives a file the usual `rw-r--r--` mode: temporary files are created private (0600), but a
-/// run's files are meant to be copied, shared and served.
-pub fn make_readable(path: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| Error::io(path, e))?;
-    }
-    Ok(())
 }
 
 impl Run {
@@ -371,19 +290,6 @@ impl Run {
         m
     }
 
-    /// Appends one line to `metrics.jsonl`.
-    pub fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
-        let path = self.dir.join(files::METRICS);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        let line = serde_json::to_string(m).map_err(|e| Error::Other(e.to_string()))?;
-        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))?;
-        Ok(())
-    }
-
     /// Reads `metrics.jsonl`.
     pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
         let path = self.dir.join(files::METRICS);
@@ -399,5 +305,46 @@ impl Run {
                     .map_err(|e| run_err(&self.dir, format!("metrics.jsonl: {e}")))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::data::presets::presets;
+
+    /// A run directory with a two-class config and no model, for tests of what reads and
+    /// writes run files.
+    pub(crate) fn tiny_run(dir: &Path, task: Task) -> Run {
+        let arch = Arch::EfficientnetLite0;
+        let (train_preset, eval_preset) = presets(arch.normalization(), arch.input_size());
+        let config = RunConfig {
+            nanoclass_version: env!("CARGO_PKG_VERSION").to_string(),
+            task,
+            arch,
+            labels: vec!["a".into(), "b".into()],
+            eval_preset,
+            train_preset,
+            data: dir.to_path_buf(),
+            weights: WeightsRecord {
+                spec: "none".into(),
+                path: None,
+            },
+            hyper: Hyperparams::default(),
+            split: SplitRecord::NoValidation,
+        };
+        Run::create(&dir.join("run"), config).unwrap()
+    }
+
+    #[test]
+    fn a_config_round_trips_with_its_hyperparameters_flat() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tiny_run(tmp.path(), Task::Classification);
+        let text = std::fs::read_to_string(run.dir.join(files::CONFIG)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["mode"], "frozen");
+        assert_eq!(v["epochs"], 30);
+        assert!(v.get("hyper").is_none());
+        assert_eq!(Run::open(&run.dir).unwrap().config, run.config);
     }
 }

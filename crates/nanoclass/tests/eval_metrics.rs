@@ -4,7 +4,8 @@
 
 use std::path::Path;
 
-use nanoclass::eval::metrics::{ConfusionMatrix, EvalReport, softmax, top_k};
+use nanoclass::eval::metrics::{ConfusionMatrix, EvalReport};
+use nanoclass::infer::scorer::{softmax, top_k};
 
 fn names(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()

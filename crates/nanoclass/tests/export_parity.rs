@@ -25,13 +25,15 @@ use std::sync::OnceLock;
 use common::shared_data;
 use nanoclass::data::decode::{DecodeOptions, decode_file};
 use nanoclass::data::markers::MarkerSet;
-use nanoclass::engine::{EngineChoice, onnx_cache_dir, onnx_cache_path, ort_environment};
-use nanoclass::eval::predict::Predictor;
 use nanoclass::export::{ExportFormat, ExportOptions, export, load_run_model, onnx};
+use nanoclass::infer::device::default_device;
+use nanoclass::infer::engine::EngineChoice;
+use nanoclass::infer::ort::{onnx_cache_dir, onnx_cache_path, ort_environment};
+use nanoclass::infer::predictor::Predictor;
 use nanoclass::model::Arch;
 use nanoclass::model::weights::{load_net, save_net};
-use nanoclass::run::{Mode, OptimizerKind, Run, Schedule, Task};
-use nanoclass::train::{TrainOptions, default_device, train};
+use nanoclass::run::{Run, Task};
+use nanoclass::train::{Mode, OptimizerKind, Schedule, train};
 use prost::Message;
 use tract_onnx::pb;
 use tract_onnx::prelude::{
@@ -74,30 +76,32 @@ fn small_hymenoptera(root: &Path, n: usize) -> PathBuf {
 fn train_run(root: &Path, arch: Arch, weights: &str, mode: Mode, epochs: usize) -> PathBuf {
     let data = small_hymenoptera(root, 5);
     let out = root.join("run");
-    let opts = TrainOptions {
+    let opts = nanoclass::train::TrainOptions {
         data,
         task: Task::Classification,
         arch,
         weights: weights.into(),
-        mode,
-        epochs,
-        head_epochs: 1,
-        batch_size: 4,
-        lr: 1e-3,
-        body_lr_factor: 0.1,
-        optimizer: OptimizerKind::Adam,
-        momentum: 0.9,
-        weight_decay: 0.0,
-        schedule: Schedule::None,
-        seed: 3,
-        val_fraction: 0.2,
+        hyper: nanoclass::train::Hyperparams {
+            mode,
+            epochs,
+            head_epochs: 1,
+            batch_size: 4,
+            lr: 1e-3,
+            body_lr_factor: 0.1,
+            optimizer: OptimizerKind::Adam,
+            momentum: 0.9,
+            weight_decay: 0.0,
+            schedule: Schedule::None,
+            seed: 3,
+            val_fraction: 0.2,
+            ..Default::default()
+        },
         out: out.clone(),
         resume: false,
         force: false,
         feature_cache: None,
-        instant_head: Default::default(),
-        engine: nanoclass::engine::EngineChoice::from_env(),
         stop: None,
+        engine: nanoclass::infer::engine::EngineChoice::from_env(),
     };
     train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training {arch}: {e}"));
     out
@@ -144,7 +148,7 @@ impl Case {
         assert_eq!(predictor.engine(), "burn");
         let config = predictor.run.config.clone();
         let pixels = inputs(&predictor.run);
-        let expected = predictor.logits(pixels.clone(), 3);
+        let expected = predictor.logits(pixels.clone(), 3).unwrap();
         Case {
             root,
             run,
@@ -229,30 +233,32 @@ fn regression_case() -> &'static Case {
         .write()
         .unwrap();
         let dir = root.join("run");
-        let opts = TrainOptions {
+        let opts = nanoclass::train::TrainOptions {
             data,
             task: Task::Regression,
             arch: Arch::EfficientnetLite0,
             weights: "efficientnet_lite0".into(),
-            mode: Mode::Frozen,
-            epochs: 3,
-            head_epochs: 1,
-            batch_size: 8,
-            lr: 1e-3,
-            body_lr_factor: 0.1,
-            optimizer: OptimizerKind::Adam,
-            momentum: 0.9,
-            weight_decay: 0.0,
-            schedule: Schedule::None,
-            seed: 3,
-            val_fraction: 0.2,
+            hyper: nanoclass::train::Hyperparams {
+                mode: Mode::Frozen,
+                epochs: 3,
+                head_epochs: 1,
+                batch_size: 8,
+                lr: 1e-3,
+                body_lr_factor: 0.1,
+                optimizer: OptimizerKind::Adam,
+                momentum: 0.9,
+                weight_decay: 0.0,
+                schedule: Schedule::None,
+                seed: 3,
+                val_fraction: 0.2,
+                ..Default::default()
+            },
             out: dir.clone(),
             resume: false,
             force: false,
             feature_cache: None,
-            instant_head: Default::default(),
-            engine: nanoclass::engine::EngineChoice::from_env(),
             stop: None,
+            engine: nanoclass::infer::engine::EngineChoice::from_env(),
         };
         train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training regression: {e}"));
         assert_eq!(Run::open(&dir).unwrap().config.task, Task::Regression);
@@ -514,7 +520,7 @@ fn check_ort_engine(case: &Case) {
             eprintln!("ONNX Runtime not available ({reason}): checking the fallback");
             let p = Predictor::open_with(&case.run, EngineChoice::Auto).unwrap();
             assert_eq!(p.engine(), "burn");
-            assert_eq!(p.logits(case.pixels.clone(), 3), case.expected);
+            assert_eq!(p.logits(case.pixels.clone(), 3).unwrap(), case.expected);
             let e = Predictor::open_with(&case.run, EngineChoice::Ort)
                 .unwrap_err()
                 .to_string();
@@ -525,11 +531,11 @@ fn check_ort_engine(case: &Case) {
             assert_eq!(p.engine(), "ort");
             let auto = Predictor::open_with(&case.run, EngineChoice::Auto).unwrap();
             assert_eq!(auto.engine(), "ort");
-            let batch = p.logits(case.pixels.clone(), 3);
+            let batch = p.logits(case.pixels.clone(), 3).unwrap();
             let d = max_diff(&batch, &case.expected);
             assert!(d <= TOLERANCE, "ONNX Runtime vs burn, batch 3: {d}");
             for i in 0..3 {
-                let one = p.logits(case.image(i).to_vec(), 1);
+                let one = p.logits(case.image(i).to_vec(), 1).unwrap();
                 let di = max_diff(&one, &case.expected[i..=i]);
                 assert!(
                     di <= TOLERANCE,

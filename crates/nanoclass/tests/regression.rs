@@ -11,8 +11,8 @@ use image::{Rgb, RgbImage};
 use nanoclass::data::folder::{parse_dli_point, scan_regression_folder};
 use nanoclass::data::markers::{MarkerSet, draw_marker};
 use nanoclass::data::presets::{ColorJitter, Normalization, TrainPreset, regression_presets};
-use nanoclass::eval::predict::Predictor;
 use nanoclass::eval::regression::{denormalise, normalise};
+use nanoclass::infer::predictor::Predictor;
 use nanoclass::run::Task;
 use rand::SeedableRng;
 use rand_chacha::ChaCha12Rng;
@@ -304,17 +304,11 @@ fn a_run_of_one_task_is_refused_by_the_other() {
             spec: "none".into(),
             path: None,
         },
-        mode: nanoclass::run::Mode::Full,
-        epochs: 1,
-        head_epochs: 0,
-        batch_size: 2,
-        lr: 1e-3,
-        body_lr_factor: 0.1,
-        optimizer: nanoclass::run::OptimizerKind::Adam,
-        momentum: 0.9,
-        weight_decay: 0.0,
-        schedule: nanoclass::run::Schedule::Cosine,
-        seed: 0,
+        hyper: nanoclass::train::Hyperparams {
+            epochs: 1,
+            batch_size: 2,
+            ..nanoclass::train::Hyperparams::for_mode(nanoclass::train::Mode::Full)
+        },
         split: nanoclass::run::SplitRecord::NoValidation,
     };
     let run = Run::create(&run_dir, config).unwrap();
@@ -322,7 +316,7 @@ fn a_run_of_one_task_is_refused_by_the_other() {
     let net = nanoclass::model::Net::new(
         nanoclass::model::Arch::Resnet18,
         2,
-        &nanoclass::train::default_device(),
+        &nanoclass::infer::device::default_device(),
     );
     nanoclass::model::weights::save_net(&net, &run.model_path(), &run.model_metadata()).unwrap();
 

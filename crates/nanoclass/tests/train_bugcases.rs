@@ -4,10 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
-use nanoclass::eval::predict::{EvalSplit, Predictor};
+use nanoclass::eval::heldout::EvalSplit;
+use nanoclass::infer::predictor::Predictor;
 use nanoclass::model::Arch;
-use nanoclass::run::{Mode, OptimizerKind, Run, Schedule};
-use nanoclass::train::{Event, TrainOptions, resume_options, train};
+use nanoclass::run::Run;
+use nanoclass::train::{
+    Event, Hyperparams, Mode, OptimizerKind, Schedule, TrainOptions, resume_options, train,
+};
 
 /// Writes `n` 32x32 PNGs per class: class `i` is a noisy solid colour, so classes separate.
 fn make_split(root: &Path, classes: &[(&str, usize)]) {
@@ -31,31 +34,18 @@ fn make_split(root: &Path, classes: &[(&str, usize)]) {
 }
 
 fn options(data: &Path, out: &Path, mode: Mode) -> TrainOptions {
-    TrainOptions {
-        data: data.to_path_buf(),
-        task: nanoclass::run::Task::Classification,
-        arch: Arch::Resnet18,
-        weights: "none".into(),
-        mode,
+    let mut o = TrainOptions::new(data, out);
+    o.arch = Arch::Resnet18;
+    o.weights = "none".into();
+    o.hyper = Hyperparams {
         epochs: 1,
         head_epochs: 1,
         batch_size: 8,
-        lr: 1e-3,
-        body_lr_factor: 0.1,
-        optimizer: OptimizerKind::Adam,
-        momentum: 0.9,
-        weight_decay: 0.0,
         schedule: Schedule::None,
-        seed: 0,
-        val_fraction: 0.2,
-        out: out.to_path_buf(),
-        resume: false,
-        force: false,
-        feature_cache: None,
-        instant_head: Default::default(),
-        engine: nanoclass::engine::EngineChoice::from_env(),
-        stop: None,
-    }
+        ..Hyperparams::for_mode(mode)
+    };
+    o.feature_cache = None;
+    o
 }
 
 fn run_train(
@@ -135,16 +125,16 @@ fn b24_divergence_stops_with_step_and_lr_and_keeps_the_saved_model() {
     make_split(&data.join("val"), &[("a", 1), ("b", 1)]);
     let out = tmp.path().join("run");
     let mut good = options(&data, &out, Mode::Full);
-    good.optimizer = OptimizerKind::Sgd;
-    good.batch_size = 2;
+    good.hyper.optimizer = OptimizerKind::Sgd;
+    good.hyper.batch_size = 2;
     run_train(&good).0.unwrap();
     let model = out.join("model.safetensors");
     let before = std::fs::read(&model).unwrap();
     // The second epoch of the same run, at a learning rate that must diverge.
     let mut bad = good.clone();
     bad.resume = true;
-    bad.epochs = 2;
-    bad.lr = 1e12;
+    bad.hyper.epochs = 2;
+    bad.hyper.lr = 1e12;
     let err = run_train(&bad)
         .0
         .expect_err("lr 1e12 must diverge")
@@ -209,12 +199,12 @@ fn resume_continues_after_the_last_epoch_with_the_same_history() {
     make_split(&data.join("val"), &[("a", 2), ("b", 2)]);
     let out = tmp.path().join("run");
     let mut o = options(&data, &out, Mode::Frozen);
-    o.epochs = 2;
+    o.hyper.epochs = 2;
     run_train(&o).0.unwrap();
     let first = Run::open(&out).unwrap().read_metrics().unwrap();
     let r = resume_options(&out, Some(4)).unwrap();
     assert!(r.resume);
-    assert_eq!(r.epochs, 4);
+    assert_eq!(r.hyper.epochs, 4);
     run_train(&r).0.unwrap();
     let all = Run::open(&out).unwrap().read_metrics().unwrap();
     let epochs: Vec<usize> = all.iter().map(|m| m.epoch).collect();
@@ -234,19 +224,19 @@ fn predict_and_eval_give_the_same_logits_at_any_batch_size() {
     let (held, _) = p.held_out(&data, EvalSplit::Val).unwrap();
     assert_eq!(held.len(), 6);
     let paths: Vec<PathBuf> = held.iter().map(|s| s.path.clone()).collect();
-    let (one, _) = p.logits_for_files(&paths, 1);
-    let (many, _) = p.logits_for_files(&paths, 32);
+    let (one, _) = p.logits_for_files(&paths, 1).unwrap();
+    let (many, _) = p.logits_for_files(&paths, 32).unwrap();
     for (a, b) in one.iter().zip(&many) {
         assert_eq!(a.path, b.path);
         for (x, y) in a.logits.iter().zip(&b.logits) {
             assert!((x - y).abs() < 1e-4, "batch 1 {x} vs batch 32 {y}");
         }
     }
-    let (report, _) = p.evaluate(&held, 4);
+    let (report, _) = p.evaluate(&held, 4).unwrap();
     let correct = one
         .iter()
         .zip(&held)
-        .filter(|(r, s)| nanoclass::eval::predict::argmax(&r.logits) == s.label)
+        .filter(|(r, s)| nanoclass::infer::scorer::argmax(&r.logits) == s.label)
         .count();
     assert_eq!(report.n, 6);
     assert_eq!(report.confusion.correct() as usize, correct);
@@ -288,22 +278,22 @@ fn settings_that_cannot_train_are_refused_with_their_range() {
     make_split(&data.join("train"), &[("a", 3), ("b", 3)]);
     let base = options(&data, &tmp.path().join("run"), Mode::Frozen);
     let mut o = base.clone();
-    o.epochs = 0;
+    o.hyper.epochs = 0;
     assert!(
         run_train(&o)
             .0
             .unwrap_err()
             .to_string()
-            .contains("--epochs must be at least 1")
+            .contains("the number of epochs must be between 1")
     );
     let mut o = base.clone();
-    o.momentum = 5.0;
+    o.hyper.momentum = 5.0;
     assert!(
         run_train(&o)
             .0
             .unwrap_err()
             .to_string()
-            .contains("--momentum must be in [0, 1)")
+            .contains("the momentum must be in [0, 1), got 5")
     );
     assert!(!tmp.path().join("run").exists());
 }
@@ -349,7 +339,7 @@ fn the_same_seed_gives_the_same_run() {
     make_split(&data.join("train"), &[("a", 4), ("b", 4)]);
     make_split(&data.join("val"), &[("a", 2), ("b", 2)]);
     let mut o = options(&data, &tmp.path().join("r1"), Mode::Frozen);
-    o.epochs = 3;
+    o.hyper.epochs = 3;
     run_train(&o).0.unwrap();
     let mut o2 = o.clone();
     o2.out = tmp.path().join("r2");

@@ -10,7 +10,6 @@
 //! place without replacing anything (`persist_noclobber`), so a crash or an unplugged camera
 //! never leaves a partial image, and an existing file is never overwritten.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -88,6 +87,8 @@ pub fn capture(
     }
     let dir = opts.out.join(&opts.category);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    // What a killed earlier run left half-written there.
+    crate::fs::clean_stale_temp_files(&dir);
     let start = Instant::now();
     let mut saved = Vec::new();
     let mut last: Option<Instant> = None;
@@ -180,34 +181,10 @@ pub fn frame_file_name(point: Option<(u32, u32)>) -> String {
     }
 }
 
-/// Writes `bytes` to a temporary file in `dir`, then links it to `dir/<name()>` without
-/// replacing an existing file (trying a new name if one is taken), and makes it `rw-r--r--`.
-fn write_new_file(dir: &Path, bytes: &[u8], mut name: impl FnMut() -> String) -> Result<PathBuf> {
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".capture-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    const TRIES: usize = 8;
-    for _ in 0..TRIES {
-        let path = dir.join(name());
-        match tmp.persist_noclobber(&path) {
-            Ok(_) => {
-                crate::run::make_readable(&path)?;
-                return Ok(path);
-            }
-            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => tmp = e.file,
-            Err(e) => return Err(Error::io(&path, e.error)),
-        }
-    }
-    Err(Error::Other(format!(
-        "{}: {TRIES} fresh file names were all taken",
-        dir.display()
-    )))
+/// Writes `bytes` to a new file `dir/<name()>` without replacing an existing one
+/// ([`crate::fs::write_new`]).
+fn write_new_file(dir: &Path, bytes: &[u8], name: impl FnMut() -> String) -> Result<PathBuf> {
+    crate::fs::write_new(dir, bytes, name)
 }
 
 #[cfg(test)]

@@ -386,11 +386,17 @@ fn to_samples(root: &Path, split: SplitScan, mode: Mode) -> Result<Vec<Sample>> 
             samples.push(Sample { path, label, point });
         }
     }
-    if let Some(first) = bad.first() {
+    if !bad.is_empty() {
+        const SHOWN: usize = 10;
+        let more = bad.len().saturating_sub(SHOWN);
+        let mut names = bad[..bad.len().min(SHOWN)].join("\n  ");
+        if more > 0 {
+            names.push_str(&format!("\n  ... and {more} more"));
+        }
         return Err(dataset_error(
             root,
             format!(
-                "{} image file name(s) do not carry a point; first: {first}",
+                "{} image file name(s) do not carry a point:\n  {names}",
                 bad.len()
             ),
         ));
@@ -498,20 +504,55 @@ fn scan(root: &Path, mode: Mode) -> Result<Dataset> {
             set_split(&mut dataset, split, Vec::new());
             continue;
         }
-        if scanned.classes != classes {
-            return Err(dataset_error(
-                root,
-                format!(
-                    "the class folders of {name}/ differ from those of {}/: {} ({}/ has {}, {}/ \
-                     has {})",
-                    reference.dir_name(),
-                    class_difference(&classes, &scanned.classes),
-                    reference.dir_name(),
-                    list(&classes),
-                    name,
-                    list(&scanned.classes)
-                ),
+        let extra: Vec<String> = scanned
+            .classes
+            .iter()
+            .filter(|c| !classes.contains(c))
+            .cloned()
+            .collect();
+        if split == Split::Train || !extra.is_empty() {
+            if scanned.classes != classes {
+                return Err(dataset_error(
+                    root,
+                    format!(
+                        "the class folders of {name}/ differ from those of {}/: {} ({}/ has {}, \
+                         {}/ has {})",
+                        reference.dir_name(),
+                        class_difference(&classes, &scanned.classes),
+                        reference.dir_name(),
+                        list(&classes),
+                        name,
+                        list(&scanned.classes)
+                    ),
+                ));
+            }
+        } else if scanned.classes != classes {
+            // A held-out split may hold a subset of the classes: its labels follow the
+            // reference list, and the classes it lacks are named.
+            let missing: Vec<String> = classes
+                .iter()
+                .filter(|c| !scanned.classes.contains(c))
+                .cloned()
+                .collect();
+            warnings.push(format!(
+                "{name}/ has no folder for {}: these classes are missing from the {} figure",
+                list(&missing),
+                figure(split)
             ));
+            let map: Vec<usize> = scanned
+                .classes
+                .iter()
+                .map(|c| classes.iter().position(|r| r == c).unwrap_or(0))
+                .collect();
+            let samples = to_samples(root, scanned, mode)?
+                .into_iter()
+                .map(|mut s| {
+                    s.label = map[s.label];
+                    s
+                })
+                .collect();
+            set_split(&mut dataset, split, samples);
+            continue;
         }
         if split != Split::Train {
             if total == 0 {
@@ -664,6 +705,43 @@ mod tests {
         touch(&root.join("val/c/1.jpg"));
         let err = scan_image_folder(root).unwrap_err().to_string();
         assert!(err.contains("missing [b]; extra [c]"), "{err}");
+    }
+
+    #[test]
+    fn a_held_out_split_may_lack_a_class_and_its_labels_follow_train() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for c in ["a", "b", "c"] {
+            touch(&root.join(format!("train/{c}/1.jpg")));
+        }
+        touch(&root.join("val/a/1.jpg"));
+        touch(&root.join("val/c/1.jpg"));
+        let ds = scan_image_folder(root).expect("a subset of the classes is fine");
+        assert_eq!(ds.classes, vec!["a", "b", "c"]);
+        let val: Vec<usize> = ds.val.unwrap().iter().map(|s| s.label).collect();
+        assert_eq!(val, vec![0, 2], "c keeps its training index");
+        assert!(
+            ds.warnings
+                .iter()
+                .any(|w| w.contains("val/ has no folder for [b]")),
+            "{:?}",
+            ds.warnings
+        );
+    }
+
+    #[test]
+    fn every_malformed_regression_name_is_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        touch(&root.join("nose/10_20_aaa.jpg"));
+        touch(&root.join("nose/bad.jpg"));
+        touch(&root.join("nose/1.5_2_x.jpg"));
+        touch(&root.join("nose/3_y.jpg"));
+        let err = scan_regression_folder(root).unwrap_err().to_string();
+        assert!(err.contains("3 image file name(s)"), "{err}");
+        for bad in ["bad.jpg", "1.5_2_x.jpg", "3_y.jpg"] {
+            assert!(err.contains(bad), "{bad} not named: {err}");
+        }
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! (a UTF-8 byte-order mark, CRLF line ends, surrounding spaces, blank lines); writing refuses a
 //! name that would not read back as itself.
 
-use std::io::Write;
 use std::path::Path;
 
 use crate::{Error, Result};
@@ -73,21 +72,9 @@ pub fn write_labels(path: &Path, labels: &[String]) -> Result<()> {
             });
         }
     }
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
     let mut text = labels.join("\n");
     text.push('\n');
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
-    tmp.write_all(text.as_bytes())
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|e| Error::io(tmp.path(), e))?;
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    // The temporary file was private (0600); labels.txt is shared with the model.
-    crate::run::make_readable(path)
+    crate::fs::write_atomic(path, text.as_bytes())
 }
 
 /// Checks that the number of labels equals the number of model outputs (logits).

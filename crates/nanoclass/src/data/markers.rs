@@ -32,7 +32,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
 
 use crate::data::decode::{DecodeOptions, decode_file, is_image_extension};
-use crate::run::write_atomic;
+use crate::fs::write_atomic;
 use crate::{Error, Result};
 
 /// Colour of the ring around each marker disc.

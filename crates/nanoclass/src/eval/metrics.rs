@@ -1,6 +1,6 @@
 //! Held-out classification metrics: top-1 accuracy, per-class precision / recall / F1, macro F1,
 //! the confusion matrix (as a terminal table, JSON through serde, and a PNG heat map), plus
-//! [`softmax`] and [`top_k`] over one sample's logits.
+//! [`cross_entropy`] of one sample's logits.
 //!
 //! Undefined figures are `None`, never a made-up `0` or `1`: an empty validation set has no
 //! top-1, a class that was never predicted has no precision, a class without samples has no
@@ -602,48 +602,15 @@ impl EvalReport {
     }
 }
 
-/// Indices and scores of the `k` largest logits, by descending score; equal scores keep the lower
-/// index first, so the result is deterministic. Returns `min(k, logits.len())` pairs; NaN scores
-/// rank below every number (they are never preferred over a real score).
-///
-/// Works on raw logits or on [`softmax`] probabilities alike (softmax preserves the order).
-pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    // A stable sort by descending score keeps equal scores in index order.
-    order.sort_by(|&a, &b| {
-        let (sa, sb) = (logits[a], logits[b]);
-        match (sa.is_nan(), sb.is_nan()) {
-            (true, true) => std::cmp::Ordering::Equal,
-            (true, false) => std::cmp::Ordering::Greater,
-            (false, true) => std::cmp::Ordering::Less,
-            (false, false) => sb.total_cmp(&sa),
-        }
-    });
-    order.into_iter().take(k).map(|i| (i, logits[i])).collect()
-}
-
-/// Softmax of one sample's logits: `exp(x_i - max) / Σ_j exp(x_j - max)`, probabilities in
-/// `[0, 1]` summing to 1 (to f32 rounding). Subtracting the maximum first keeps it exact for
-/// large logits such as `[1000, 0]`, which gives `[1, 0]` rather than NaN; the sum is taken in
-/// f64.
-///
-/// `-inf` entries (masked classes) get probability 0. If the largest logit is not finite (all
-/// `-inf`, or a `+inf`) or any logit is NaN, every output is NaN: the distribution is undefined
-/// and no substitute is invented. An empty slice gives an empty vector.
-pub fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if logits.is_empty() {
-        return Vec::new();
-    }
-    if !max.is_finite() || logits.iter().any(|x| x.is_nan()) {
-        return vec![f32::NAN; logits.len()];
-    }
-    let exps: Vec<f64> = logits
+/// Cross-entropy of one row of logits against the true class, in nats.
+pub fn cross_entropy(logits: &[f32], truth: usize) -> f64 {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = m + logits
         .iter()
-        .map(|&x| (f64::from(x) - f64::from(max)).exp())
-        .collect();
-    let sum: f64 = exps.iter().sum();
-    exps.iter().map(|&e| (e / sum) as f32).collect()
+        .map(|&x| (x as f64 - m).exp())
+        .sum::<f64>()
+        .ln();
+    lse - logits[truth] as f64
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -670,35 +637,16 @@ fn pad_right(s: &str, width: usize) -> String {
     format!("{s}{}", " ".repeat(pad))
 }
 
-/// Writes a file atomically: `write` fills a scratch file in `path`'s folder, which is flushed,
-/// made world-readable (0644 on Unix, like a normal file) and renamed over `path`.
+/// [`crate::fs::write_atomic_with`] through a buffered writer.
 fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".nanoclass-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::io(path, e))?;
-    {
-        let mut w = BufWriter::new(tmp.as_file());
-        write(&mut w).map_err(|e| Error::io(path, e))?;
-        w.flush().map_err(|e| Error::io(path, e))?;
-    }
-    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
-            .map_err(|e| Error::io(path, e))?;
-    }
-    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
-    Ok(())
+    crate::fs::write_atomic_with(path, |file| {
+        let mut w = BufWriter::new(&*file);
+        write(&mut w)?;
+        w.flush()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

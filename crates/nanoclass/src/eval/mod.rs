@@ -1,7 +1,9 @@
-//! Held-out evaluation and inference: top-1, per-class precision/recall/F1, the confusion
-//! matrix, the one file -> logits path shared by `eval` and `predict`, and the point errors of
-//! the regression task.
+//! Held-out evaluation: which images are scored ([`heldout`]), the scoring itself
+//! ([`evaluate`]: top-1, per-class precision/recall/F1, confusion matrix, loss; point errors),
+//! the metrics and their PNG ([`metrics`]), and the point convention of the regression task
+//! ([`regression`]).
 
+pub mod evaluate;
+pub mod heldout;
 pub mod metrics;
-pub mod predict;
 pub mod regression;

@@ -27,7 +27,7 @@ use image::{Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::Result;
-use crate::run::write_atomic;
+use crate::fs::write_atomic;
 
 /// Pixel point -> normalised point: `[2 x / width - 1, 2 y / height - 1]` (see the module
 /// documentation). `width`, `height` > 0, in pixels.
@@ -48,6 +48,12 @@ pub fn denormalise(point: [f32; 2], width: f32, height: f32) -> [f32; 2] {
 /// is `[row[2k], row[2k + 1]]`.
 pub fn output_points(row: &[f32]) -> Vec<[f32; 2]> {
     row.chunks_exact(2).map(|p| [p[0], p[1]]).collect()
+}
+
+/// True when a point of a `size x size` view lies inside it (`0 <= x, y <= size`).
+pub fn in_view(p: [f32; 2], size: u32) -> bool {
+    let s = size as f32;
+    (0.0..=s).contains(&p[0]) && (0.0..=s).contains(&p[1])
 }
 
 /// Euclidean distance between two points, in their units.

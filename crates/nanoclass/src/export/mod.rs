@@ -29,10 +29,10 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 
 use crate::data::labels::write_labels;
+use crate::infer::device::default_device;
 use crate::model::Net;
 use crate::model::weights::{HeadLoad, index_file, load_net};
 use crate::run::{Run, Task, files};
-use crate::train::default_device;
 use crate::{Error, Result};
 
 /// The export formats.
@@ -325,6 +325,8 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    // What a killed earlier run left half-written there.
+    crate::fs::clean_stale_temp_files(&dir);
     let meta = metadata(&run, opts.softmax);
     let input_size = run.config.eval_preset.crop;
     let tensors = match opts.format {
@@ -337,7 +339,7 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
                 &meta,
             )?;
             let count = model.graph.as_ref().map_or(0, |g| g.initializer.len());
-            crate::run::write_atomic(&path, &onnx::encode(&model))?;
+            crate::fs::write_atomic(&path, &onnx::encode(&model))?;
             count
         }
         ExportFormat::Pth => {

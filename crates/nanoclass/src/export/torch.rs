@@ -194,7 +194,7 @@ pub fn write_pth(path: &Path, tensors: &[StateTensor]) -> Result<()> {
         .map_err(zip_err)?;
     zip.write_all(b"3\n").map_err(io_err)?;
     let bytes = zip.finish().map_err(zip_err)?.into_inner();
-    crate::run::write_atomic(path, &bytes)
+    crate::fs::write_atomic(path, &bytes)
 }
 
 /// Pickle opcodes used (protocol 2, Python's `pickle.py` names).

@@ -9,6 +9,7 @@ pub mod efficientnet;
 pub mod point;
 pub mod registry;
 pub mod resnet;
+pub mod start;
 pub mod weights;
 
 use burn::module::Module;

@@ -455,5 +455,5 @@ pub fn save_net(net: &Net, path: &Path, metadata: &BTreeMap<String, String>) -> 
     }
     net.save_into(&mut store)
         .map_err(|e| werr(path, format!("could not save: {e}")))?;
-    crate::run::make_readable(path)
+    crate::fs::make_readable(path)
 }

@@ -1,7 +1,7 @@
 //! `nanoclass quantize RUN`: static post-training int8 quantization of a classification run for
 //! live use, kept only when it costs at most a set drop in held-out top-1.
 //!
-//! 1. The run's fp32 ONNX export (the one the ONNX Runtime engine serves, [`crate::engine`]).
+//! 1. The run's fp32 ONNX export (the one the ONNX Runtime engine serves, [`crate::infer::engine`]).
 //! 2. Calibration: up to `calibration` of the run's own training images (never held-out ones),
 //!    spread evenly over the sorted list, preprocessed with the run's eval preset
 //!    (`[N, 3, H, W]` f32 RGB, normalised).
@@ -24,21 +24,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use crate::data::decode::DecodeOptions;
 use crate::data::folder::Sample;
 use crate::data::loader::decode_batches;
-use crate::engine::EngineChoice;
-use crate::eval::predict::{EvalSplit, Predictor};
+use crate::eval::heldout::EvalSplit;
+use crate::fs::write_atomic;
+use crate::infer::engine::EngineChoice;
+use crate::infer::precision::{INT8_MODEL, Precision, QuantizeRecord, RECORD};
+use crate::infer::predictor::Predictor;
 use crate::model::registry::sha256_file;
-use crate::run::{Run, Task, write_atomic};
+use crate::run::{Run, Task};
 use crate::{Error, Result};
 
-/// The int8 model in a run directory.
-pub const INT8_MODEL: &str = "model.int8.onnx";
-/// The quantization record in a run directory.
-pub const RECORD: &str = "quantize.json";
 /// Batch-1 runs timed per model (after 5 warm-up runs).
 pub const LATENCY_RUNS: usize = 50;
 /// The quantizer: the Python module that does the work, and how it is set.
@@ -79,93 +76,6 @@ fn mean_kl(p: &[Vec<f32>], q: &[Vec<f32>]) -> f64 {
     total / p.len().max(1) as f64
 }
 
-/// Which model file the ONNX Runtime engine serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// int8 when `nanoclass quantize` kept one for the current model, else fp32.
-    #[default]
-    Auto,
-    /// Always fp32.
-    Fp32,
-    /// int8; an error when there is none for the current model.
-    Int8,
-}
-
-impl Precision {
-    /// `auto`, `fp32` or `int8`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Precision::Auto => "auto",
-            Precision::Fp32 => "fp32",
-            Precision::Int8 => "int8",
-        }
-    }
-
-    /// `$NANOCLASS_PRECISION` when set to a known name, else [`Precision::Auto`].
-    pub fn from_env() -> Precision {
-        std::env::var("NANOCLASS_PRECISION")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl std::fmt::Display for Precision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Precision::Auto),
-            "fp32" => Ok(Precision::Fp32),
-            "int8" => Ok(Precision::Int8),
-            _ => Err(format!("unknown precision {s:?}: auto, fp32 or int8")),
-        }
-    }
-}
-
-/// What `nanoclass quantize` measured and decided (`RUN/quantize.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QuantizeRecord {
-    /// SHA-256 of the `model.safetensors` quantized.
-    pub model_sha256: String,
-    /// Whether `model.int8.onnx` was kept.
-    pub kept: bool,
-    /// Held-out top-1 in `[0, 1]`, fp32 and int8.
-    pub fp32_top1: f64,
-    /// See `fp32_top1`.
-    pub int8_top1: f64,
-    /// `100 * (fp32_top1 - int8_top1)`, percentage points (negative: int8 is better).
-    pub drop_points: f64,
-    /// The largest drop that keeps the int8 model, in points.
-    pub max_drop_points: f64,
-    /// Held-out images scored, and where they came from.
-    pub heldout_images: usize,
-    /// See `heldout_images`.
-    pub heldout_from: String,
-    /// Training images used for calibration.
-    pub calibration_images: usize,
-    /// Median batch-1 model latency in ONNX Runtime, milliseconds.
-    pub fp32_ms: f64,
-    /// See `fp32_ms`.
-    pub int8_ms: f64,
-    /// `fp32_ms / int8_ms`.
-    pub speedup: f64,
-    /// The quantizer and its settings ([`QUANTIZER`]), with the onnxruntime version.
-    pub quantizer: String,
-    /// The calibration method chosen ([`CALIBRATION_METHODS`]).
-    pub calibration_method: String,
-    /// Its mean KL divergence from fp32's softmax on the calibration images.
-    pub fidelity_kl: f64,
-    /// Wall time of the whole command, seconds.
-    pub seconds: f64,
-}
-
 /// Settings of [`quantize`].
 #[derive(Debug, Clone)]
 pub struct QuantizeOptions {
@@ -187,15 +97,6 @@ impl Default for QuantizeOptions {
     }
 }
 
-/// The int8 model of `run` when `nanoclass quantize` kept one for its current model file.
-pub fn kept_int8(run: &Run) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(run.dir.join(RECORD)).ok()?;
-    let record: QuantizeRecord = serde_json::from_str(&text).ok()?;
-    let path = run.dir.join(INT8_MODEL);
-    (record.kept && path.is_file() && sha256_file(&run.model_path()).ok()? == record.model_sha256)
-        .then_some(path)
-}
-
 /// `n` items spread evenly over `v` (all of them when `n >= v.len()`).
 fn spread<T: Clone>(v: &[T], n: usize) -> Vec<T> {
     if n >= v.len() {
@@ -205,24 +106,23 @@ fn spread<T: Clone>(v: &[T], n: usize) -> Vec<T> {
 }
 
 /// Held-out top-1 (0 when no held-out image could be decoded).
-fn top1(p: &Predictor, samples: &[Sample]) -> f64 {
-    p.evaluate(samples, 32).0.top1.unwrap_or(0.0)
+fn top1(p: &Predictor, samples: &[Sample]) -> Result<f64> {
+    Ok(p.evaluate(samples, 32)?.0.top1.unwrap_or(0.0))
 }
 
 /// Median batch-1 latency of `p` on `pixels` (one preprocessed image), in milliseconds.
-fn latency_ms(p: &Predictor, pixels: &[f32]) -> f64 {
+fn latency_ms(p: &Predictor, pixels: &[f32]) -> Result<f64> {
     for _ in 0..5 {
-        p.logits(pixels.to_vec(), 1);
+        p.logits(pixels.to_vec(), 1)?;
     }
-    let mut t: Vec<f64> = (0..LATENCY_RUNS)
-        .map(|_| {
-            let s = Instant::now();
-            p.logits(pixels.to_vec(), 1);
-            s.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect();
+    let mut t = Vec::with_capacity(LATENCY_RUNS);
+    for _ in 0..LATENCY_RUNS {
+        let s = Instant::now();
+        p.logits(pixels.to_vec(), 1)?;
+        t.push(s.elapsed().as_secs_f64() * 1000.0);
+    }
     t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
+    Ok(t[t.len() / 2])
 }
 
 /// Quantizes the classification run in `run_dir` (see the module docs); `info` receives
@@ -324,7 +224,7 @@ pub fn quantize(
     ));
     // Each calibration method, scored by how closely the int8 model follows fp32 on the
     // calibration images themselves (no labels, no held-out image).
-    let reference = fp32.logits(pixels.clone(), n);
+    let reference = fp32.logits(pixels.clone(), n)?;
     let mut best: Option<(f64, &str, PathBuf)> = None;
     for method in CALIBRATION_METHODS {
         let out_path = tmp.path().join(format!("{method}.onnx"));
@@ -350,7 +250,7 @@ pub fn quantize(
             continue;
         }
         let q = Predictor::open_onnx(run_dir, &out_path)?;
-        let kl = mean_kl(&reference, &q.logits(pixels.clone(), n));
+        let kl = mean_kl(&reference, &q.logits(pixels.clone(), n)?);
         info(format!(
             "{method} calibration: mean KL(fp32 || int8) {kl:.5} on the calibration images"
         ));
@@ -366,11 +266,11 @@ pub fn quantize(
     })?;
     std::fs::rename(&chosen, &int8_tmp).map_err(|e| Error::io(&int8_tmp, e))?;
     let int8 = Predictor::open_onnx(run_dir, &int8_tmp)?;
-    let fp32_top1 = top1(&fp32, &heldout);
-    let int8_top1 = top1(&int8, &heldout);
+    let fp32_top1 = top1(&fp32, &heldout)?;
+    let int8_top1 = top1(&int8, &heldout)?;
     let one = &pixels[..3 * size * size];
-    let fp32_ms = latency_ms(&fp32, one);
-    let int8_ms = latency_ms(&int8, one);
+    let fp32_ms = latency_ms(&fp32, one)?;
+    let int8_ms = latency_ms(&int8, one)?;
     let drop_points = 100.0 * (fp32_top1 - int8_top1);
     let kept = drop_points <= opts.max_drop_points;
     let final_path = run_dir.join(INT8_MODEL);
@@ -413,13 +313,5 @@ mod tests {
         assert_eq!(spread(&v, 5), vec![0, 2, 4, 6, 8]);
         assert_eq!(spread(&v, 20), v);
         assert_eq!(spread(&v, 0), Vec::<usize>::new());
-    }
-
-    #[test]
-    fn precision_names_round_trip() {
-        for p in [Precision::Auto, Precision::Fp32, Precision::Int8] {
-            assert_eq!(p.name().parse::<Precision>(), Ok(p));
-        }
-        assert!("int4".parse::<Precision>().unwrap_err().contains("int4"));
     }
 }

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::data::presets::EvalPreset;
+use crate::fs::write_atomic;
 use crate::model::Arch;
 use crate::model::registry::sha256_file;
-use crate::run::write_atomic;
 use crate::{Error, Result};
 
 /// Default location: `$NANOCLASS_FEATURE_CACHE`, else `<XDG cache>/nanoclass/features`.

@@ -1,85 +1,20 @@
-//! Inference engines for forward-only work (`predict`, `eval`, `live`, the studio's live view).
+//! ONNX Runtime: finding and loading `libonnxruntime`, the cache of exported graphs, and one
+//! session per model ([`OrtModel`]).
 //!
-//! - **ONNX Runtime** ([`OrtModel`]): runs the model's own ONNX export (see
-//!   [`crate::export::onnx`]) through the `ort` crate. The library, `libonnxruntime`, is loaded at
-//!   run time from the user's machine ([`find_ort_library`]); nothing is downloaded or linked.
-//!   The export is written once per trained model into a cache keyed by the SHA-256 of the model
-//!   file and the exporter ([`onnx_cache_path`]), so a retrained model is never served stale.
-//! - **burn** (pure Rust, the training engine): always available.
-//!
-//! [`EngineChoice::Auto`] (the default) picks ONNX Runtime when its library loads and burn
-//! otherwise, saying so once per process. Both take the same input, `[N, 3, H, W]` f32 RGB
-//! normalised by the run's eval preset, and give the same outputs (within 1e-4, tested).
+//! The library is loaded at run time from the user's machine ([`find_ort_library`]); nothing is
+//! downloaded or linked. A model's ONNX export is written once into a cache keyed by the SHA-256
+//! of the model file and the exporter ([`onnx_cache_path`]), so a retrained model is never served
+//! stale. [`super::engine`] decides whether ONNX Runtime or burn runs a model.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{Error, Result};
 
 /// The environment variable naming `libonnxruntime` (the variable `ort` itself reads).
 pub const ORT_LIB_ENV: &str = "ORT_DYLIB_PATH";
-
-/// The environment variable that sets the default engine (`auto`, `ort` or `burn`).
-pub const ENGINE_ENV: &str = "NANOCLASS_ENGINE";
-
-/// Which engine runs forward-only work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EngineChoice {
-    /// ONNX Runtime when its library loads, else burn.
-    #[default]
-    Auto,
-    /// ONNX Runtime; an error when its library cannot be loaded.
-    Ort,
-    /// burn (pure Rust).
-    Burn,
-}
-
-impl EngineChoice {
-    /// `auto`, `ort` or `burn`.
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineChoice::Auto => "auto",
-            EngineChoice::Ort => "ort",
-            EngineChoice::Burn => "burn",
-        }
-    }
-
-    /// Parses `auto`, `ort` or `burn`.
-    pub fn parse(s: &str) -> Option<EngineChoice> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Some(EngineChoice::Auto),
-            "ort" | "onnxruntime" => Some(EngineChoice::Ort),
-            "burn" => Some(EngineChoice::Burn),
-            _ => None,
-        }
-    }
-
-    /// `$NANOCLASS_ENGINE` when set to a known name, else [`EngineChoice::Auto`].
-    pub fn from_env() -> EngineChoice {
-        std::env::var(ENGINE_ENV)
-            .ok()
-            .and_then(|v| EngineChoice::parse(&v))
-            .unwrap_or_default()
-    }
-}
-
-impl std::fmt::Display for EngineChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for EngineChoice {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        EngineChoice::parse(s).ok_or_else(|| format!("unknown engine {s:?}: auto, ort or burn"))
-    }
-}
 
 /// The optional config file: `<config dir>/nanoclass/config.json` (on Linux
 /// `~/.config/nanoclass/config.json`), whose key `onnxruntime` may name `libonnxruntime`.
@@ -197,47 +132,6 @@ pub fn ort_environment() -> std::result::Result<&'static ort::environment::Envir
     .map_err(Clone::clone)
 }
 
-/// Says once per process, on stderr, that ONNX Runtime is not available and burn runs instead.
-pub fn warn_fallback(reason: &str) {
-    static SAID: AtomicBool = AtomicBool::new(false);
-    if !SAID.swap(true, Ordering::Relaxed) {
-        eprintln!("nanoclass: ONNX Runtime not available ({reason}); running on burn");
-    }
-}
-
-/// The one rule for picking the forward-only engine: `open` builds the ONNX Runtime model.
-///
-/// - [`EngineChoice::Burn`]: `Ok(None)`, `open` is not called.
-/// - [`EngineChoice::Ort`]: ONNX Runtime must be available and `open` must succeed; either
-///   failure is the error.
-/// - [`EngineChoice::Auto`]: `Some` when both hold; otherwise the reason is said once
-///   ([`warn_fallback`]) and the answer is `Ok(None)`, burn.
-///
-/// # Errors
-/// Only with [`EngineChoice::Ort`], as above.
-pub fn resolve<T>(choice: EngineChoice, open: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
-    match choice {
-        EngineChoice::Burn => Ok(None),
-        EngineChoice::Ort => {
-            ort_environment().map_err(Error::Other)?;
-            open().map(Some)
-        }
-        EngineChoice::Auto => match ort_environment() {
-            Err(reason) => {
-                warn_fallback(&reason);
-                Ok(None)
-            }
-            Ok(_) => match open() {
-                Ok(m) => Ok(Some(m)),
-                Err(e) => {
-                    warn_fallback(&e.to_string());
-                    Ok(None)
-                }
-            },
-        },
-    }
-}
-
 /// The version of the ONNX graphs this build writes, part of the export cache key.
 const EXPORTER: &str = concat!("nanoclass-onnx-", env!("CARGO_PKG_VERSION"), "-opset17");
 
@@ -266,8 +160,52 @@ pub fn onnx_cache_path(root: &Path, model: &Path, extra: &str) -> Result<PathBuf
     Ok(root.join(format!("{}.onnx", hex::encode(h.finalize()))))
 }
 
+/// The most the export cache may hold, in bytes: `$NANOCLASS_ONNX_CACHE_MB` mebibytes, else
+/// 1 GiB (a ResNet-50 export is about 100 MB, EfficientNet-Lite0's about 19 MB). When a new
+/// export would take it past that, the least recently used exports are removed first.
+pub fn onnx_cache_limit() -> u64 {
+    std::env::var("NANOCLASS_ONNX_CACHE_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(1 << 30, |mb| mb << 20)
+}
+
+/// Removes the least recently used `.onnx` files of `root` (by modification time, which
+/// [`open_cached`] renews on every use) until the folder holds at most `limit` bytes; `keep` is
+/// never removed. Returns the bytes freed.
+pub fn prune_onnx_cache(root: &Path, limit: u64, keep: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return 0;
+    };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "onnx"))
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, m.len(), e.path()))
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    files.sort();
+    let mut freed = 0;
+    for (_, len, path) in files {
+        if total <= limit {
+            break;
+        }
+        if path == keep {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            freed += len;
+        }
+    }
+    freed
+}
+
 /// Opens in ONNX Runtime the export cached under the key of `source` (a model or weights
-/// file) and `extra` ([`onnx_cache_path`]), writing it first with `build` when missing.
+/// file) and `extra` ([`onnx_cache_path`]), writing it first with `build` when missing. The
+/// cache is kept under [`onnx_cache_limit`] ([`prune_onnx_cache`]).
 ///
 /// # Errors
 /// ONNX Runtime is not available; no cache folder; `source` cannot be read; `build` fails;
@@ -281,9 +219,17 @@ pub fn open_cached(
     let root = onnx_cache_dir()
         .ok_or_else(|| Error::Other("no cache folder for the ONNX export".into()))?;
     let path = onnx_cache_path(&root, source, extra)?;
-    if !path.is_file() {
+    if path.is_file() {
+        // Renews its place in the least-recently-used order; a read-only cache still works.
+        let _ = std::fs::File::options()
+            .append(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+    } else {
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-        crate::run::write_atomic(&path, &crate::export::onnx::encode(&build()?))?;
+        crate::fs::clean_stale_temp_files(&root);
+        crate::fs::write_atomic(&path, &crate::export::onnx::encode(&build()?))?;
+        prune_onnx_cache(&root, onnx_cache_limit(), &path);
     }
     OrtModel::open(&path)
 }
@@ -411,20 +357,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn engine_names_round_trip_and_unknown_ones_are_refused() {
-        for e in [EngineChoice::Auto, EngineChoice::Ort, EngineChoice::Burn] {
-            assert_eq!(EngineChoice::parse(e.name()), Some(e));
-            assert_eq!(e.to_string().parse::<EngineChoice>(), Ok(e));
-        }
-        assert_eq!(EngineChoice::parse(" ORT "), Some(EngineChoice::Ort));
-        let err = "tensorrt".parse::<EngineChoice>().unwrap_err();
-        assert!(
-            err.contains("tensorrt") && err.contains("auto, ort or burn"),
-            "{err}"
-        );
-    }
-
-    #[test]
     fn the_cache_key_follows_the_model_bytes_and_the_extra_key() {
         let tmp = tempfile::tempdir().unwrap();
         let m = tmp.path().join("model.safetensors");
@@ -441,25 +373,24 @@ mod tests {
     }
 
     #[test]
-    fn one_rule_picks_the_engine() {
-        let failing = || -> Result<u8> { Err(Error::Other("export failed".into())) };
-        // burn never opens ONNX Runtime
-        let r = resolve(EngineChoice::Burn, || -> Result<u8> { panic!("opened") });
-        assert!(matches!(r, Ok(None)));
-        // auto falls back, whatever failed (the library or the model)
-        assert!(matches!(resolve(EngineChoice::Auto, failing), Ok(None)));
-        // asked for by name, any failure is the error
-        assert!(resolve(EngineChoice::Ort, failing).is_err());
-        if ort_environment().is_ok() {
-            assert!(matches!(
-                resolve(EngineChoice::Auto, || Ok(7u8)),
-                Ok(Some(7))
-            ));
-            assert!(matches!(
-                resolve(EngineChoice::Ort, || Ok(7u8)),
-                Ok(Some(7))
-            ));
+    fn the_cache_is_pruned_least_recently_used_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t0 = std::time::SystemTime::now() - std::time::Duration::from_secs(1000);
+        let mut paths = vec![];
+        for (i, name) in ["a.onnx", "b.onnx", "c.onnx", "d.onnx"].iter().enumerate() {
+            let p = tmp.path().join(name);
+            std::fs::write(&p, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().append(true).open(&p).unwrap();
+            f.set_modified(t0 + std::time::Duration::from_secs(10 * i as u64))
+                .unwrap();
+            paths.push(p);
         }
+        std::fs::write(tmp.path().join("notes.txt"), vec![0u8; 1000]).unwrap();
+        // 400 bytes of exports, limit 250: the two oldest go, except the one being kept.
+        let freed = prune_onnx_cache(tmp.path(), 250, &paths[0]);
+        assert_eq!(freed, 200);
+        assert!(paths[0].exists() && !paths[1].exists() && !paths[2].exists());
+        assert!(paths[3].exists() && tmp.path().join("notes.txt").exists());
     }
 
     #[test]
