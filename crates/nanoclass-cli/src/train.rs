@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::engine::EngineChoice;
 use nanoclass::instant::HeadChoice;
 use nanoclass::model::Arch;
@@ -117,6 +118,10 @@ pub struct TrainArgs {
     /// on burn.
     #[arg(long, default_value_t = EngineChoice::from_env())]
     engine: EngineChoice,
+    /// Where burn trains: cpu, or a GPU (wgpu, cuda) in a build with that feature
+    /// (`$NANOCLASS_DEVICE` sets the default). With --resume it may differ from the first run's.
+    #[arg(long, default_value_t = DeviceChoice::from_env())]
+    device: DeviceChoice,
     /// Epochs (finetune: full-network epochs after the head epochs). Default: 30 frozen, 10
     /// full, 5 finetune.
     #[arg(long)]
@@ -248,6 +253,7 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
     opts.hyper = hyper;
     opts.force = a.force;
     opts.engine = a.engine;
+    opts.device = a.device;
     if a.no_feature_cache {
         opts.feature_cache = None;
     }
@@ -257,7 +263,12 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
 /// Runs `nanoclass train`.
 pub fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
     let mut opts = match &a.resume {
-        Some(dir) => resume_options(dir, a.epochs)?,
+        Some(dir) => {
+            let mut o = resume_options(dir, a.epochs)?;
+            o.device = a.device;
+            o.engine = a.engine;
+            o
+        }
         None => options(a)?,
     };
     let stop = Arc::new(AtomicBool::new(false));

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use nanoclass::eval::heldout::EvalSplit;
 use nanoclass::fs::write_atomic;
+use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::predictor::Predictor;
 use nanoclass::model::Arch;
 use nanoclass::run::{Task, files};
@@ -47,16 +48,18 @@ pub struct TrainRequest {
     pub weights: Option<String>,
     /// `frozen` (default), `full` or `finetune`.
     pub mode: Option<String>,
-    /// Epochs (default 30 frozen, 10 full, 5 finetune); 1..=1000.
+    /// Epochs (default 30 frozen, 10 full, 5 finetune); 1..=10000.
     pub epochs: Option<usize>,
     /// Head-only epochs before the full phase in `finetune` (default 10).
     pub head_epochs: Option<usize>,
-    /// Images per batch, 2..=512 (default 16).
+    /// Images per batch, 2..=4096 (default 16).
     pub batch_size: Option<usize>,
-    /// Learning rate, (0, 10] (default 1e-3).
+    /// Learning rate, a positive number (default 1e-3).
     pub lr: Option<f64>,
     /// Seed (default 0).
     pub seed: Option<u64>,
+    /// Where to train: `cpu` (default), or `wgpu` / `cuda` in a build with that GPU backend.
+    pub device: Option<String>,
 }
 
 /// Where a job is.
@@ -222,7 +225,19 @@ pub fn options(
     hyper
         .validate()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let device = match req.device.as_deref() {
+        None => DeviceChoice::from_env(),
+        Some(name) => DeviceChoice::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!("device {name:?}: expected cpu, wgpu or cuda"))
+        })?,
+    };
+    if !device.compiled() {
+        return Err(ApiError::bad_request(format!(
+            "this studio was built without the {device} backend: choose cpu"
+        )));
+    }
     let mut opts = TrainOptions::new(data, out);
+    opts.device = device;
     opts.task = kind.run_task();
     opts.arch = arch;
     opts.weights = req

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::labels::{read_labels, write_labels};
 use crate::data::presets::{EvalPreset, TrainPreset};
 use crate::fs::write_atomic;
+use crate::infer::device::DeviceChoice;
 use crate::model::Arch;
 use crate::train::hyper::Hyperparams;
 use crate::{Error, Result};
@@ -127,6 +128,9 @@ pub struct RunConfig {
     pub hyper: Hyperparams,
     /// The held-out split.
     pub split: SplitRecord,
+    /// Where burn trained it.
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 /// Per-epoch metrics, one line of `metrics.jsonl`.
@@ -332,6 +336,7 @@ pub(crate) mod tests {
             },
             hyper: Hyperparams::default(),
             split: SplitRecord::NoValidation,
+            device: DeviceChoice::Cpu,
         };
         Run::create(&dir.join("run"), config).unwrap()
     }

@@ -102,6 +102,7 @@ fn train_run(root: &Path, arch: Arch, weights: &str, mode: Mode, epochs: usize) 
         feature_cache: None,
         stop: None,
         engine: nanoclass::infer::engine::EngineChoice::from_env(),
+        device: Default::default(),
     };
     train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training {arch}: {e}"));
     out
@@ -259,6 +260,7 @@ fn regression_case() -> &'static Case {
             feature_cache: None,
             stop: None,
             engine: nanoclass::infer::engine::EngineChoice::from_env(),
+            device: Default::default(),
         };
         train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training regression: {e}"));
         assert_eq!(Run::open(&dir).unwrap().config.task, Task::Regression);

@@ -310,6 +310,7 @@ fn a_run_of_one_task_is_refused_by_the_other() {
             ..nanoclass::train::Hyperparams::for_mode(nanoclass::train::Mode::Full)
         },
         split: nanoclass::run::SplitRecord::NoValidation,
+        device: Default::default(),
     };
     let run = Run::create(&run_dir, config).unwrap();
     // A regression model file: resnet18 with 2 outputs for the one category.

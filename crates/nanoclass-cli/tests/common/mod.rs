@@ -1,5 +1,8 @@
 //! Helpers shared by the binary's end-to-end tests.
 
+// Each test crate uses only some of these helpers.
+#![allow(dead_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

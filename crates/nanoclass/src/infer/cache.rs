@@ -57,6 +57,8 @@ impl FeatureCache {
         h.update((dim as u64).to_le_bytes());
         let dir = root.join(hex::encode(h.finalize()));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // Entries a killed run was writing.
+        crate::fs::clean_stale_temp_files(&dir);
         Ok(FeatureCache { dir, dim })
     }
 

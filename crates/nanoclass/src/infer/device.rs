@@ -1,23 +1,119 @@
-//! The compute device of burn, and reading tensors back to the host.
+//! The compute device of burn, chosen at run time ([`DeviceChoice`]), and reading tensors back
+//! to the host.
+//!
+//! Every build has the CPU (burn's Flex backend). A build with the `wgpu` feature can also run
+//! on a GPU through wgpu (Vulkan, Metal or DirectX 12), and one with `cuda` through CUDA; one
+//! binary then trains on `cpu` or on the GPU, as `--device` (or `$NANOCLASS_DEVICE`) says. The
+//! CPU is the default everywhere.
 
 use burn::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// The compute device: Flex (CPU) by default, CUDA or wgpu when built with those features.
+/// The environment variable naming the default device (`cpu`, `wgpu` or `cuda`).
+pub const DEVICE_ENV: &str = "NANOCLASS_DEVICE";
+
+/// Where burn runs: training steps, and forward passes that do not run on ONNX Runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeviceChoice {
+    /// burn's Flex backend on the CPU (every build).
+    #[default]
+    Cpu,
+    /// A GPU through wgpu (builds with the `wgpu` feature).
+    Wgpu,
+    /// An NVIDIA GPU through CUDA (builds with the `cuda` feature).
+    Cuda,
+}
+
+impl DeviceChoice {
+    /// `cpu`, `wgpu` or `cuda`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceChoice::Cpu => "cpu",
+            DeviceChoice::Wgpu => "wgpu",
+            DeviceChoice::Cuda => "cuda",
+        }
+    }
+
+    /// Parses `cpu`, `wgpu` (or `gpu`, `vulkan`) or `cuda`, in any case.
+    pub fn parse(s: &str) -> Option<DeviceChoice> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" | "flex" => Some(DeviceChoice::Cpu),
+            "wgpu" | "gpu" | "vulkan" => Some(DeviceChoice::Wgpu),
+            "cuda" => Some(DeviceChoice::Cuda),
+            _ => None,
+        }
+    }
+
+    /// `$NANOCLASS_DEVICE` when set to a known name, else [`DeviceChoice::Cpu`].
+    pub fn from_env() -> DeviceChoice {
+        std::env::var(DEVICE_ENV)
+            .ok()
+            .and_then(|v| DeviceChoice::parse(&v))
+            .unwrap_or_default()
+    }
+
+    /// Whether this build can run on it.
+    pub fn compiled(self) -> bool {
+        match self {
+            DeviceChoice::Cpu => true,
+            DeviceChoice::Wgpu => cfg!(feature = "wgpu"),
+            DeviceChoice::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// Whether it is a GPU.
+    pub fn is_gpu(self) -> bool {
+        self != DeviceChoice::Cpu
+    }
+
+    /// The burn device. A GPU is acquired here, so a machine without one fails now, with the
+    /// reason, rather than at the first tensor.
+    ///
+    /// # Errors
+    /// [`Error::Other`] when this build lacks the backend (with the feature to build with), or
+    /// no GPU adapter could be acquired.
+    pub fn device(self) -> Result<Device> {
+        if !self.compiled() {
+            return Err(Error::Other(format!(
+                "this build of nanoclass has no {0} backend: build it with `cargo build \
+                 --release -p nanoclass-cli --features {0}`",
+                self.name()
+            )));
+        }
+        match self {
+            DeviceChoice::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "wgpu")]
+            DeviceChoice::Wgpu => Device::wgpu_options()
+                .init()
+                .map_err(|e| Error::Other(format!("no GPU through wgpu: {e}"))),
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda => Ok(Device::cuda(0)),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("checked by compiled()"),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        DeviceChoice::parse(s).ok_or_else(|| format!("unknown device {s:?}: cpu, wgpu or cuda"))
+    }
+}
+
+/// The device of forward-only work and of everything that does not choose one: burn's Flex
+/// backend on the CPU.
 pub fn default_device() -> Device {
-    #[cfg(feature = "cuda")]
-    {
-        Device::cuda(0)
-    }
-    #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
-    {
-        Device::wgpu(Default::default())
-    }
-    #[cfg(not(any(feature = "cuda", feature = "wgpu")))]
-    {
-        Device::flex()
-    }
+    Device::flex()
 }
 
 /// A tensor's values on the host, as f32 in row-major order.
@@ -51,4 +147,22 @@ pub fn read_scalar(t: Tensor<1>) -> Result<f64> {
         .first()
         .map(|v| f64::from(*v))
         .ok_or_else(|| Error::Other("reading a scalar: the tensor is empty".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_round_trip_and_a_missing_backend_names_its_feature() {
+        for d in [DeviceChoice::Cpu, DeviceChoice::Wgpu, DeviceChoice::Cuda] {
+            assert_eq!(d.name().parse::<DeviceChoice>(), Ok(d));
+        }
+        assert!(DeviceChoice::Cpu.device().is_ok());
+        if !cfg!(feature = "cuda") {
+            let err = DeviceChoice::Cuda.device().unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+        assert!("tpu".parse::<DeviceChoice>().unwrap_err().contains("tpu"));
+    }
 }

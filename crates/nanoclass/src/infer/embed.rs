@@ -19,6 +19,9 @@ use crate::model::start::initial_net;
 use crate::model::{Arch, Net};
 use crate::{Error, Result};
 
+/// Per file: its feature row, or None when it was skipped.
+pub type FileRows = Vec<Option<Vec<f32>>>;
+
 /// Where [`extract_features`] gets its engine: one already open, or a way to open one, called
 /// only when some file is not in the cache.
 pub enum EngineSource<'a> {
@@ -43,8 +46,8 @@ pub fn extract_features(
     batch_size: usize,
     cache: Option<&FeatureCache>,
     mut progress: impl FnMut(usize, usize),
-) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>, usize)> {
-    let mut out: Vec<Option<Vec<f32>>> = vec![None; paths.len()];
+) -> Result<(FileRows, Vec<Skipped>, usize)> {
+    let mut out: FileRows = vec![None; paths.len()];
     let keys: Vec<Option<String>> = match cache {
         Some(_) => paths
             .par_iter()
@@ -228,7 +231,7 @@ impl Embedder {
     ///
     /// # Errors
     /// The engine fails.
-    pub fn files(&self, paths: &[PathBuf]) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
+    pub fn files(&self, paths: &[PathBuf]) -> Result<(FileRows, Vec<Skipped>)> {
         let (f, skipped, _) = extract_features(
             EngineSource::Ready(&self.engine),
             paths,

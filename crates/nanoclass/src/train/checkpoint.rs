@@ -171,7 +171,7 @@ fn write_epoch(run: &Run, c: &EpochCommit<'_>, tmp: &Path) -> Result<()> {
     let mut lines = match std::fs::read_to_string(run.dir.join(files::METRICS)) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::io(&run.dir.join(files::METRICS), e)),
+        Err(e) => return Err(Error::io(run.dir.join(files::METRICS), e)),
     };
     // Only the lines of earlier epochs: a line of this epoch or a later one belongs to an
     // attempt that was not committed.

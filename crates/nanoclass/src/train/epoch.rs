@@ -170,6 +170,9 @@ fn head_is_finite(net: &Net) -> Result<bool> {
     })
 }
 
+/// The forward pass of one batch: its loss, its score and its image count.
+pub(crate) type Forward<'f, M, B> = &'f mut dyn FnMut(&M, B) -> Result<(Tensor<1>, f64, usize)>;
+
 /// The learning-rate policy of one optimizer step: the whole model at the step's rate, or
 /// (finetune's full phase) the head at the rate and the backbone at a fraction of it.
 pub(crate) type ApplyStep<'f, M> = &'f mut dyn FnMut(M, &mut ModuleOptimizer, Gradients, f64) -> M;
@@ -189,7 +192,7 @@ pub(crate) fn gradient_epoch<M, B>(
     optim: &mut ModuleOptimizer,
     batches: impl Iterator<Item = B>,
     count: usize,
-    forward: &mut dyn FnMut(&M, B) -> Result<(Tensor<1>, f64, usize)>,
+    forward: Forward<'_, M, B>,
     apply: ApplyStep<'_, M>,
 ) -> Result<(M, EpochStats)> {
     let mut stats = EpochStats::new(ctx.task(), lr.at(e, 0));

@@ -44,7 +44,7 @@ use crate::data::loader::{Skipped, decode_samples};
 use crate::data::presets::{presets, regression_presets};
 use crate::fs::clean_stale_temp_files;
 use crate::infer::cache;
-use crate::infer::device::default_device;
+use crate::infer::device::DeviceChoice;
 use crate::infer::engine::EngineChoice;
 use crate::instant::PretrainedHead;
 use crate::model::Arch;
@@ -96,6 +96,8 @@ pub struct TrainOptions {
     /// Engine of forward-only work (the backbone's features in the frozen, finetune and instant
     /// modes).
     pub engine: EngineChoice,
+    /// Where burn trains: the CPU or a GPU ([`DeviceChoice`]).
+    pub device: DeviceChoice,
 }
 
 impl TrainOptions {
@@ -116,6 +118,7 @@ impl TrainOptions {
             feature_cache: cache::default_dir(),
             stop: None,
             engine: EngineChoice::from_env(),
+            device: DeviceChoice::from_env(),
         }
     }
 
@@ -231,6 +234,7 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
         feature_cache: cache::default_dir(),
         stop: None,
         engine: EngineChoice::from_env(),
+        device: DeviceChoice::from_env(),
     })
 }
 
@@ -312,8 +316,14 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let h = &opts.hyper;
     let data = prepare_data(opts, on_event)?;
     let n_classes = data.labels.len();
-    let device = default_device();
+    let device = opts.device.device()?;
     let ad = device.clone().autodiff();
+    if opts.device.is_gpu() {
+        on_event(Event::Info(format!(
+            "training on the GPU ({}); the first run on a machine compiles its kernels, once",
+            opts.device
+        )));
+    }
     // The fresh head's initial weights come from the backend's generator.
     device.seed(h.seed);
     ad.seed(h.seed);
@@ -392,6 +402,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         },
         hyper,
         split: data.split.clone(),
+        device: opts.device,
     };
     let done = resumed.as_ref().map_or(0, |r| r.state.epoch);
     let planned = h.planned_epochs();

@@ -68,10 +68,20 @@ pub(crate) fn feature_rows(
         _ => None,
     };
     let device = ctx.device.clone();
+    // On a GPU run the backbone runs on the GPU through burn unless ONNX Runtime was asked for
+    // by name or this build has its GPU providers: its CPU path would be the slow one.
+    let on_gpu =
+        opts.device.is_gpu() && opts.engine == EngineChoice::Auto && !cfg!(feature = "ort-gpu");
+    if on_gpu {
+        ctx.event(Event::Info(format!(
+            "backbone features on the GPU through burn ({})",
+            opts.device
+        )));
+    }
     let open = move || -> Result<Engine> {
         match pretrained {
-            Some(w) => backbone_engine(opts.engine, net, opts.arch, w, size),
-            None => Ok(Engine::on_burn(net.clone(), Graph::Features, &device, size)),
+            Some(w) if !on_gpu => backbone_engine(opts.engine, net, opts.arch, w, size),
+            _ => Ok(Engine::on_burn(net.clone(), Graph::Features, &device, size)),
         }
     };
     // Asked for by name, ONNX Runtime is opened before any work, so a failure ends training

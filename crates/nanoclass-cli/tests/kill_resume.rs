@@ -1,0 +1,189 @@
+//! A run killed (SIGKILL) at random moments, over and over, then continued with `--resume`,
+//! ends with the same `metrics.jsonl` as a run that was never interrupted: the kills fall in
+//! feature extraction, in epochs and in checkpoint writes alike.
+//!
+//! `NANOCLASS_KILLS` sets how many kills (default 6; the acceptance run uses 30 or more).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{bin, shared_data};
+
+/// An ImageFolder with `n` training and 3 held-out hymenoptera photos per class.
+fn dataset(root: &Path, n: usize) -> PathBuf {
+    let src = shared_data().join("hymenoptera");
+    let data = root.join("data");
+    for (split, count) in [("train", n), ("val", 3)] {
+        for class in ["ants", "bees"] {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(src.join(split).join(class))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            files.sort();
+            let dir = data.join(split).join(class);
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in files.iter().take(count) {
+                std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    data
+}
+
+/// `train` in finetune mode: feature extraction, head epochs on cached features, then full
+/// epochs with checkpoints of the whole network.
+fn train(data: &Path, out: &Path, features: &Path) -> Command {
+    let mut c = bin();
+    c.args(["train"])
+        .arg(data)
+        .args([
+            "--mode",
+            "finetune",
+            "--head-epochs",
+            "3",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--seed",
+            "5",
+            "--out",
+        ])
+        .arg(out)
+        .env("NANOCLASS_FEATURE_CACHE", features)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn resume(out: &Path, features: &Path) -> Command {
+    let mut c = bin();
+    c.args(["train", "--resume"])
+        .arg(out)
+        .env("NANOCLASS_FEATURE_CACHE", features)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// The metrics lines without their wall times, which differ between any two runs.
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+/// A deterministic stream of numbers in [0, 1).
+fn uniform(state: &mut u64) -> f64 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[test]
+fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
+    let kills: usize = std::env::var("NANOCLASS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 8);
+
+    // The reference, never interrupted, with its own empty feature cache.
+    let reference = tmp.path().join("reference");
+    let t0 = Instant::now();
+    let status = train(&data, &reference, &tmp.path().join("features-a"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "uninterrupted run failed");
+    let whole = t0.elapsed();
+    let want = metrics(&reference);
+    assert_eq!(want.len(), 5, "3 head epochs and 2 full epochs");
+
+    // The same run, killed `kills` times at random moments within the uninterrupted run's
+    // length (the first attempt starts it, later ones resume it), with a cache of its own.
+    let run = tmp.path().join("killed");
+    let features = tmp.path().join("features-b");
+    let mut rng = 0x5eed_u64;
+    let mut completed_early = 0;
+    for k in 0..kills {
+        let started = run.join("config.json").exists();
+        let mut cmd = if started {
+            resume(&run, &features)
+        } else {
+            train(&data, &run, &features)
+        };
+        let mut child = cmd.spawn().unwrap();
+        let wait = whole.mul_f64(uniform(&mut rng));
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // It finished (or refused: every epoch already done) before the kill.
+                completed_early += 1;
+                assert!(
+                    status.success() || run.join("metrics.jsonl").exists(),
+                    "attempt {k} failed on its own"
+                );
+                break;
+            }
+            if Instant::now() >= deadline {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if metrics_complete(&run) {
+            break;
+        }
+    }
+    // Then resume until it is done.
+    for _ in 0..3 {
+        if metrics_complete(&run) {
+            break;
+        }
+        let status = if run.join("config.json").exists() {
+            resume(&run, &features).status().unwrap()
+        } else {
+            train(&data, &run, &features).status().unwrap()
+        };
+        assert!(status.success(), "the final resume failed");
+    }
+    assert_eq!(
+        metrics(&run),
+        want,
+        "{completed_early} attempts ended before their kill"
+    );
+    // Nothing half-written is left behind in the run, its checkpoint or the caches.
+    let mut dirs = vec![run.clone(), run.join("checkpoint")];
+    for e in std::fs::read_dir(&features).unwrap() {
+        dirs.push(e.unwrap().path());
+    }
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.starts_with(".nanoclass-tmp-"),
+                "{}/{name} left",
+                dir.display()
+            );
+        }
+    }
+}
+
+fn metrics_complete(run: &Path) -> bool {
+    run.join("metrics.jsonl").exists() && metrics(run).len() == 5
+}
