@@ -208,10 +208,11 @@ pub fn with_json_errors(router: axum::Router, max_upload: usize) -> axum::Router
         }))
 }
 
-/// Middleware ([`with_json_errors`]): every error response (4xx, 5xx) that is not already JSON becomes
-/// `{"error": "..."}` through [`ApiError`] (so it is clipped, and a 5xx is logged): 405 names
-/// the method and the allowed ones, 413 the upload limit (`max_upload` bytes), others keep the
-/// text axum wrote (or the status's reason when there is none).
+/// Middleware ([`with_json_errors`]): every error response (4xx, 5xx) that is not already
+/// JSON becomes `{"error": "..."}` through [`ApiError`] (so it is clipped, and a 5xx is
+/// logged), keeping the other headers: 405 names the method and the allowed ones, 413 the
+/// upload limit (`max_upload` bytes), others keep the text axum wrote (or the status's reason
+/// when there is none).
 pub async fn json_errors(max_upload: usize, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -221,7 +222,7 @@ pub async fn json_errors(max_upload: usize, req: Request, next: Next) -> Respons
         return resp;
     }
     let (parts, body) = resp.into_parts();
-    let allow = parts.headers.get(header::ALLOW).cloned();
+    let allow = parts.headers.get(header::ALLOW);
     let text = if method == Method::HEAD {
         String::new()
     } else {
@@ -249,8 +250,11 @@ pub async fn json_errors(max_upload: usize, req: Request, next: Next) -> Respons
         ),
     };
     let mut out = err.into_response();
-    if let Some(allow) = allow {
-        out.headers_mut().insert(header::ALLOW, allow);
+    // The original headers (Allow, the framing ban, ...) but those of the replaced body.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().append(name, value.clone());
+        }
     }
     out
 }

@@ -2218,6 +2218,7 @@ async fn every_error_answer_is_json_with_an_error_field() {
                     }
                     let label = format!("{method} {uri} ({what})");
                     assert_json_error(&r, &label);
+                    assert_eq!(r.headers[header::X_FRAME_OPTIONS], "DENY", "{label}");
                     assert!(
                         !r.status.is_server_error(),
                         "{label}: {} {}",
