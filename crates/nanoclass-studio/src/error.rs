@@ -77,7 +77,7 @@ impl ApiError {
     /// 413: a request body over the upload limit of `limit` bytes.
     pub fn too_large(limit: usize) -> Self {
         const MIB: usize = 1024 * 1024;
-        let shown = if limit % MIB == 0 {
+        let shown = if limit.is_multiple_of(MIB) {
             format!("{} MiB", limit / MIB)
         } else {
             format!("{limit} bytes")

@@ -175,7 +175,7 @@ impl Guard {
                 && header_str(h, "sec-fetch-dest").is_none_or(|d| d == "document");
             if !navigation {
                 return Err(ApiError::forbidden(format!(
-                    "refused a {method} request from another web site (Sec-Fetch-Site: {site}): \
+                    "refused a {method} request from another web site (Sec-Fetch-Site {site:?}): \
                      the studio answers only its own page and clients that are not browsers \
                      (curl, scripts)"
                 )));
