@@ -17,7 +17,8 @@ pub struct StudioArgs {
     /// `file:///folder?fps=10` (images, looping) or a video file. Can also be chosen on the page.
     #[arg(long, value_name = "URI")]
     source: Option<String>,
-    /// Address to listen on. Anything but a loopback address requires an access token.
+    /// Address to listen on. Anything but a loopback address requires an access token; the
+    /// studio then answers at any name or address the browser uses (the token guards it).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// Port to listen on (0: any free port).
@@ -27,6 +28,12 @@ pub struct StudioArgs {
     /// otherwise, printed in the URL).
     #[arg(long)]
     token: Option<String>,
+    /// Without a token the studio answers only at localhost and loopback addresses, so that
+    /// other web sites cannot reach it by DNS rebinding: this allows one more name (or address,
+    /// with an optional :port) that reaches it, such as a reverse proxy's or one in /etc/hosts.
+    /// Repeatable.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    allowed_host: Vec<String>,
     /// Largest upload or frame accepted, in MiB (larger requests get 413).
     #[arg(long, default_value_t = 25)]
     max_upload_mb: usize,
@@ -55,6 +62,7 @@ pub fn run(a: StudioArgs) -> Result<ExitCode> {
     let mut config = nanoclass_studio::StudioConfig::new(a.data);
     config.source = a.source;
     config.token = a.token;
+    config.allowed_hosts = a.allowed_host;
     config.max_upload_bytes = a.max_upload_mb.saturating_mul(1024 * 1024);
     config.instant_weights = (!a.no_instant).then_some(a.instant_weights);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -9,6 +9,9 @@
 //!   [`nanoclass::live::Live`] ([`live`]); the device camera is shared by every page
 //!   ([`source`]).
 //! - Bound to a non-loopback address the server requires an access token ([`auth`]).
+//! - Other web sites cannot drive it: the `Host` and cross-origin checks of [`guard`].
+//! - Every error answer is `{"error": "..."}` ([`error`]; the handlers' extractors in
+//!   [`extract`] word axum's rejections for the page).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,10 +22,12 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, patch, post, put};
 
 pub mod api;
 pub mod error;
+pub mod extract;
+pub mod guard;
 pub mod instant;
 pub mod live;
 pub mod source;
@@ -47,6 +52,11 @@ pub struct StudioConfig {
     pub source: Option<String>,
     /// Access token required on every request; None: no check.
     pub token: Option<String>,
+    /// Host names (or addresses), each optionally with `:port`, that requests may be sent to
+    /// besides `localhost` and the loopback addresses when there is no token (a reverse
+    /// proxy's name, a name in /etc/hosts); also accepted as the `Origin` of changes. See
+    /// [`guard`].
+    pub allowed_hosts: Vec<String>,
     /// Largest request body (uploads, frames), in bytes; larger ones get 413.
     pub max_upload_bytes: usize,
     /// Frozen-feature cache for training (None: not cached).
@@ -64,6 +74,7 @@ impl StudioConfig {
             data: data.into(),
             source: None,
             token: None,
+            allowed_hosts: Vec::new(),
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             feature_cache: nanoclass::infer::cache::default_dir(),
             instant_weights: Some(instant::ARCH.name().to_string()),
@@ -81,6 +92,7 @@ pub struct AppState {
 struct Inner {
     store: Store,
     token: Option<String>,
+    guard: guard::Guard,
     max_upload: usize,
     feature_cache: Option<PathBuf>,
     source: Arc<SourceHub>,
@@ -93,9 +105,10 @@ impl AppState {
     /// Opens the data folder and the device source.
     ///
     /// # Errors
-    /// The data folder cannot be created, or the source cannot be opened (the camera's message:
-    /// device missing, not a capture device, ...).
+    /// The data folder cannot be created, the source cannot be opened (the camera's message:
+    /// device missing, not a capture device, ...), or an allowed host is not a host name.
     pub fn new(config: StudioConfig) -> Result<AppState, String> {
+        let guard = guard::Guard::new(config.token.is_some(), &config.allowed_hosts)?;
         let store = Store::open(&config.data)
             .map_err(|e| format!("data folder {}: {e}", config.data.display()))?;
         let instant = config
@@ -110,6 +123,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 token: config.token,
+                guard,
                 max_upload: config.max_upload_bytes,
                 feature_cache: config.feature_cache,
                 source,
@@ -141,73 +155,96 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// The studio's router: the page (`/`, `/app.js`, `/style.css`) and the JSON API under `/api`.
-pub fn app(state: AppState) -> Router {
+/// Every route: its path (axum's syntax: `{task}` is a parameter) and its handlers.
+fn routes() -> Vec<(String, MethodRouter<AppState>)> {
     use api::*;
-    let limit = state.inner.max_upload;
     let task = "/api/tasks/{task}";
     let cat = "/api/tasks/{task}/categories/{category}";
     let img = "/api/tasks/{task}/categories/{category}/images/{image}";
     let run = "/api/tasks/{task}/runs/{run}";
-    Router::new()
-        .route(
-            "/",
+    vec![
+        (
+            "/".into(),
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-        )
-        .route(
-            "/app.js",
+        ),
+        (
+            "/app.js".into(),
             get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/style.css",
+        ),
+        (
+            "/style.css".into(),
             get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
-        )
-        .route("/api/info", get(info))
-        .route("/api/tasks", get(list_tasks).post(create_task))
-        .route(task, get(get_task).delete(delete_task))
-        .route(&format!("{task}/categories"), post(add_category))
-        .route(
-            cat,
-            axum::routing::patch(rename_category).delete(delete_category),
-        )
-        .route(
-            &format!("{cat}/images"),
+        ),
+        ("/api/info".into(), get(info)),
+        ("/api/tasks".into(), get(list_tasks).post(create_task)),
+        (task.into(), get(get_task).delete(delete_task)),
+        (format!("{task}/categories"), post(add_category)),
+        (cat.into(), patch(rename_category).delete(delete_category)),
+        (
+            format!("{cat}/images"),
             get(list_images).post(upload_images),
-        )
-        .route(img, get(get_image).delete(delete_image))
-        .route(&format!("{img}/thumb"), get(get_thumb))
-        .route(&format!("{img}/point"), axum::routing::put(move_point))
-        .route(&format!("{cat}/points"), post(save_point))
-        .route(&format!("{cat}/capture"), post(capture))
-        .route(&format!("{cat}/import"), post(import_folder))
-        .route(
-            &format!("{task}/train"),
+        ),
+        (img.into(), get(get_image).delete(delete_image)),
+        (format!("{img}/thumb"), get(get_thumb)),
+        (format!("{img}/point"), put(move_point)),
+        (format!("{cat}/points"), post(save_point)),
+        (format!("{cat}/capture"), post(capture)),
+        (format!("{cat}/import"), post(import_folder)),
+        (
+            format!("{task}/train"),
             get(training_status).post(start_training),
-        )
-        .route(&format!("{task}/train/stop"), post(stop_training))
-        .route(&format!("{task}/train/events"), get(training_events))
-        .route(&format!("{task}/runs"), get(list_runs))
-        .route(run, get(get_run))
-        .route(&format!("{run}/predict"), post(predict))
-        .route(&format!("{run}/live"), get(live_stream))
-        .route(&format!("{task}/instant"), get(instant_status))
-        .route(&format!("{task}/instant/predict"), post(instant_predict))
-        .route(&format!("{task}/instant/live"), get(instant_live))
-        .route(&format!("{task}/instant/uncertain"), get(instant_uncertain))
-        .route(&format!("{task}/instant/frames/{{id}}"), get(instant_frame))
-        .route(
-            &format!("{task}/instant/frames/{{id}}/file"),
+        ),
+        (format!("{task}/train/stop"), post(stop_training)),
+        (format!("{task}/train/events"), get(training_events)),
+        (format!("{task}/runs"), get(list_runs)),
+        (run.into(), get(get_run)),
+        (format!("{run}/predict"), post(predict)),
+        (format!("{run}/live"), get(live_stream)),
+        (format!("{task}/instant"), get(instant_status)),
+        (format!("{task}/instant/predict"), post(instant_predict)),
+        (format!("{task}/instant/live"), get(instant_live)),
+        (format!("{task}/instant/uncertain"), get(instant_uncertain)),
+        (format!("{task}/instant/frames/{{id}}"), get(instant_frame)),
+        (
+            format!("{task}/instant/frames/{{id}}/file"),
             post(instant_file_frame),
-        )
-        .route("/api/source", get(source_status).put(set_source))
-        .route("/api/source/frame", get(source_frame))
-        .route("/api/source/stream", get(source_stream))
-        .fallback(|| async {
-            error::ApiError::not_found("no such page or API endpoint").into_response()
+        ),
+        ("/api/source".into(), get(source_status).put(set_source)),
+        ("/api/source/frame".into(), get(source_frame)),
+        ("/api/source/stream".into(), get(source_stream)),
+    ]
+}
+
+/// The path of every route [`app`] serves, in axum's syntax (`/api/tasks/{task}`, ...): for
+/// tests that walk them all, so that a new route is not left out.
+pub fn route_paths() -> Vec<String> {
+    routes().into_iter().map(|(path, _)| path).collect()
+}
+
+/// The studio's router: the page (`/`, `/app.js`, `/style.css`) and the JSON API under `/api`.
+///
+/// Layers, outermost first: every error answer made JSON ([`error::json_errors`]), the
+/// `Host` and cross-origin checks ([`guard::guard`]), the access token ([`auth`]), the body
+/// limit.
+pub fn app(state: AppState) -> Router {
+    let limit = state.inner.max_upload;
+    let g = state.inner.guard.clone();
+    let router = routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, handlers)| {
+            r.route(&path, handlers)
+        })
+        .fallback(|uri: axum::http::Uri| async move {
+            error::ApiError::not_found(format!("no such page or API endpoint: {:?}", uri.path()))
+                .into_response()
         })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
-        .with_state(state)
+        .layer(middleware::from_fn(move |req, next| {
+            guard::guard(g.clone(), req, next)
+        }))
+        .with_state(state);
+    error::with_json_errors(router, limit)
 }
 
 /// Compares two strings in time that depends only on their lengths.
@@ -220,7 +257,8 @@ fn same_secret(a: &str, b: &str) -> bool {
 }
 
 /// Access control: with a token configured, a request must carry it as
-/// `Authorization: Bearer <token>`, as the `nanoclass_token` cookie, or as `?token=<token>`
+/// `Authorization: Bearer <token>` (the scheme in any case, as RFC 7235 has it), as the
+/// `nanoclass_token` cookie, or as `?token=<token>`
 /// (the URL the server prints; the answer then sets the cookie so the page's own requests,
 /// `<img>` streams and event streams carry it). Anything else gets 401.
 pub async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -231,8 +269,10 @@ pub async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Respo
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| same_secret(t.trim(), token));
+        .and_then(|v| v.trim().split_once(' '))
+        .is_some_and(|(scheme, t)| {
+            scheme.eq_ignore_ascii_case("bearer") && same_secret(t.trim(), token)
+        });
     let cookie = req
         .headers()
         .get_all(header::COOKIE)

@@ -41,6 +41,7 @@ fn config(dir: &Path) -> StudioConfig {
         data: dir.join("studio"),
         source: None,
         token: None,
+        allowed_hosts: Vec::new(),
         max_upload_bytes: nanoclass_studio::DEFAULT_MAX_UPLOAD_BYTES,
         feature_cache: None,
         instant_weights: None,
@@ -812,6 +813,19 @@ async fn a_token_guards_every_request() {
             .status,
         StatusCode::UNAUTHORIZED
     );
+    // The scheme is case-insensitive (RFC 7235); a different scheme is not a bearer token.
+    for ok in ["bearer s3cret", "BEARER  s3cret", "BeArEr s3cret "] {
+        assert_eq!(
+            send(&app, req(("authorization", ok))).await.status,
+            StatusCode::OK,
+            "{ok}"
+        );
+    }
+    for bad in ["Basic s3cret", "s3cret", "bearers3cret", "bearer"] {
+        let r = send(&app, req(("authorization", bad))).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert!(r.error().contains("access token required"), "{bad}");
+    }
     assert_eq!(
         send(&app, req(("cookie", "nanoclass_token=nope")))
             .await
@@ -1613,4 +1627,631 @@ async fn a_regression_task_trains_points_and_its_model_runs_only_there() {
     );
     let r = call(&app, "GET", "/api/tasks/cls/runs/1/live", None).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
+}
+
+/// A request with `headers` and a body.
+async fn request(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Resp {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    send(app, b.body(Body::from(body)).unwrap()).await
+}
+
+/// Asserts that an error answer is `application/json` with a non-empty `error` string.
+fn assert_json_error(r: &Resp, what: &str) {
+    let ct = r
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: {} answered {ct:?}: {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    let v: Value = serde_json::from_slice(&r.body).unwrap_or_else(|e| {
+        panic!(
+            "{what}: {} body is not JSON ({e}): {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        )
+    });
+    assert!(
+        v["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{what}: {} has no error string: {v}",
+        r.status
+    );
+}
+
+#[tokio::test]
+async fn other_sites_cannot_drive_a_tokenless_studio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.allowed_hosts = vec!["studio.lan".into()];
+    let app = router(cfg);
+    task_with(&app, "t", &["c"]).await;
+    let dir = tmp.path().join("studio/t/data/c");
+    let png = tiny_png();
+    let own = "127.0.0.1:8080";
+
+    // DNS rebinding: another site's name in Host is refused, reads and writes alike.
+    let r = request(
+        &app,
+        "GET",
+        "/api/tasks",
+        &[("host", "evil.example:8080")],
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_json_error(&r, "foreign Host");
+    assert!(
+        r.error().contains("\"evil.example:8080\"") && r.error().contains("--allowed-host"),
+        "{}",
+        r.error()
+    );
+    let r = request(
+        &app,
+        "GET",
+        "/",
+        &[("host", "localhost.evil.example")],
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = request(
+        &app,
+        "POST",
+        "/api/tasks",
+        &[
+            ("host", "evil.example"),
+            ("content-type", "application/json"),
+        ],
+        br#"{"name": "planted"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(!tmp.path().join("studio/planted").exists());
+    // The loopback names (any port: a tunnel may use another one) and the allowed name.
+    for host in [
+        own,
+        "localhost:8080",
+        "LocalHost:8080",
+        "[::1]:8080",
+        "127.0.0.1",
+        "localhost:9999",
+        "studio.lan",
+        "studio.lan:8443",
+    ] {
+        let r = request(&app, "GET", "/api/tasks", &[("host", host)], vec![]).await;
+        assert_eq!(r.status, StatusCode::OK, "{host}: {}", r.error());
+    }
+    let r = request(&app, "GET", "/", &[("host", "10.1.2.3:8080")], vec![]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a LAN address without a token"
+    );
+
+    // Cross-site form posts: multipart and url-encoded, told by Origin or by Sec-Fetch-Site.
+    let (mp_type, mp_body) = multipart(&[("forged.png", &png)]);
+    let upload = "/api/tasks/t/categories/c/images";
+    let forms: [(&str, &str, Vec<u8>); 3] = [
+        (upload, mp_type.as_str(), mp_body.clone()),
+        (
+            upload,
+            "application/x-www-form-urlencoded",
+            b"file=x".to_vec(),
+        ),
+        (
+            "/api/tasks",
+            "application/x-www-form-urlencoded",
+            b"name=planted".to_vec(),
+        ),
+    ];
+    let foreign: [&[(&str, &str)]; 5] = [
+        &[("origin", "http://evil.example")],
+        &[
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+        &[
+            ("origin", "http://127.0.0.1:3000"),
+            ("sec-fetch-site", "same-site"),
+        ],
+        &[
+            ("sec-fetch-site", "same-site"),
+            ("sec-fetch-mode", "navigate"),
+        ],
+        &[("origin", "null")],
+    ];
+    for (uri, ct, body) in &forms {
+        for extra in foreign {
+            let mut h = vec![("host", own), ("content-type", *ct)];
+            h.extend_from_slice(extra);
+            let r = request(&app, "POST", uri, &h, body.clone()).await;
+            assert_eq!(r.status, StatusCode::FORBIDDEN, "{uri} {ct} {extra:?}");
+            assert_json_error(&r, "cross-site form");
+            assert!(r.error().contains("another web site"), "{}", r.error());
+        }
+    }
+    // A script's JSON import from another origin (it would need a preflight too).
+    let r = request(
+        &app,
+        "POST",
+        "/api/tasks/t/categories/c/import",
+        &[
+            ("host", own),
+            ("origin", "https://evil.example"),
+            ("content-type", "application/json"),
+        ],
+        json!({"path": shared_data().join("hymenoptera/train/ants")})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(
+        listing(&dir).is_empty(),
+        "nothing was saved: {:?}",
+        listing(&dir)
+    );
+    assert!(!tmp.path().join("studio/planted").exists());
+
+    // Another site may link to the page (a navigation) but not embed or fetch the studio's
+    // resources.
+    let nav = [
+        ("host", own),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-dest", "document"),
+    ];
+    let r = request(&app, "GET", "/", &nav, vec![]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(
+        r.headers[header::CONTENT_SECURITY_POLICY],
+        "frame-ancestors 'none'"
+    );
+    for (mode, dest) in [
+        ("navigate", "iframe"),
+        ("no-cors", "image"),
+        ("cors", "empty"),
+    ] {
+        let h = [
+            ("host", own),
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", mode),
+            ("sec-fetch-dest", dest),
+        ];
+        let r = request(&app, "GET", "/api/tasks", &h, vec![]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{mode} {dest}");
+    }
+
+    // The studio's own page (same origin) and clients that are not browsers (no Origin, no
+    // Sec-Fetch-*) work.
+    let same: [&[(&str, &str)]; 4] = [
+        &[
+            ("origin", "http://127.0.0.1:8080"),
+            ("sec-fetch-site", "same-origin"),
+        ],
+        &[("origin", "http://127.0.0.1:8080")],
+        &[("sec-fetch-site", "same-origin")],
+        &[],
+    ];
+    for (i, extra) in same.iter().enumerate() {
+        let mut h = vec![("host", own), ("content-type", mp_type.as_str())];
+        h.extend_from_slice(extra);
+        let r = request(&app, "POST", upload, &h, mp_body.clone()).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{extra:?}: {}", r.error());
+        assert_eq!(r.json()["count"], i + 1);
+    }
+    // Through the allowed name (a reverse proxy that keeps the browser's Host), and through
+    // one that rewrites Host to the studio's address but not Origin.
+    for h in [
+        [("host", "studio.lan"), ("origin", "https://studio.lan")],
+        [("host", own), ("origin", "https://studio.lan")],
+    ] {
+        let mut h = h.to_vec();
+        h.push(("content-type", mp_type.as_str()));
+        let r = request(&app, "POST", upload, &h, mp_body.clone()).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{h:?}: {}", r.error());
+    }
+    assert_eq!(listing(&dir).len(), 6);
+}
+
+#[tokio::test]
+async fn a_studio_with_a_token_answers_any_host_but_not_other_sites() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.token = Some("s3cret".into());
+    let app = router(cfg);
+    // Other machines reach it by address, host name or mDNS name.
+    for host in [
+        "192.168.1.50:8080",
+        "jetson.local:8080",
+        "jetson",
+        "[fe80::1]:8080",
+    ] {
+        let r = request(
+            &app,
+            "GET",
+            "/api/tasks",
+            &[("host", host), ("authorization", "Bearer s3cret")],
+            vec![],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{host}: {}", r.error());
+    }
+    // A rebinding page has no token.
+    let r = request(
+        &app,
+        "GET",
+        "/api/tasks",
+        &[("host", "evil.example")],
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_json_error(&r, "no token");
+    // The cookie is sent along with requests of the same site, such as another port of the
+    // same address: the Origin check refuses them.
+    let cookie = ("cookie", "nanoclass_token=s3cret");
+    let r = request(
+        &app,
+        "POST",
+        "/api/tasks",
+        &[
+            ("host", "192.168.1.50:8080"),
+            ("origin", "http://192.168.1.50:3000"),
+            ("content-type", "application/x-www-form-urlencoded"),
+            cookie,
+        ],
+        b"name=x".to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = request(
+        &app,
+        "POST",
+        "/api/tasks",
+        &[
+            ("host", "192.168.1.50:8080"),
+            ("origin", "http://192.168.1.50:8080"),
+            ("sec-fetch-site", "same-origin"),
+            ("content-type", "application/json"),
+            cookie,
+        ],
+        br#"{"name": "from-the-phone"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+}
+
+/// Sends one HTTP/1.1 request to a running studio; the status and the body.
+async fn over_tcp(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let head = head.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text[9..12].parse().unwrap();
+        let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
+        (status, body)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_running_server_checks_the_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let local = nanoclass_studio::start(nanoclass_studio::ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        config: config(tmp.path()),
+    })
+    .await
+    .unwrap();
+    let port = local.addr.port();
+    let (status, body) =
+        over_tcp(local.addr, "GET /api/tasks HTTP/1.1\r\nHost: evil.example").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("evil.example"), "{body}");
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let (status, body) = over_tcp(
+            local.addr,
+            &format!("GET /api/tasks HTTP/1.1\r\nHost: {host}"),
+        )
+        .await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    local.task.abort();
+    // Bound to every interface (token mode): reached by any name, with the token.
+    let open = nanoclass_studio::start(nanoclass_studio::ServeOptions {
+        host: "0.0.0.0".into(),
+        port: 0,
+        config: config(tmp.path()),
+    })
+    .await
+    .unwrap();
+    let token = open.token.clone().unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], open.addr.port()));
+    let (status, body) = over_tcp(
+        addr,
+        &format!("GET /api/tasks HTTP/1.1\r\nHost: jetson.local\r\nAuthorization: bearer {token}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = over_tcp(addr, "GET /api/tasks HTTP/1.1\r\nHost: jetson.local").await;
+    assert_eq!(status, 401);
+    open.task.abort();
+}
+
+#[tokio::test]
+async fn long_names_are_not_echoed_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    task_with(&app, "t", &["c"]).await;
+    let long = "a".repeat(5 * 1024 * 1024);
+    let shown = format!("\"{}…\" (5242880 characters)", "a".repeat(80));
+    for (method, uri) in [
+        ("POST", "/api/tasks"),
+        ("POST", "/api/tasks/t/categories"),
+        ("PATCH", "/api/tasks/t/categories/c"),
+    ] {
+        let r = call(&app, method, uri, Some(json!({ "name": long }))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {uri}");
+        assert!(
+            r.body.len() < 1000,
+            "{method} {uri}: {} bytes",
+            r.body.len()
+        );
+        assert!(r.error().contains(&shown), "{method} {uri}: {}", r.error());
+        assert!(r.error().contains("255"), "the reason stays: {}", r.error());
+    }
+    // An unknown value that serde echoes.
+    let r = call(
+        &app,
+        "POST",
+        "/api/tasks",
+        Some(json!({"name": "x", "kind": long})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.body.len() < 1000, "{} bytes", r.body.len());
+    assert!(r.error().contains("(5242880 characters)"), "{}", r.error());
+    // Long names in the URL: a task name (400, too long for a folder), an image (404).
+    let r = call(
+        &app,
+        "GET",
+        &format!("/api/tasks/{}", "b".repeat(60_000)),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.len() < 1000, "{} bytes", r.body.len());
+    assert!(r.error().contains("(60000 characters)"), "{}", r.error());
+    let uri = format!(
+        "/api/tasks/t/categories/c/images/{}.jpg",
+        "b".repeat(60_000)
+    );
+    let r = call(&app, "GET", &uri, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.len() < 1000, "{} bytes", r.body.len());
+    assert!(r.error().contains("(60004 characters)"), "{}", r.error());
+}
+
+#[tokio::test]
+async fn json_bodies_are_checked_in_order_syntax_content_type_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    let json_ct = [("content-type", "application/json")];
+    let r = request(
+        &app,
+        "POST",
+        "/api/tasks",
+        &json_ct,
+        br#"{"name": "#.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error()
+            .starts_with("the request body is not valid JSON: ")
+            && r.error()
+                .contains("EOF while parsing a value at line 1 column 9"),
+        "{}",
+        r.error()
+    );
+    let r = request(
+        &app,
+        "POST",
+        "/api/tasks",
+        &json_ct,
+        br#"{"name": 3}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        r.error()
+            .starts_with("the JSON body does not fit this request: name: invalid type"),
+        "{}",
+        r.error()
+    );
+    let r = request(&app, "POST", "/api/tasks", &json_ct, br#"{}"#.to_vec()).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.error().contains("missing field `name`"), "{}", r.error());
+    let r = request(
+        &app,
+        "POST",
+        "/api/tasks",
+        &[("content-type", "text/plain")],
+        br#"{"name": "x"}"#.to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(
+        r.error().contains("Content-Type: application/json"),
+        "{}",
+        r.error()
+    );
+    // Path and query parameters of the wrong type name the parameter.
+    let r = call(&app, "GET", "/api/tasks/t/runs/abc", None).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        r.error(),
+        "run \"abc\" in the URL is not a whole number (0, 1, 2, ...)"
+    );
+    let r = raw(
+        &app,
+        "/api/tasks/t/runs/1/predict?smoothing=lots",
+        tiny_png(),
+        "image/png",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error()
+            .starts_with("the URL's query parameters: smoothing"),
+        "{}",
+        r.error()
+    );
+    // A method the path does not answer: 405 with `Allow`, both in the header and the message.
+    let r = call(&app, "POST", "/api/info", None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let allow = r.headers[header::ALLOW].to_str().unwrap().to_string();
+    assert!(allow.contains("GET"), "{allow}");
+    assert_eq!(
+        r.error(),
+        format!("POST is not allowed on \"/api/info\"; it answers {allow}")
+    );
+    assert!(!tmp.path().join("studio/x").exists());
+}
+
+#[tokio::test]
+async fn every_error_answer_is_json_with_an_error_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.max_upload_bytes = 4096;
+    let app = router(cfg);
+    task_with(&app, "t", &["c"]).await;
+    let paths = nanoclass_studio::route_paths();
+    assert!(paths.len() >= 30, "{paths:?}");
+    let fill = |p: &str, task: &str, number: &str| {
+        p.replace("{task}", task)
+            .replace("{category}", "c")
+            .replace("{image}", "i.jpg")
+            .replace("{run}", number)
+            .replace("{id}", number)
+    };
+    let too_big = format!("{{\"name\": \"{}\"}}", "a".repeat(8192)).into_bytes();
+    // (what, headers, body): each one wrong in one way.
+    let bad: Vec<(&str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+        ("no body", vec![], vec![]),
+        (
+            "JSON syntax",
+            vec![("content-type", "application/json")],
+            b"{\"name\": ".to_vec(),
+        ),
+        (
+            "JSON shape",
+            vec![("content-type", "application/json")],
+            b"[1]".to_vec(),
+        ),
+        (
+            "not JSON",
+            vec![("content-type", "text/plain")],
+            b"{\"name\": \"x\"}".to_vec(),
+        ),
+        (
+            "too large",
+            vec![("content-type", "application/json")],
+            too_big,
+        ),
+        (
+            "other origin",
+            vec![
+                ("content-type", "application/json"),
+                ("origin", "http://evil.example"),
+            ],
+            b"{\"name\": \"x\"}".to_vec(),
+        ),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for path in &paths {
+        let mut errors = 0;
+        for (task, number) in [("t", "7"), ("t", "x7"), ("no-such-task", "7")] {
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+                // Deleting the task or its category would leave nothing to test.
+                if method == "DELETE" && task == "t" {
+                    continue;
+                }
+                let uri = fill(path, task, number);
+                let variants = if matches!(method, "GET" | "OPTIONS") {
+                    &bad[..1]
+                } else {
+                    &bad[..]
+                };
+                for (what, headers, body) in variants {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        request(&app, method, &uri, headers, body.clone()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| panic!("{method} {uri} ({what}) did not answer"));
+                    if r.status.is_success() {
+                        continue;
+                    }
+                    let label = format!("{method} {uri} ({what})");
+                    assert_json_error(&r, &label);
+                    assert_eq!(r.headers[header::X_FRAME_OPTIONS], "DENY", "{label}");
+                    assert!(
+                        !r.status.is_server_error(),
+                        "{label}: {} {}",
+                        r.status,
+                        r.error()
+                    );
+                    seen.insert(r.status.as_u16());
+                    errors += 1;
+                }
+            }
+        }
+        assert!(errors > 0, "{path}: no bad request was refused");
+    }
+    for status in [400, 403, 404, 405, 409, 413, 415, 422] {
+        assert!(seen.contains(&status), "no {status} among {seen:?}");
+    }
+    // Unknown paths, and every route without the token of a studio that requires one.
+    for uri in [
+        "/nope",
+        "/api/tasks/t/categories/c/images/i.jpg/more",
+        "/api",
+    ] {
+        let r = call(&app, "GET", uri, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{uri}");
+        assert_json_error(&r, uri);
+    }
+    let mut cfg = config(tmp.path());
+    cfg.token = Some("s3cret".into());
+    let guarded = router(cfg);
+    for path in &paths {
+        let uri = fill(path, "t", "7");
+        let r = call(&guarded, "GET", &uri, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_json_error(&r, &uri);
+    }
 }

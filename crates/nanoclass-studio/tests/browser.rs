@@ -139,6 +139,25 @@ impl Drop for Driver {
     }
 }
 
+/// The text of a page that shows a JSON error answer, once it has loaded (10 s at most).
+async fn error_page_text(c: &Client) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = c
+            .execute(
+                "return document.body ? document.body.innerText : '';",
+                vec![],
+            )
+            .await
+            .map(|v| v.as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        if v.contains("\"error\"") || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -455,6 +474,9 @@ async fn studio_in_headless_chromium() {
     config.source = Some(uri(&ants, 10));
     // A fresh feature cache: the measured training time includes computing every feature.
     config.feature_cache = Some(out.join("feature-cache"));
+    // The name the insecure-origin step uses (mapped to 127.0.0.1 below); rebound.example,
+    // mapped too, stands for a DNS-rebinding site and is refused.
+    config.allowed_hosts = vec!["insecure.example".into()];
     let studio = nanoclass_studio::start(ServeOptions {
         host: "127.0.0.1".into(),
         port: 0,
@@ -489,7 +511,7 @@ async fn studio_in_headless_chromium() {
                 "--no-first-run", "--disable-quic", "--window-size=1100,1500",
                 format!("--user-data-dir={}", out.join("chromium-profile").display()),
                 // An origin that is not a secure context, for the camera explanation.
-                "--host-resolver-rules=MAP insecure.example 127.0.0.1",
+                "--host-resolver-rules=MAP insecure.example 127.0.0.1, MAP rebound.example 127.0.0.1",
             ],
         }),
     );
@@ -901,6 +923,62 @@ async fn studio_in_headless_chromium() {
         "opened over plain http from another host name: camera explanation",
     )
     .await;
+
+    // 8b. Other web sites cannot drive the studio. This page's origin
+    // (http://insecure.example:PORT) is not http://127.0.0.1:PORT, so to the studio at
+    // 127.0.0.1 it is another site: a script's upload of a real PNG and a form post are
+    // refused, and nothing is saved. A site whose name resolves to 127.0.0.1 (DNS rebinding)
+    // gets 403 for the page itself.
+    let ants_before = on_disk("ants");
+    let png = {
+        let mut out = std::io::Cursor::new(Vec::new());
+        RgbImage::from_pixel(8, 6, image::Rgb([200, 10, 10]))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .unwrap();
+        out.into_inner()
+    };
+    let target = format!("http://127.0.0.1:{port}/api/tasks/hymenoptera/categories/ants/images");
+    page.js(&format!(
+        "const fd = new FormData(); \
+         fd.append('file', new Blob([new Uint8Array({png:?})], {{type: 'image/png'}}), 'forged.png'); \
+         window.forged = 'pending'; \
+         fetch('{target}', {{method: 'POST', mode: 'no-cors', body: fd}}) \
+           .then(() => {{ window.forged = 'answered'; }}, (e) => {{ window.forged = 'failed: ' + e; }}); \
+         return true;"
+    ))
+    .await;
+    page.wait(
+        "window.forged !== 'pending' && window.forged",
+        Duration::from_secs(10),
+        "the forged upload",
+    )
+    .await;
+    page.js(&format!(
+        "const f = document.createElement('form'); f.method = 'POST'; \
+         f.enctype = 'multipart/form-data'; f.action = '{target}'; \
+         const i = document.createElement('input'); i.name = 'file'; i.value = 'x'; \
+         f.appendChild(i); document.body.appendChild(f); f.submit(); return true;"
+    ))
+    .await;
+    let refused = error_page_text(&page.c).await;
+    assert!(
+        refused.contains("another web site"),
+        "the cross-site form post is refused: {refused}"
+    );
+    assert_eq!(
+        on_disk("ants"),
+        ants_before,
+        "nothing was saved by another site"
+    );
+    page.c
+        .goto(&format!("http://rebound.example:{port}/"))
+        .await
+        .unwrap();
+    let refused = error_page_text(&page.c).await;
+    assert!(
+        refused.contains("rebound.example") && refused.contains("--allowed-host"),
+        "a foreign Host is refused: {refused}"
+    );
 
     // 9. Phone width: the page reflows to one column without sideways scrolling.
     page.c.set_window_size(390, 844).await.unwrap();
