@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod limits;
+
 use crate::data::labels::{read_labels, write_labels};
 use crate::data::presets::{EvalPreset, TrainPreset};
 use crate::model::Arch;
@@ -258,8 +260,11 @@ pub fn make_readable(path: &Path) -> Result<()> {
 }
 
 impl Run {
-    /// Creates (or reuses) `dir` and writes `config.json` and `labels.txt`.
+    /// Creates (or reuses) `dir` and writes `config.json` and `labels.txt`, after checking every
+    /// bounded setting ([`limits::check_config`]).
     pub fn create(dir: &Path, config: RunConfig) -> Result<Run> {
+        limits::check_config(&config)
+            .map_err(|e| run_err(&dir.join(files::CONFIG), e.to_string()))?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let run = Run {
             dir: dir.to_path_buf(),
@@ -277,7 +282,9 @@ impl Run {
         write_atomic(&self.dir.join(files::CONFIG), json.as_bytes())
     }
 
-    /// Opens a run directory: reads `config.json` and checks `labels.txt` against it.
+    /// Opens a run directory: reads `config.json`, checks its bounded settings
+    /// ([`limits::check_config`]: an error names the file, the field, the value and the allowed
+    /// range) and checks `labels.txt` against it.
     pub fn open(dir: &Path) -> Result<Run> {
         if !dir.exists() {
             return Err(run_err(dir, "does not exist"));
@@ -298,6 +305,7 @@ impl Run {
         })?;
         let config: RunConfig = serde_json::from_str(&text)
             .map_err(|e| run_err(dir, format!("config.json is not valid: {e}")))?;
+        limits::check_config(&config).map_err(|e| run_err(&cfg_path, e.to_string()))?;
         let labels_path = dir.join(files::LABELS);
         if labels_path.exists() {
             let labels = read_labels(&labels_path)?;
