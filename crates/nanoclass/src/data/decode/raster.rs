@@ -170,32 +170,38 @@ fn over_white_f32(c: f32, a: f32) -> u8 {
     ((c.clamp(0.0, 1.0) * a + (1.0 - a)) * 255.0).round() as u8
 }
 
-/// Writes one pixel of `channels` samples as RGB into `out` (3 bytes).
-fn pixel<T: Sample>(px: &[T], out: &mut [u8], composite: impl Fn(T, T) -> u8) {
-    match px.len() {
-        1 => out.fill(px[0].to_u8()),
-        2 => out.fill(composite(px[0], px[1])),
-        3 => {
-            for (o, &c) in out.iter_mut().zip(px) {
-                *o = c.to_u8();
-            }
-        }
-        _ => {
-            for (o, &c) in out.iter_mut().zip(&px[..3]) {
-                *o = composite(c, px[3]);
-            }
-        }
-    }
-}
-
+/// Converts pixels of `channels` samples to RGB in `out` (3 bytes a pixel), with `composite`
+/// for colour and alpha samples. One loop per layout, so each compiles to a tight loop.
 fn convert<T: Sample>(
     samples: &[T],
     channels: usize,
     out: &mut [u8],
-    composite: impl Fn(T, T) -> u8 + Copy,
+    composite: impl Fn(T, T) -> u8,
 ) {
-    for (px, rgb) in samples.chunks_exact(channels).zip(out.chunks_exact_mut(3)) {
-        pixel(px, rgb, composite);
+    let rgb = out.chunks_exact_mut(3);
+    match channels {
+        1 => {
+            for (&g, o) in samples.iter().zip(rgb) {
+                o.fill(g.to_u8());
+            }
+        }
+        2 => {
+            for (px, o) in samples.chunks_exact(2).zip(rgb) {
+                o.fill(composite(px[0], px[1]));
+            }
+        }
+        3 => {
+            for (&c, o) in samples.iter().zip(out.iter_mut()) {
+                *o = c.to_u8();
+            }
+        }
+        _ => {
+            for (px, o) in samples.chunks_exact(4).zip(rgb) {
+                o[0] = composite(px[0], px[3]);
+                o[1] = composite(px[1], px[3]);
+                o[2] = composite(px[2], px[3]);
+            }
+        }
     }
 }
 
