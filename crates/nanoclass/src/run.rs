@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod limits;
+
 use crate::data::labels::{read_labels, write_labels};
 use crate::data::presets::{EvalPreset, TrainPreset};
 use crate::fs::write_atomic;
@@ -181,8 +183,11 @@ fn run_err(dir: &Path, reason: impl Into<String>) -> Error {
 }
 
 impl Run {
-    /// Creates (or reuses) `dir` and writes `config.json` and `labels.txt`.
+    /// Creates (or reuses) `dir` and writes `config.json` and `labels.txt`, after checking every
+    /// bounded setting ([`limits::check_config`]).
     pub fn create(dir: &Path, config: RunConfig) -> Result<Run> {
+        limits::check_config(&config)
+            .map_err(|e| run_err(&dir.join(files::CONFIG), e.to_string()))?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let run = Run {
             dir: dir.to_path_buf(),
@@ -200,7 +205,9 @@ impl Run {
         write_atomic(&self.dir.join(files::CONFIG), json.as_bytes())
     }
 
-    /// Opens a run directory: reads `config.json` and checks `labels.txt` against it.
+    /// Opens a run directory: reads `config.json`, checks its bounded settings
+    /// ([`limits::check_config`]: an error names the file, the field, the value and the allowed
+    /// range) and checks `labels.txt` against it.
     pub fn open(dir: &Path) -> Result<Run> {
         if !dir.exists() {
             return Err(run_err(dir, "does not exist"));
@@ -221,6 +228,7 @@ impl Run {
         })?;
         let config: RunConfig = serde_json::from_str(&text)
             .map_err(|e| run_err(dir, format!("config.json is not valid: {e}")))?;
+        limits::check_config(&config).map_err(|e| run_err(&cfg_path, e.to_string()))?;
         let labels_path = dir.join(files::LABELS);
         if labels_path.exists() {
             let labels = read_labels(&labels_path)?;

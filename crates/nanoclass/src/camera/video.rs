@@ -151,7 +151,8 @@ fn spawn_error(device: &str, program: &str, e: &io::Error) -> Error {
 ///
 /// # Errors
 /// [`Error::Camera`] when ffprobe is missing, fails on the file (its message is included), or
-/// finds no video stream.
+/// finds no video stream, or a frame size beyond the image limits
+/// ([`crate::data::decode::check_dimensions`]).
 pub fn probe(device: &str, path: &Path) -> Result<VideoInfo> {
     let out = Command::new(FFPROBE)
         .args([
@@ -189,6 +190,9 @@ pub fn probe(device: &str, path: &Path) -> Result<VideoInfo> {
     let (Some(w), Some(h)) = (dim("width"), dim("height")) else {
         return Err(fail("the video stream has no frame size".to_owned()));
     };
+    // Each frame is read into a `width * height * 3` buffer: the image size limits apply.
+    crate::data::decode::check_dimensions(w as u32, h as u32)
+        .map_err(|reason| fail(format!("the video stream's frame size: {reason}")))?;
     let rotation = stream["side_data_list"]
         .as_array()
         .and_then(|list| list.iter().find_map(|sd| sd["rotation"].as_f64()))

@@ -20,32 +20,77 @@
 //!   sees). For JPEG it is read from the APP1 segment, for PNG/WebP/TIFF from their EXIF data.
 //! - A panic inside a decoder is caught and returned as an error for that file.
 //!
+//!
+//! # Size limits
+//!
+//! A file of a few bytes can claim any size in its header (a 74-byte PNG can claim
+//! 2 147 483 647 rows). Before any pixel buffer is allocated, the decoder reads the header
+//! (width, height, colour type or components, DCT scale, orientation) and refuses, with an error
+//! for that file, an image that
+//!
+//! - has a side longer than [`MAX_SIDE`] (65 535) pixels, more than [`MAX_PIXELS`]
+//!   (144 000 000, 12 000 x 12 000) pixels, or sides further apart than [`MAX_ASPECT_RATIO`]
+//!   (100:1);
+//! - would need more than [`MAX_DECODE_BYTES`] (512 MiB) at the peak of its decode, computed from
+//!   the header: the decoder's working buffers (for a progressive JPEG every DCT coefficient,
+//!   2 bytes per sample; the component planes; the output), then the output plus the 8-bit RGB
+//!   copy when the output is gray, has alpha or has 16-bit or float samples, then the RGB image
+//!   plus a rotated copy when the EXIF orientation swaps width and height.
+//!
+//! What this admits, one decode at a time: a 12 000 x 12 000 JPEG decoded for a model input
+//! (`min_side` of a few hundred pixels: the DCT scaling decodes it at 1/8, 1 500 x 1 500; a
+//! progressive 4:2:0 one holds 432 MB of coefficients); at full size, an 8-bit JPEG of up to
+//! about 119 megapixels in 4:2:0 (4.5 bytes a pixel) or 89 in 4:4:4 or when it must be rotated
+//! (6 bytes a pixel), an 8-bit RGB PNG of up to 144 megapixels (3 bytes a pixel, no copy), an
+//! RGBA PNG of up to 76 megapixels (4 + 3 bytes a pixel), a 16-bit RGBA one of up to 48. A forged
+//! header is refused from its first bytes, whatever its claim. The `image` crate's decoders also
+//! get [`MAX_DECODE_BYTES`] as their `image::Limits::max_alloc`, which bounds their internal
+//! buffers (PNG chunks, TIFF strips, GIF frames). Buffers allocated from
+//! header values are allocated fallibly: a failure is the file's error, not an abort.
+//!
 //! Errors are [`Error::Decode`] with the path and a reason: `"empty file"`, `"unknown image
-//! format (...)"`, `"truncated: ..."`, `"corrupt JPEG: ..."`, or the decoder's own message.
+//! format (...)"`, `"truncated: ..."`, `"corrupt JPEG: ..."`, `"image too large..."`, or the
+//! decoder's own message.
 
+mod budget;
+mod jpeg;
 mod jpeg_scan;
+mod raster;
 
-use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use image::metadata::Orientation;
-use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, RgbImage};
-use jpeg_decoder::PixelFormat;
+use image::{DynamicImage, ImageFormat, RgbImage};
 
 use crate::{Error, Result};
 
-use jpeg_scan::ScanCheck;
+use raster::Samples;
 
 /// File extensions (compared without regard to case) that the dataset scanners treat as images.
 /// Everything else (`Thumbs.db`, `desktop.ini`, `SHA256SUMS`, ...) is never decoded or counted.
 /// These are the formats this build decodes: JPEG, PNG, BMP, GIF (first frame), WebP and TIFF.
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"];
 
-/// The largest decoded pixel buffer a JPEG may need, in bytes (512 MiB, the same bound as the
-/// `image` crate's default `Limits::max_alloc`, which applies to the other formats). A frame
-/// header that asks for more is refused instead of exhausting memory.
-pub const MAX_DECODED_BYTES: usize = 512 * 1024 * 1024;
+/// The longest side accepted, in pixels: the largest a JPEG or GIF header can state (16-bit
+/// fields). WebP stops at 16 383; PNG, TIFF and BMP headers can claim up to 2^31 - 1 and more.
+pub const MAX_SIDE: u32 = 65_535;
+
+/// The most pixels (width x height, as stored) accepted: 12 000 x 12 000. Above any camera photo
+/// in common use (a 108-megapixel phone sensor writes 12 000 x 9 000).
+pub const MAX_PIXELS: u64 = 144_000_000;
+
+/// The most the longer side may exceed the shorter one, as a ratio: 100. Every model input is a
+/// centred square of the image resized so that its shorter side fits (the training crops too
+/// fall back to it), so more than 99 % of an image beyond this ratio is never seen, while
+/// resizing its shorter side to the input size would make an image of `ratio x side x side`
+/// pixels (a 65 535 x 1 image resized to 256 rows: 16.7 million x 256 pixels, 12.9 GB).
+pub const MAX_ASPECT_RATIO: u32 = 100;
+
+/// The most memory one decode may hold at its peak, in bytes (512 MiB, the figure of the `image`
+/// crate's default `Limits::max_alloc`), computed from the header before anything is allocated
+/// (see the module documentation). Decodes in parallel each hold their own.
+pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// How to decode.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -119,12 +164,12 @@ pub fn decode_bytes(bytes: &[u8], path: &Path, opts: &DecodeOptions) -> Result<R
 fn decode_inner(bytes: &[u8], opts: &DecodeOptions) -> std::result::Result<RgbImage, String> {
     let format = detect_format(bytes)?;
     let img = match format {
-        ImageFormat::Jpeg => decode_jpeg(bytes, opts)?,
+        ImageFormat::Jpeg => jpeg::decode_jpeg(bytes, opts)?,
         ImageFormat::Png
         | ImageFormat::Bmp
         | ImageFormat::Gif
         | ImageFormat::WebP
-        | ImageFormat::Tiff => decode_with_image(bytes, format)?,
+        | ImageFormat::Tiff => raster::decode_with_image(bytes, format)?,
         other => {
             return Err(format!(
                 "unsupported image format {} (supported: JPEG, PNG, BMP, GIF, WebP, TIFF)",
@@ -144,6 +189,40 @@ fn decode_inner(bytes: &[u8], opts: &DecodeOptions) -> std::result::Result<RgbIm
         ));
     }
     Ok(img)
+}
+
+/// Checks an image size, e.g. the frame size a video file declares, against the decoder's
+/// limits ([`MAX_SIDE`], [`MAX_PIXELS`], [`MAX_ASPECT_RATIO`]), so that every path that turns a
+/// file into pixels refuses the same sizes.
+///
+/// # Errors
+/// The reason, e.g. `"image too large: the header claims 100000x100000 pixels; the limits are
+/// ..."`.
+pub fn check_dimensions(width: u32, height: u32) -> std::result::Result<(), String> {
+    budget::check_size(u64::from(width), u64::from(height))
+}
+
+/// Applies the EXIF orientation. A rotation needs a second RGB buffer: it is refused when the
+/// two would exceed [`MAX_DECODE_BYTES`] (only possible when the orientation was found after
+/// the size check, e.g. in a JPEG APP1 segment that follows the frame header).
+fn orient(rgb: RgbImage, orientation: Orientation) -> std::result::Result<RgbImage, String> {
+    if orientation == Orientation::NoTransforms {
+        return Ok(rgb);
+    }
+    if budget::rotates(orientation) {
+        budget::Plan {
+            width: u64::from(rgb.width()),
+            height: u64::from(rgb.height()),
+            decoder: 0,
+            output: 0,
+            converts: false,
+            rotates: true,
+        }
+        .check()?;
+    }
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
 }
 
 /// The format from the signature at the start of the data.
@@ -172,229 +251,35 @@ fn detect_format(bytes: &[u8]) -> std::result::Result<ImageFormat, String> {
     })
 }
 
-/// Picks the DCT scale: the requested output size for jpeg-decoder's `Decoder::scale`, or `None`
-/// to decode at full size. Scales are 1/8, 1/4, 1/2 (the sizes round up: `ceil(len * s / 8)`).
-fn dct_request(width: u16, height: u16, min_side: u32) -> Option<(u16, u16)> {
-    let scaled = |len: u16, s: u32| (u32::from(len) * s).div_ceil(8);
-    let short = width.min(height);
-    [1u32, 2, 4]
-        .into_iter()
-        .find(|&s| scaled(short, s) >= min_side)
-        .map(|s| {
-            let w = u16::try_from(scaled(width, s)).unwrap_or(u16::MAX);
-            let h = u16::try_from(scaled(height, s)).unwrap_or(u16::MAX);
-            (w, h)
-        })
-}
-
-fn jpeg_reason(error: jpeg_decoder::Error) -> String {
-    match error {
-        jpeg_decoder::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            "truncated: the file ends before the JPEG data does".to_owned()
-        }
-        jpeg_decoder::Error::Format(message) => format!("corrupt JPEG: {message}"),
-        jpeg_decoder::Error::Unsupported(feature) => {
-            format!("unsupported JPEG feature: {feature:?}")
-        }
-        other => format!("JPEG decoding failed: {other}"),
-    }
-}
-
-fn decode_jpeg(bytes: &[u8], opts: &DecodeOptions) -> std::result::Result<RgbImage, String> {
-    let (header, check) = jpeg_scan::check_scans(bytes);
-    if let ScanCheck::Short {
-        scan,
-        mcus_done,
-        mcus_total,
-        at_eof,
-    } = check
-    {
-        let size = header
-            .map(|h| format!("{}x{}", h.width, h.height))
-            .unwrap_or_default();
-        return Err(if at_eof {
-            format!(
-                "truncated: the file ends inside scan {scan}, after {mcus_done} of its \
-                 {mcus_total} MCUs (no EOI marker)"
-            )
-        } else {
-            format!(
-                "corrupt JPEG: scan {scan} holds data for only {mcus_done} of the {mcus_total} \
-                 MCUs that the frame header ({size}) announces (the file was cut short, or its \
-                 size field is wrong)"
-            )
-        });
-    }
-
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    decoder.set_max_decoding_buffer_size(MAX_DECODED_BYTES);
-    decoder.read_info().map_err(jpeg_reason)?;
-    let info = decoder.info().ok_or("corrupt JPEG: no frame header")?;
-    let request = opts
-        .min_side
-        .and_then(|n| dct_request(info.width, info.height, n));
-    let mut pixels = match request {
-        Some((w, h)) => {
-            let (out_w, out_h) = decoder.scale(w, h).map_err(jpeg_reason)?;
-            if u32::from(out_w.min(out_h)) < opts.min_side.unwrap_or(0) {
-                // jpeg-decoder chose a smaller scale than asked (tiny images): decode at full size.
-                decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-                decoder.set_max_decoding_buffer_size(MAX_DECODED_BYTES);
-            }
-            decoder.decode().map_err(jpeg_reason)?
-        }
-        None => decoder.decode().map_err(jpeg_reason)?,
-    };
-    let info = decoder.info().ok_or("corrupt JPEG: no frame header")?;
-    let (w, h) = (u32::from(info.width), u32::from(info.height));
-    let n = w as usize * h as usize;
-    let precision = header.map_or(8, |h| h.precision);
-    let rgb = match info.pixel_format {
-        PixelFormat::L8 if pixels.len() == n => gray_to_rgb(w, h, pixels),
-        PixelFormat::L16 if pixels.len() == 2 * n => {
-            gray_to_rgb(w, h, reduce_u16_ne(&pixels, precision))
-        }
-        PixelFormat::RGB24 if pixels.len() == 3 * n => RgbImage::from_raw(w, h, pixels),
-        // Lossless JPEG with more than 8 bits gives 16-bit native-endian samples.
-        PixelFormat::RGB24 if pixels.len() == 6 * n => {
-            RgbImage::from_raw(w, h, reduce_u16_ne(&pixels, precision))
-        }
-        PixelFormat::CMYK32 if pixels.len() == 4 * n => {
-            cmyk_to_rgb(&mut pixels);
-            RgbImage::from_raw(w, h, pixels)
-        }
-        other => {
-            return Err(format!(
-                "JPEG decoding gave {} bytes for {w}x{h} pixels in {other:?}",
-                pixels.len()
-            ));
-        }
-    }
-    .ok_or_else(|| format!("JPEG decoding gave a buffer that does not fit {w}x{h} pixels"))?;
-
-    let orientation = decoder
-        .exif_data()
-        .and_then(Orientation::from_exif_chunk)
-        .unwrap_or(Orientation::NoTransforms);
-    Ok(orient(rgb, orientation))
-}
-
-fn gray_to_rgb(w: u32, h: u32, gray: Vec<u8>) -> Option<RgbImage> {
-    image::GrayImage::from_raw(w, h, gray).map(|g| DynamicImage::ImageLuma8(g).into_rgb8())
-}
-
-/// Native-endian 16-bit samples of `precision` bits to 8 bits, rounded.
-fn reduce_u16_ne(bytes: &[u8], precision: u8) -> Vec<u8> {
-    let max = (1u32 << precision.clamp(1, 16)) - 1;
-    bytes
-        .chunks_exact(2)
-        .map(|pair| {
-            let v = u32::from(u16::from_ne_bytes([pair[0], pair[1]])).min(max);
-            ((v * 255 + max / 2) / max) as u8
-        })
-        .collect()
-}
-
-/// In place: CMYK (ink amounts, 0 = no ink, as jpeg-decoder returns them) to RGB, compacting
-/// 4 bytes per pixel to 3 and truncating the buffer. `R = (255 - C) * (255 - K) / 255`, rounded as
-/// in Pillow's `cmyk2rgb` (`MULDIV255`).
-fn cmyk_to_rgb(pixels: &mut Vec<u8>) {
-    fn muldiv255(a: u32, b: u32) -> u32 {
-        let t = a * b + 128;
-        ((t >> 8) + t) >> 8
-    }
-    let n = pixels.len() / 4;
-    for i in 0..n {
-        let (c, m, y, k) = (
-            u32::from(pixels[4 * i]),
-            u32::from(pixels[4 * i + 1]),
-            u32::from(pixels[4 * i + 2]),
-            u32::from(pixels[4 * i + 3]),
-        );
-        let nk = 255 - k;
-        pixels[3 * i] = (nk - muldiv255(c, nk)) as u8;
-        pixels[3 * i + 1] = (nk - muldiv255(m, nk)) as u8;
-        pixels[3 * i + 2] = (nk - muldiv255(y, nk)) as u8;
-    }
-    pixels.truncate(3 * n);
-}
-
-fn orient(rgb: RgbImage, orientation: Orientation) -> RgbImage {
-    if orientation == Orientation::NoTransforms {
-        return rgb;
-    }
-    let mut img = DynamicImage::ImageRgb8(rgb);
-    img.apply_orientation(orientation);
-    img.into_rgb8()
-}
-
-fn image_reason(error: ImageError) -> String {
-    let truncated = match &error {
-        ImageError::IoError(e) => e.kind() == std::io::ErrorKind::UnexpectedEof,
-        other => {
-            let message = other.to_string().to_lowercase();
-            [
-                "unexpected eof",
-                "unexpected end",
-                "end of file",
-                "truncated",
-                "no more data",
-            ]
-            .iter()
-            .any(|hint| message.contains(hint))
-        }
-    };
-    if truncated {
-        format!("truncated: the file ends before the image data does ({error})")
-    } else {
-        error.to_string()
-    }
-}
-
-/// PNG, BMP, GIF (first frame), WebP and TIFF through the `image` crate, with its default
-/// memory limits.
-fn decode_with_image(bytes: &[u8], format: ImageFormat) -> std::result::Result<RgbImage, String> {
-    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_decoder()
-        .map_err(image_reason)?;
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut img = DynamicImage::from_decoder(decoder).map_err(image_reason)?;
-    img.apply_orientation(orientation);
-    Ok(flatten_over_white(img))
-}
-
 /// Drops alpha by compositing over white: `out = c * a + 255 * (1 - a)` with `a` in 0..=1.
 /// 8-bit images use exact integer arithmetic (`(c * a + 255 * (255 - a) + 127) / 255`); 16-bit
-/// and float images are composited in f32 and rounded.
+/// and float images are composited in f32 and rounded. Images without alpha are converted as
+/// `DynamicImage::into_rgb8` does (16-bit `(v + 128) / 257`; f32 clamped to 0..=1, times 255,
+/// rounded; gray repeated in R, G and B). The decoder uses the same conversion.
 pub fn flatten_over_white(img: DynamicImage) -> RgbImage {
-    if !img.color().has_alpha() {
-        return img.into_rgb8();
-    }
-    let eight_bit = matches!(
-        img,
-        DynamicImage::ImageLumaA8(_) | DynamicImage::ImageRgba8(_)
-    );
-    if eight_bit {
-        let rgba = img.into_rgba8();
-        RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-            let [r, g, b, a] = rgba.get_pixel(x, y).0;
-            let a = u32::from(a);
-            let mix = |c: u8| ((u32::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
-            image::Rgb([mix(r), mix(g), mix(b)])
-        })
-    } else {
-        let rgba = img.into_rgba32f();
-        RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-            let [r, g, b, a] = rgba.get_pixel(x, y).0;
-            let a = a.clamp(0.0, 1.0);
-            let mix = |c: f32| ((c.clamp(0.0, 1.0) * a + (1.0 - a)) * 255.0).round() as u8;
-            image::Rgb([mix(r), mix(g), mix(b)])
-        })
-    }
+    let (w, h) = (img.width(), img.height());
+    let channels = usize::from(img.color().channel_count());
+    let (samples, channels) = match img {
+        DynamicImage::ImageRgb8(b) => return b,
+        DynamicImage::ImageLuma8(b) => (Samples::U8(b.into_raw()), channels),
+        DynamicImage::ImageLumaA8(b) => (Samples::U8(b.into_raw()), channels),
+        DynamicImage::ImageRgba8(b) => (Samples::U8(b.into_raw()), channels),
+        DynamicImage::ImageLuma16(b) => (Samples::U16(b.into_raw()), channels),
+        DynamicImage::ImageLumaA16(b) => (Samples::U16(b.into_raw()), channels),
+        DynamicImage::ImageRgb16(b) => (Samples::U16(b.into_raw()), channels),
+        DynamicImage::ImageRgba16(b) => (Samples::U16(b.into_raw()), channels),
+        DynamicImage::ImageRgb32F(b) => (Samples::F32(b.into_raw()), channels),
+        DynamicImage::ImageRgba32F(b) => (Samples::F32(b.into_raw()), channels),
+        other => (Samples::F32(other.into_rgba32f().into_raw()), 4),
+    };
+    let mut out = RgbImage::new(w, h);
+    raster::fill_rgb8(&samples, channels, &mut out);
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::jpeg::{cmyk_to_rgb, dct_request, reduce_u16_ne};
     use super::*;
 
     #[test]

@@ -29,6 +29,13 @@ pub(crate) struct FrameHeader {
     pub precision: u8,
     /// Number of colour components (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK).
     pub components: u8,
+    /// Progressive DCT (SOF2): the decoder keeps every coefficient of the image until the last
+    /// scan.
+    pub progressive: bool,
+    /// 8x8 blocks of all components together, counted the way the decoder lays them out: each
+    /// component covers whole MCUs (`ceil(width / (8 * h_max)) * h` blocks across, likewise
+    /// down; T.81 A.2).
+    pub blocks: u64,
 }
 
 /// The verdict of [`check_scans`].
@@ -318,14 +325,23 @@ fn parse_sof(segment: &[u8], marker: u8) -> Option<Frame> {
     }
     let h_max = components.iter().map(|c| c.h).max()?;
     let v_max = components.iter().map(|c| c.v).max()?;
+    let mcus_x = div_ceil(u64::from(width), 8 * u64::from(h_max));
+    let mcus_y = div_ceil(u64::from(height), 8 * u64::from(v_max));
+    let blocks = components
+        .iter()
+        .map(|c| mcus_x * u64::from(c.h) * mcus_y * u64::from(c.v))
+        .sum();
+    let progressive = marker == 0xC2;
     Some(Frame {
         header: FrameHeader {
             width,
             height,
             precision,
             components: count,
+            progressive,
+            blocks,
         },
-        progressive: marker == 0xC2,
+        progressive,
         components,
         h_max,
         v_max,
@@ -371,6 +387,34 @@ enum WalkEnd {
         at_eof: bool,
     },
     Unchecked,
+}
+
+/// The frame header, read by stepping over the segments before the first SOF (nothing after it
+/// is read, no entropy-coded data is touched). `None` when no SOF comes before the first scan or
+/// the end of the data, or when it cannot be parsed.
+pub(crate) fn frame_header(data: &[u8]) -> Option<FrameHeader> {
+    let mut pos = 2;
+    loop {
+        while data.get(pos) == Some(&0xFF) && data.get(pos + 1) == Some(&0xFF) {
+            pos += 1;
+        }
+        if data.get(pos) != Some(&0xFF) {
+            return None;
+        }
+        let marker = *data.get(pos + 1)?;
+        pos += 2;
+        match marker {
+            0x01 | 0xD0..=0xD7 => continue,
+            0xD8 | 0xD9 | 0xDA => return None,
+            _ => {}
+        }
+        let len = usize::from(be16(data, pos)?);
+        let segment = data.get(pos + 2..pos + len)?;
+        if is_sof(marker) {
+            return parse_sof(segment, marker).map(|f| f.header);
+        }
+        pos += len;
+    }
 }
 
 /// Walks the whole file and checks every scan. Returns the frame header (when one was found)
