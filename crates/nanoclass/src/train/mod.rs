@@ -51,6 +51,7 @@ use crate::engine::{EngineChoice, OrtModel, backbone_model, resolve};
 use crate::eval::regression::{denormalise, distance, normalise};
 use crate::instant::{Features, HeadChoice, InstantModel, PretrainedHead};
 use crate::model::point::PointHead;
+use crate::model::batch_counters::{BatchCounters, METADATA_KEY};
 use crate::model::weights::{LoadReport, load_net, save_net};
 use crate::model::{Arch, Head, Net, registry};
 use crate::run::{
@@ -765,6 +766,8 @@ struct Tracker {
     task: Task,
     best: Option<(f64, f64)>,
     best_epoch: usize,
+    /// The model's BatchNorm `num_batches_tracked` counts, saved with it.
+    batch_counters: BatchCounters,
 }
 
 impl Tracker {
@@ -786,7 +789,8 @@ impl Tracker {
                 m.epoch
             )));
         }
-        let meta = run.model_metadata();
+        let mut meta = run.model_metadata();
+        meta.insert(METADATA_KEY.into(), self.batch_counters.to_metadata());
         let valid = net.valid();
         save_net(&valid, &run.dir.join(files::LAST), &meta)?;
         let score = match self.task {
@@ -1063,6 +1067,10 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         task: opts.task,
         best: state.as_ref().and_then(|s| s.best),
         best_epoch: state.as_ref().map_or(0, |s| s.best_epoch),
+        batch_counters: match &report {
+            Some(r) => r.batch_counters.clone(),
+            None => BatchCounters::for_net(&net, &Default::default())?,
+        },
     };
     let mut skipped = Vec::new();
     let mut epoch_no;
@@ -1413,6 +1421,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                     let grads = GradientsParams::from_grads(grads, &model);
                     model = optim.step(lr, model, grads);
                 }
+                tracker.batch_counters.add_batch();
                 stats.add(lv, corr, batch.n);
                 on_event(stats.step_event(epoch_no, k + 1, nb));
             }
