@@ -15,6 +15,24 @@ measured on random batches, so eval-mode BatchNorm is exercised) is saved in eve
   ARCH.input.bin        float32 [2, 3, 224, 224] input, little-endian
   ARCH.logits.bin       float32 [2, 1000] eval-mode logits of that input
 
+For resnet18 also, the same state dict in other float types and a partly prefixed copy:
+
+  resnet18.DT.zip.pth, resnet18.DT.legacy.pth, resnet18.DT.safetensors
+                        every float tensor cast to DT (f16, bf16, f64; `tensor.to(dtype)`,
+                        round to nearest even; the f64 values then scaled by 1 + 3 * 2^-26, which
+                        puts them between two float32 numbers), num_batches_tracked left int64
+  resnet18.DT.expected.safetensors
+                        the float32 values PyTorch gives those DT tensors (`tensor.float()`):
+                        exact for f16 and bf16, rounded to nearest even for f64
+  resnet18.f16.logits.bin
+                        float32 [2, 1000] eval-mode logits of ARCH.input.bin through resnet18
+                        holding the f16 weights as float32 (`model.half().float()`)
+  resnet18.partial_module.pth
+                        the state dict with `module.` in front of the layer3, layer4 and fc keys
+                        only (an inconsistent nn.DataParallel state dict)
+
+Every BatchNorm's num_batches_tracked is 4 (the four calibration batches below).
+
 Run with Debian's python3-torch / python3-torchvision (/usr/bin/python3).
 """
 import json
@@ -30,10 +48,17 @@ def write_safetensors(path, tensors):
     header = {}
     offset = 0
     blobs = []
-    dtypes = {torch.float32: "F32", torch.int64: "I64"}
+    dtypes = {
+        torch.float64: "F64",
+        torch.float32: "F32",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.int64: "I64",
+    }
     for name, t in tensors.items():
         t = t.contiguous()
-        data = t.numpy().tobytes()
+        # numpy has no bfloat16: its bytes are those of the same-sized int16 view.
+        data = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
         header[name] = {"dtype": dtypes[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         offset += len(data)
         blobs.append(data)
@@ -45,6 +70,41 @@ def write_safetensors(path, tensors):
         f.write(h)
         for b in blobs:
             f.write(b)
+
+
+DTYPES = {"f16": torch.float16, "bf16": torch.bfloat16, "f64": torch.float64}
+
+
+def write_dtype_variants(out, arch, model, sd, x):
+    """The resnet18-only files of the docstring: other float types and a partial prefix."""
+    # `sd` shares storage with the model: keep a copy to restore after the f16 logits.
+    sd = {k: v.clone() for k, v in sd.items()}
+    for name, dtype in DTYPES.items():
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+        if dtype == torch.float64:
+            # Values between two float32 numbers (0.375 to 0.75 of a float32 step away from zero
+            # from the original), so loading must round them to nearest: truncating keeps them all.
+            cast = {k: v * (1 + 3 * 2**-26) if v.is_floating_point() else v for k, v in cast.items()}
+        torch.save(cast, os.path.join(out, f"{arch}.{name}.zip.pth"))
+        torch.save(
+            cast,
+            os.path.join(out, f"{arch}.{name}.legacy.pth"),
+            _use_new_zipfile_serialization=False,
+        )
+        write_safetensors(os.path.join(out, f"{arch}.{name}.safetensors"), cast)
+        expected = {k: v.float() if v.is_floating_point() else v for k, v in cast.items()}
+        write_safetensors(os.path.join(out, f"{arch}.{name}.expected.safetensors"), expected)
+        if name == "f16":
+            model.load_state_dict(expected)
+            with torch.no_grad():
+                y = model(x)
+            y.numpy().astype("<f4").tofile(os.path.join(out, f"{arch}.f16.logits.bin"))
+            model.load_state_dict(sd)
+    partial = {
+        ("module." + k if k.split(".")[0] in ("layer3", "layer4", "fc") else k): v
+        for k, v in sd.items()
+    }
+    torch.save(partial, os.path.join(out, f"{arch}.partial_module.pth"))
 
 
 def main():
@@ -96,6 +156,8 @@ def main():
             y = model(x)
         x.numpy().astype("<f4").tofile(os.path.join(out, f"{arch}.input.bin"))
         y.numpy().astype("<f4").tofile(os.path.join(out, f"{arch}.logits.bin"))
+        if arch == "resnet18":
+            write_dtype_variants(out, arch, model, sd, x)
         print(f"{arch}: {len(sd)} tensors written to {out}")
 
 

@@ -2160,7 +2160,8 @@ async fn every_error_answer_is_json_with_an_error_field() {
     };
     let too_big = format!("{{\"name\": \"{}\"}}", "a".repeat(8192)).into_bytes();
     // (what, headers, body): each one wrong in one way.
-    let bad: Vec<(&str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    type BadBody<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+    let bad: Vec<BadBody> = vec![
         ("no body", vec![], vec![]),
         (
             "JSON syntax",

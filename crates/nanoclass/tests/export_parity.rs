@@ -415,6 +415,18 @@ fn check_pth_in_burn(case: &Case) {
         other => panic!("no BatchNorm count for {other}"),
     };
     assert_eq!(report.ignored.len(), bns, "{:?}", report.ignored);
+    // The counters are the run's: what its model file records for every BatchNorm.
+    let (run, run_net) = load_run_model(&case.run).unwrap();
+    let recorded =
+        nanoclass::model::weights::saved_batch_counters(&run.model_path(), &run_net).unwrap();
+    assert_eq!(recorded.len(), bns);
+    assert_eq!(report.batch_counters, recorded);
+    match case.arch {
+        // One full epoch from random init: every BatchNorm counted its training batches.
+        Arch::Resnet18 => assert!(recorded.iter().all(|(_, c)| c > 0), "{recorded:?}"),
+        // Frozen backbone: the pretrained file's own counts (0 in the released file).
+        _ => assert!(recorded.iter().all(|(_, c)| c == 0), "{recorded:?}"),
+    }
     use burn::module::Module;
     let net = net.valid();
     let x = burn::tensor::Tensor::<4>::from_data(

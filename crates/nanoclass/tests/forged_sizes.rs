@@ -281,10 +281,10 @@ fn run_config_sizes_are_checked_on_open() {
     // The eval crop also bounds what the predictor would allocate for one image; an open run
     // is usable, so `Predictor::open` on the first case fails at the same check.
     let dir = config_with(|json| json["eval_preset"]["crop"] = 100_000.into());
-    let err = nanoclass::eval::predict::Predictor::open(dir.path())
-        .err()
-        .expect("refused")
-        .to_string();
+    let Err(err) = nanoclass::infer::predictor::Predictor::open(dir.path()) else {
+        panic!("a crop of 100000 was accepted");
+    };
+    let err = err.to_string();
     assert!(err.contains("eval_preset.crop = 100000"), "{err}");
 }
 
@@ -324,12 +324,12 @@ fn weights_whose_head_claims_two_billion_outputs() {
         .collect();
     let st = dir.path().join("head.safetensors");
     std::fs::write(&st, safetensors::serialize(views, None).expect("serialize")).expect("write");
-    let device = nanoclass::train::default_device();
+    let device = nanoclass::infer::device::default_device();
     for path in [pth, st] {
-        let err = load_net(Arch::Resnet18, &path, 2, None, &device)
-            .err()
-            .expect("refused")
-            .to_string();
+        let Err(err) = load_net(Arch::Resnet18, &path, 2, None, &device) else {
+            panic!("{} was accepted", path.display());
+        };
+        let err = err.to_string();
         assert!(
             err.contains(&*path.to_string_lossy()) && err.contains("2000000000"),
             "{err}"

@@ -51,7 +51,10 @@ fn assert_clean(report: &Report, kind: &str) {
         report.summary(kind)
     );
     if let Some(rss) = peak_rss() {
-        println!("peak RSS of the test process so far: {:.1} MB", rss as f64 / 1e6);
+        println!(
+            "peak RSS of the test process so far: {:.1} MB",
+            rss as f64 / 1e6
+        );
         assert!(rss < RSS_LIMIT, "peak RSS {rss} bytes");
     }
 }

@@ -30,8 +30,8 @@ use burn::module::Module;
 
 use crate::data::labels::write_labels;
 use crate::infer::device::default_device;
-use crate::model::Net;
-use crate::model::weights::{HeadLoad, index_file, load_net};
+use crate::model::weights::{HeadLoad, index_file, load_net, saved_batch_counters};
+use crate::model::{Net, batch_counters};
 use crate::run::{Run, Task, files};
 use crate::{Error, Result};
 
@@ -343,15 +343,19 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
             count
         }
         ExportFormat::Pth => {
+            let counters = saved_batch_counters(&run.model_path(), &net)?;
             let (_scratch, file) = torch::save_to_scratch(&net, &dir, &BTreeMap::new())?;
-            let state = torch::read_state_dict(&file, true)?;
+            let state = torch::read_state_dict(&file, Some(&counters))?;
             torch::write_pth(&path, &state)?;
             state.len()
         }
         ExportFormat::Safetensors => {
+            let mut meta = meta.clone();
+            let counters = saved_batch_counters(&run.model_path(), &net)?;
+            meta.insert(batch_counters::METADATA_KEY.into(), counters.to_metadata());
             let (_scratch, file) = torch::save_to_scratch(&net, &dir, &meta)?;
             // Read back to refuse NaN or infinity, like the other formats.
-            let state = torch::read_state_dict(&file, false)?;
+            let state = torch::read_state_dict(&file, None)?;
             std::fs::rename(&file, &path).map_err(|e| Error::io(&path, e))?;
             state.len()
         }

@@ -17,9 +17,11 @@
 //! Only globals that `torch.load(..., weights_only=True)` allows are used.
 //!
 //! The tensors come from [`crate::model::weights::save_net`] (PyTorch layout, reference
-//! names), to which the BatchNorm counters `num_batches_tracked` (int64 scalars, 0: burn's
-//! BatchNorm has a fixed momentum and keeps no counter, and PyTorch reads the counter only when
-//! `momentum=None`) are added so that `load_state_dict(sd, strict=True)` finds every key.
+//! names, f32), to which the BatchNorm counters `num_batches_tracked` (int64 scalars) are added
+//! so that `load_state_dict(sd, strict=True)` finds every key. Their values are the model's
+//! [`BatchCounters`]: the pretrained file's own count plus the train-mode batches of the run's
+//! full phase, i.e. what PyTorch's BatchNorm would have counted had it run the same training
+//! (see [`crate::model::batch_counters`]; PyTorch reads the counter only when `momentum=None`).
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Write};
@@ -29,6 +31,7 @@ use zip::CompressionMethod;
 use zip::write::SimpleFileOptions;
 
 use crate::model::Net;
+use crate::model::batch_counters::{BatchCounters, COUNTER_SUFFIX};
 use crate::model::weights::save_net;
 use crate::{Error, Result};
 
@@ -94,13 +97,17 @@ pub fn save_to_scratch(
 }
 
 /// Reads a safetensors state dict written by [`save_net`], in file order (sorted keys). With
-/// `batch_counters`, adds a `num_batches_tracked` int64 scalar (0) beside every BatchNorm's
-/// `running_var`, as PyTorch's `BatchNorm2d` has one.
+/// `batch_counters`, adds beside every BatchNorm's `running_var` a `num_batches_tracked` int64
+/// scalar holding that layer's count, as PyTorch's `BatchNorm2d` has one.
 ///
 /// # Errors
 /// The file cannot be read, holds a tensor that is not f32, or a value that is NaN or infinite
-/// (the message names the tensor: such a model is not exported).
-pub fn read_state_dict(path: &Path, batch_counters: bool) -> Result<Vec<StateTensor>> {
+/// (the message names the tensor: such a model is not exported); `batch_counters` has no count
+/// for one of its BatchNorm layers.
+pub fn read_state_dict(
+    path: &Path,
+    batch_counters: Option<&BatchCounters>,
+) -> Result<Vec<StateTensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Weights {
         path: path.to_path_buf(),
@@ -132,21 +139,23 @@ pub fn read_state_dict(path: &Path, batch_counters: bool) -> Result<Vec<StateTen
                  (train it again with a lower learning rate)"
             )));
         }
-        let counter = name
-            .strip_suffix(".running_var")
-            .map(|prefix| format!("{prefix}.num_batches_tracked"));
+        let layer = name.strip_suffix(".running_var").map(str::to_string);
         out.push(StateTensor {
             name,
             dtype: DType::F32,
             shape: view.shape().to_vec(),
             data,
         });
-        if let (true, Some(counter)) = (batch_counters, counter) {
+        if let (Some(counters), Some(layer)) = (batch_counters, layer) {
+            let count = counters.get(&layer).ok_or_else(|| Error::Weights {
+                path: path.to_path_buf(),
+                reason: format!("no num_batches_tracked count for the BatchNorm `{layer}`"),
+            })?;
             out.push(StateTensor {
-                name: counter,
+                name: format!("{layer}{COUNTER_SUFFIX}"),
                 dtype: DType::I64,
                 shape: vec![],
-                data: 0i64.to_le_bytes().to_vec(),
+                data: count.to_le_bytes().to_vec(),
             });
         }
     }

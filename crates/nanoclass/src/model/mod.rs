@@ -5,11 +5,13 @@
 //! the head for the user's `N` categories is [`Net::with_fresh_head`]. Regression models have a
 //! point head on the stride-8 map instead ([`point`], [`Net::with_point_head`]).
 
+pub mod batch_counters;
 pub mod efficientnet;
 pub mod point;
 pub mod registry;
 pub mod resnet;
 pub mod start;
+mod state_dict;
 pub mod weights;
 
 use burn::module::Module;

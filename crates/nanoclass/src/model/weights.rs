@@ -6,27 +6,39 @@
 //!   storage location tag is ignored: everything loads on the CPU);
 //! - `.safetensors` in PyTorch layout (`[out, in]` linear weights, BatchNorm `weight`/`bias`);
 //! - checkpoint dicts holding the state dict under one key (`{"state_dict": ..., "epoch": 3}`)
-//!   and a uniform `module.` prefix (`nn.DataParallel`).
+//!   and a `module.` prefix (`nn.DataParallel`) on every key. A prefix on some keys but not on
+//!   others is refused, naming keys of both kinds: such a file is not one state dict.
+//!
+//! Float tensors may be f32, f16, bf16 or f64: every one is converted to f32 as it loads
+//! (f16 and bf16 exactly, f64 rounded to the nearest f32), the only float type nanoclass
+//! computes in, and [`LoadReport::converted`] counts them. Integer tensors keep their type.
+//! Every model nanoclass saves ([`save_net`]) is f32.
 //!
 //! Every tensor of the model must be loaded from the file, except the head when the file's head
 //! has another output count: then the head is rebuilt fresh and [`LoadReport::head`] says so.
 //! Tensors of the file that the model does not use are an error naming them, except
-//! BatchNorm's `num_batches_tracked` counters (burn's BatchNorm uses a fixed momentum and has
-//! no counter). Nothing is ever loaded partially in silence.
+//! BatchNorm's `num_batches_tracked` counters: burn's BatchNorm has none, so their values go to
+//! [`LoadReport::batch_counters`] ([`super::batch_counters`]). Nothing is ever loaded partially
+//! in silence.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::nn::Linear;
 use burn::prelude::*;
+use burn::store::burn_pack::Tensor as PackTensor;
 use burn::store::pytorch_reader::PytorchReader;
 use burn::store::{
-    BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
-    SafetensorsStore,
+    BurnToPyTorchAdapter, FloatCastAdapter, KeyRemapper, ModuleAdapter, ModuleSnapshot,
+    PyTorchToBurnAdapter, SafetensorsStore, bridge,
 };
+use burn::tensor::DType;
 
+use super::batch_counters::BatchCounters;
 use super::point::PointHead;
-use super::registry::{WeightsFormat, detect_format};
+use super::registry::WeightsFormat;
+pub use super::state_dict::{FileDtype, FileIndex, index_file};
+use super::state_dict::{check_prefix, file_counters, find_prefix, top_level_key, werr};
 use super::{Arch, Net};
 use crate::{Error, Result};
 
@@ -74,6 +86,12 @@ pub struct LoadReport {
     pub applied: usize,
     /// Tensors of the file that were deliberately not used (`num_batches_tracked`).
     pub ignored: Vec<String>,
+    /// Float tensors converted to f32 while loading, counted by their type in the file
+    /// (f16, bf16, f64). Empty for an all-f32 file.
+    pub converted: BTreeMap<FileDtype, usize>,
+    /// The `num_batches_tracked` count of every BatchNorm layer of the loaded model, taken
+    /// from the file (0 where it has none).
+    pub batch_counters: BatchCounters,
     /// The head's fate.
     pub head: HeadLoad,
     /// String metadata stored in the file (safetensors only), e.g. nanoclass's labels.
@@ -95,8 +113,15 @@ impl std::fmt::Display for LoadReport {
         if !self.prefix.is_empty() {
             write!(f, ", key prefix `{}` stripped", self.prefix)?;
         }
+        for (dtype, n) in &self.converted {
+            write!(f, ", converted {n} tensors from {dtype} to f32")?;
+        }
         if !self.ignored.is_empty() {
-            write!(f, ", {} num_batches_tracked ignored", self.ignored.len())?;
+            write!(
+                f,
+                ", {} num_batches_tracked kept beside the model",
+                self.ignored.len()
+            )?;
         }
         if let HeadLoad::Fresh {
             file_outputs,
@@ -112,109 +137,15 @@ impl std::fmt::Display for LoadReport {
     }
 }
 
-/// Keys and shapes of a weights file, without reading tensor data.
-#[derive(Debug, Clone)]
-pub struct FileIndex {
-    /// The file's format.
-    pub format: WeightsFormat,
-    /// Every tensor key with its shape in PyTorch layout.
-    pub shapes: BTreeMap<String, Vec<usize>>,
-    /// String metadata (safetensors `__metadata__`; empty for `.pth`).
-    pub metadata: BTreeMap<String, String>,
-}
-
-fn werr(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Weights {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
-/// Reads the keys, shapes and metadata of a weights file.
+/// The BatchNorm counters of `net` as the weights file at `path` records them (the file `net`
+/// was loaded from: a run's model keeps them in its metadata); 0 for a layer it has none for,
+/// as in a model saved by a build that did not record them.
 ///
-/// Errors: the file is missing, is not a weights file, or is a legacy `.pth` the reader cannot
-/// parse (the message then asks to re-save it with `torch.save` from torch >= 1.6).
-pub fn index_file(path: &Path) -> Result<FileIndex> {
-    let format = detect_format(path)?;
-    match format {
-        WeightsFormat::Safetensors => {
-            let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-            let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-                .map_err(|e| werr(path, format!("not a valid safetensors file: {e}")))?;
-            let shapes = meta
-                .tensors()
-                .into_iter()
-                .map(|(k, info)| (k, info.shape.clone()))
-                .collect();
-            let metadata = meta
-                .metadata()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect();
-            Ok(FileIndex {
-                format,
-                shapes,
-                metadata,
-            })
-        }
-        WeightsFormat::TorchZip | WeightsFormat::TorchLegacy => {
-            let reader = PytorchReader::new(path).map_err(|e| {
-                if format == WeightsFormat::TorchLegacy {
-                    werr(
-                        path,
-                        format!(
-                            "legacy PyTorch format could not be read ({e}); re-save it with torch >= 1.6: \
-                             torch.save(torch.load(f), f)"
-                        ),
-                    )
-                } else {
-                    werr(path, format!("not a readable PyTorch file: {e}"))
-                }
-            })?;
-            let shapes = reader
-                .tensors()
-                .iter()
-                .map(|(k, t)| (k.clone(), t.shape().to_vec()))
-                .collect();
-            Ok(FileIndex {
-                format,
-                shapes,
-                metadata: BTreeMap::new(),
-            })
-        }
-    }
-}
-
-/// The key every state dict of `arch` has: the stem convolution.
-fn anchor_key(arch: Arch) -> &'static str {
-    match arch {
-        Arch::EfficientnetLite0 => "_conv_stem.weight",
-        _ => "conv1.weight",
-    }
-}
-
-/// Finds the prefix in front of the state dict (`""`, `module.`, `state_dict.`,
-/// `state_dict.module.`, ...) from the stem convolution's key.
-fn find_prefix(index: &FileIndex, arch: Arch, path: &Path) -> Result<String> {
-    let anchor = anchor_key(arch);
-    let mut prefixes: Vec<&str> = index
-        .shapes
-        .keys()
-        .filter_map(|k| k.strip_suffix(anchor))
-        .filter(|p| p.is_empty() || p.ends_with('.'))
-        .collect();
-    prefixes.sort_by_key(|p| p.len());
-    match prefixes.first() {
-        Some(p) => Ok(p.to_string()),
-        None => {
-            let first: Vec<&String> = index.shapes.keys().take(5).collect();
-            Err(werr(
-                path,
-                format!("not a {arch} state dict: no `{anchor}` tensor (first keys: {first:?})"),
-            ))
-        }
-    }
+/// # Errors
+/// The file cannot be indexed ([`index_file`]) or its counters metadata is malformed.
+pub fn saved_batch_counters(path: &Path, net: &Net) -> Result<BatchCounters> {
+    let index = index_file(path)?;
+    BatchCounters::for_net(net, &file_counters(&index, "", path)?)
 }
 
 /// Builds an `arch` network with `num_outputs` head outputs from a weights file.
@@ -223,7 +154,12 @@ fn find_prefix(index: &FileIndex, arch: Arch, path: &Path) -> Result<String> {
 /// 1000 against the dataset's `N`), the head is replaced by a fresh `C -> N` layer and the report
 /// says so. When the file carries nanoclass labels metadata (a trained model) and `labels` is
 /// given, the two label lists must agree, else the error states both ("checkpoint: 2 classes
-/// [a, b]; dataset: 3 [a, b, c]").
+/// [a, b]; dataset: 3 [a, b, c]"). Float tensors of any type load as f32 (see the module docs).
+///
+/// # Errors
+/// [`Error::Weights`] naming the file: not a weights file, not an `arch` state dict, a key prefix
+/// on some keys only, a tensor missing, of the wrong shape or unknown to the model, a label
+/// list that differs from `labels`.
 pub fn load_net(
     arch: Arch,
     path: &Path,
@@ -233,6 +169,11 @@ pub fn load_net(
 ) -> Result<(Net, LoadReport)> {
     let index = index_file(path)?;
     let prefix = find_prefix(&index, arch, path)?;
+    let top = match index.format {
+        WeightsFormat::Safetensors => None,
+        WeightsFormat::TorchZip | WeightsFormat::TorchLegacy => top_level_key(&index, &prefix),
+    };
+    check_prefix(&index, &prefix, top.as_deref(), path)?;
     if let (Some(want), Some(have)) = (labels, index.metadata.get("labels")) {
         let have: Vec<String> = serde_json::from_str(have)
             .map_err(|e| werr(path, format!("labels metadata is not a JSON list: {e}")))?;
@@ -305,7 +246,16 @@ pub fn load_net(
             }
         }
     }
-    let (applied, ignored) = apply_file(&mut net, path, &index, &prefix)?;
+    let (applied, ignored) = apply_file(&mut net, path, &index, &prefix, top.as_deref())?;
+    let mut converted = BTreeMap::new();
+    for (_, &dtype) in index
+        .dtypes
+        .iter()
+        .filter(|(k, d)| k.starts_with(&prefix) && d.is_float() && **d != FileDtype::F32)
+    {
+        *converted.entry(dtype).or_insert(0) += 1;
+    }
+    let batch_counters = BatchCounters::for_net(&net, &file_counters(&index, &prefix, path)?)?;
     let mut file_head = None;
     let head = if file_outputs == num_outputs {
         HeadLoad::Loaded
@@ -325,6 +275,8 @@ pub fn load_net(
             prefix,
             applied,
             ignored,
+            converted,
+            batch_counters,
             head,
             metadata: index.metadata,
             file_head,
@@ -362,17 +314,25 @@ fn regex_escape(s: &str) -> String {
         .collect()
 }
 
-/// Copies every tensor of the file into `net`; returns (applied count, ignored keys).
+/// What loading does to each tensor: PyTorch layout to burn's, then every float to f32 (the
+/// only float type nanoclass computes in; `f64` rounds to nearest, `f16`/`bf16` are exact).
+fn from_file_adapter() -> impl ModuleAdapter {
+    PyTorchToBurnAdapter.chain(FloatCastAdapter::to(DType::F32))
+}
+
+/// Copies every tensor of the file into `net`; returns (applied count, ignored keys). `top` is
+/// the checkpoint dict's key holding the state dict ([`top_level_key`]).
 fn apply_file(
     net: &mut Net,
     path: &Path,
     index: &FileIndex,
     prefix: &str,
+    top: Option<&str>,
 ) -> Result<(usize, Vec<String>)> {
     let result = match index.format {
         WeightsFormat::Safetensors => {
             let mut store = SafetensorsStore::from_file(path)
-                .with_from_adapter(PyTorchToBurnAdapter)
+                .with_from_adapter(from_file_adapter())
                 .remap(remapper(prefix, None)?)
                 .skip_enum_variants(true)
                 .allow_partial(true)
@@ -382,25 +342,20 @@ fn apply_file(
         }
         WeightsFormat::TorchZip | WeightsFormat::TorchLegacy => {
             // A checkpoint dict keeps the state dict under one top-level key; read only that.
-            let top = prefix
-                .split('.')
-                .next()
-                .filter(|t| {
-                    !t.is_empty()
-                        && *t != "module"
-                        && index.shapes.keys().any(|k| !k.starts_with(prefix))
-                })
-                .map(str::to_string);
-            let mut store = match &top {
-                Some(t) => PytorchStore::from_file(path).with_top_level_key(t.clone()),
-                None => PytorchStore::from_file(path),
+            // burn's `PytorchStore` fixes its adapter to `PyTorchToBurnAdapter` (no f32 cast),
+            // so the reader's tensors are applied here with the same adapter as safetensors.
+            let reader = match top {
+                Some(t) => PytorchReader::with_top_level_key(path, t),
+                None => PytorchReader::new(path),
             }
-            .remap(remapper(prefix, top.as_deref())?)
-            .skip_enum_variants(true)
-            .allow_partial(true)
-            .validate(true);
-            net.load_from(&mut store)
-                .map_err(|e| werr(path, format!("{e}")))?
+            .map_err(|e| werr(path, format!("not a readable PyTorch file: {e}")))?;
+            let tensors: Vec<PackTensor> = reader
+                .into_tensors()
+                .into_values()
+                .map(bridge::from_pytorch)
+                .collect();
+            let (tensors, _) = remapper(prefix, top)?.remap(tensors);
+            net.apply(tensors, None, Some(Box::new(from_file_adapter())), true)
         }
     };
     if !result.errors.is_empty() {
@@ -438,16 +393,29 @@ fn apply_file(
     Ok((result.applied.len(), ignored))
 }
 
+/// The remapping of nanoclass's module paths to the reference state-dict names.
+fn to_reference() -> Result<KeyRemapper> {
+    KeyRemapper::from_patterns(NANOCLASS_TO_TORCHVISION.to_vec())
+        .map_err(|e| Error::Other(format!("key remapping rule: {e}")))
+}
+
+/// The reference state-dict name of a nanoclass module path (`layer2.0.downsample.bn` ->
+/// `layer2.0.downsample.1`).
+pub(crate) fn reference_name(path: &str) -> Result<String> {
+    let mut name = path.to_string();
+    for (rule, to) in to_reference()?.to_regex_pairs() {
+        name = rule.replace_all(&name, to.as_str()).into_owned();
+    }
+    Ok(name)
+}
+
 /// Saves `net` as a safetensors state dict in PyTorch layout with the reference key names
-/// (torchvision's `downsample.0/1`), plus string `metadata` (e.g. labels as JSON). The write is
-/// atomic: a scratch file beside `path`, renamed into place.
+/// (torchvision's `downsample.0/1`), every tensor f32, plus string `metadata` (e.g. labels as
+/// JSON). The write is atomic: a scratch file beside `path`, renamed into place.
 pub fn save_net(net: &Net, path: &Path, metadata: &BTreeMap<String, String>) -> Result<()> {
-    let pairs: Vec<(&str, &str)> = NANOCLASS_TO_TORCHVISION.to_vec();
-    let remap = KeyRemapper::from_patterns(pairs)
-        .map_err(|e| Error::Other(format!("key remapping rule: {e}")))?;
     let mut store = SafetensorsStore::from_file(path)
-        .with_to_adapter(BurnToPyTorchAdapter)
-        .remap(remap)
+        .with_to_adapter(BurnToPyTorchAdapter.chain(FloatCastAdapter::to(DType::F32)))
+        .remap(to_reference()?)
         .skip_enum_variants(true)
         .overwrite(true);
     for (k, v) in metadata {

@@ -237,26 +237,33 @@ pub fn check_config(config: &RunConfig) -> Check {
     check_train_preset(&config.train_preset)?;
     int_in(
         "batch_size",
-        config.batch_size,
+        config.hyper.batch_size,
         (2, MAX_BATCH_SIZE),
         "images per batch",
     )?;
     int_in(
         "epochs",
-        config.epochs,
+        config.hyper.epochs,
         (1, MAX_EPOCHS),
         "epochs of training",
     )?;
     int_in(
         "head_epochs",
-        config.head_epochs,
+        config.hyper.head_epochs,
         (0, MAX_EPOCHS),
         "head-only epochs",
     )?;
-    real_in("lr", config.lr, 0.0, true, f64::INFINITY, "learning rate")?;
+    real_in(
+        "lr",
+        config.hyper.lr,
+        0.0,
+        true,
+        f64::INFINITY,
+        "learning rate",
+    )?;
     real_in(
         "body_lr_factor",
-        config.body_lr_factor,
+        config.hyper.body_lr_factor,
         0.0,
         true,
         f64::INFINITY,
@@ -264,16 +271,16 @@ pub fn check_config(config: &RunConfig) -> Check {
     )?;
     real_in(
         "weight_decay",
-        config.weight_decay,
+        config.hyper.weight_decay,
         0.0,
         false,
         f64::INFINITY,
         "L2 weight decay",
     )?;
-    if !(0.0..1.0).contains(&config.momentum) {
+    if !(0.0..1.0).contains(&config.hyper.momentum) {
         return Err(out_of_range(
             "momentum",
-            config.momentum,
+            config.hyper.momentum,
             "[0, 1) (SGD momentum)",
         ));
     }

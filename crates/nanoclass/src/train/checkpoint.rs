@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fs::{clean_stale_temp_files, temp_dir_name, write_atomic};
 use crate::model::Net;
+use crate::model::batch_counters::{BatchCounters, METADATA_KEY};
 use crate::model::weights::save_net;
 use crate::run::{EpochMetrics, Run, files};
 use crate::train::early_stop::TrackerState;
@@ -88,6 +89,8 @@ pub struct EpochCommit<'a> {
     pub optim: Option<&'a ModuleOptimizer>,
     /// The training state.
     pub state: &'a TrainState,
+    /// The BatchNorm `num_batches_tracked` counts, saved in the models' metadata.
+    pub batch_counters: &'a BatchCounters,
 }
 
 fn sync_file(path: &Path) -> Result<()> {
@@ -143,7 +146,8 @@ pub fn commit(run: &Run, c: EpochCommit<'_>) -> Result<()> {
 }
 
 fn write_epoch(run: &Run, c: &EpochCommit<'_>, tmp: &Path) -> Result<()> {
-    let meta = run.model_metadata();
+    let mut meta = run.model_metadata();
+    meta.insert(METADATA_KEY.into(), c.batch_counters.to_metadata());
     let last = tmp.join(files::LAST);
     save_net(c.net, &last, &meta)?;
     sync_file(&last)?;
@@ -236,6 +240,9 @@ fn remove_uncommitted(run_dir: &Path, keep: &Path) {
 pub fn recover(run_dir: &Path) -> Result<Option<TrainState>> {
     match current(run_dir) {
         Some(epoch_dir) => {
+            // Dead processes' leftovers first: a kill during the publishing below must not
+            // leave them behind in a run whose files are then complete.
+            clean_stale_temp_files(run_dir);
             publish(run_dir, &epoch_dir)?;
             remove_uncommitted(run_dir, &epoch_dir);
             read_state(&epoch_dir.join(STATE)).map(Some)
@@ -442,6 +449,7 @@ mod tests {
                     metrics: &m,
                     optim: None,
                     state: &st,
+                    batch_counters: &BatchCounters::default(),
                 },
             )
             .unwrap();
@@ -481,6 +489,7 @@ mod tests {
                     metrics: &m,
                     optim: None,
                     state: &st,
+                    batch_counters: &BatchCounters::default(),
                 },
             )
             .unwrap();

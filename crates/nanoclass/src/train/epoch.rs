@@ -17,6 +17,7 @@ use burn::tensor::Gradients;
 
 use crate::infer::device::{read_f32, read_scalar};
 use crate::model::Net;
+use crate::model::batch_counters::BatchCounters;
 use crate::run::{Run, Task};
 use crate::train::checkpoint::{self, EpochCommit, TrainState};
 use crate::train::early_stop::Tracker;
@@ -41,6 +42,8 @@ pub(crate) struct RunCtx<'a> {
     pub on_event: &'a mut dyn FnMut(Event),
     /// The model input side `S` of `[N, 3, S, S]`.
     pub size: usize,
+    /// The BatchNorm `num_batches_tracked` counts, saved with every model.
+    pub batch_counters: BatchCounters,
 }
 
 impl RunCtx<'_> {
@@ -119,6 +122,7 @@ pub(crate) fn run_phase(
                 metrics: &metrics,
                 optim: phase.optimizer(),
                 state: &state,
+                batch_counters: &ctx.batch_counters,
             },
         )?;
         ctx.event(Event::Epoch(metrics));

@@ -30,7 +30,7 @@ pub mod loss;
 pub(crate) mod phases;
 pub mod schedule;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -48,6 +48,7 @@ use crate::infer::device::DeviceChoice;
 use crate::infer::engine::EngineChoice;
 use crate::instant::PretrainedHead;
 use crate::model::Arch;
+use crate::model::batch_counters::BatchCounters;
 use crate::model::point::PointHead;
 use crate::model::start::initial_net;
 use crate::model::weights::load_net;
@@ -362,6 +363,13 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     } else {
         net
     };
+    // `num_batches_tracked` of every BatchNorm: the starting file's counts (0 for new layers).
+    let known: BTreeMap<String, i64> = report
+        .iter()
+        .flat_map(|r| r.batch_counters.iter())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let batch_counters = BatchCounters::for_net(&net, &known)?;
     match &report {
         Some(r) => on_event(Event::Info(r.to_string())),
         None => on_event(Event::Warn(format!(
@@ -444,6 +452,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         tracker,
         on_event,
         size: eval_preset.crop as usize,
+        batch_counters,
     };
     let state = resumed.as_ref().map(|r| &r.state);
     let mut skipped = Vec::new();

@@ -282,7 +282,7 @@ pub fn run_images(opts: &Options) -> Report {
 pub fn run_weights(opts: &Options, full: bool) -> Report {
     let scratch = tempfile::tempdir().expect("tempdir");
     let seeds = seeds::weights_seeds(scratch.path(), full);
-    let device = nanoclass::train::default_device();
+    let device = nanoclass::infer::device::default_device();
     let watchdog = Watchdog::new("weights");
     let mut report = Report::default();
     let t0 = Instant::now();

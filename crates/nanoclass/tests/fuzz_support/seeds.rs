@@ -10,7 +10,8 @@ use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use nanoclass::data::presets::{Normalization, presets, regression_presets};
 use nanoclass::export::torch::{DType, StateTensor, write_pth};
 use nanoclass::model::Arch;
-use nanoclass::run::{Mode, OptimizerKind, RunConfig, Schedule, SplitRecord, Task, WeightsRecord};
+use nanoclass::run::{RunConfig, SplitRecord, Task, WeightsRecord};
+use nanoclass::train::{Hyperparams, Mode, OptimizerKind, Schedule};
 
 /// One seed file.
 #[derive(Clone, Debug)]
@@ -310,11 +311,11 @@ pub fn weights_seeds(scratch: &Path, full: bool) -> Vec<WeightsSeed> {
         })
         .collect();
     if full {
-        let device = nanoclass::train::default_device();
+        let device = nanoclass::infer::device::default_device();
         let net = nanoclass::model::Net::new(Arch::EfficientnetLite0, 2, &device);
         let st = scratch.join("effnet.safetensors");
         nanoclass::model::weights::save_net(&net, &st, &Default::default()).expect("save");
-        let tensors = nanoclass::export::torch::read_state_dict(&st, true).expect("read back");
+        let tensors = nanoclass::export::torch::read_state_dict(&st, None).expect("read back");
         let pth = scratch.join("effnet.pth");
         write_pth(&pth, &tensors).expect("write .pth");
         for (name, path) in [("effnet.safetensors", &st), ("effnet.pth", &pth)] {
@@ -351,22 +352,25 @@ pub fn config_seeds() -> Vec<(Seed, String)> {
                 spec: "resnet18".into(),
                 path: Some(PathBuf::from("/cache/resnet18-f37072fd.pth")),
             },
-            mode: Mode::Finetune,
-            epochs: 5,
-            head_epochs: 10,
-            batch_size: 16,
-            lr: 1e-3,
-            body_lr_factor: 0.1,
-            optimizer: OptimizerKind::Adam,
-            momentum: 0.9,
-            weight_decay: 1e-4,
-            schedule: Schedule::Cosine,
-            seed: 7,
+            hyper: Hyperparams {
+                epochs: 5,
+                head_epochs: 10,
+                batch_size: 16,
+                lr: 1e-3,
+                body_lr_factor: 0.1,
+                optimizer: OptimizerKind::Adam,
+                momentum: 0.9,
+                weight_decay: 1e-4,
+                schedule: Schedule::Cosine,
+                seed: 7,
+                ..Hyperparams::for_mode(Mode::Finetune)
+            },
             split: SplitRecord::Generated {
                 val_fraction: 0.2,
                 seed: 7,
                 val_files: vec!["ants/1.jpg".into(), "bees/2.jpg".into()],
             },
+            device: Default::default(),
         }
     };
     [Task::Classification, Task::Regression]

@@ -405,7 +405,8 @@ pub(crate) fn frame_header(data: &[u8]) -> Option<FrameHeader> {
         pos += 2;
         match marker {
             0x01 | 0xD0..=0xD7 => continue,
-            0xD8 | 0xD9 | 0xDA => return None,
+            // SOI, EOI, SOS: no frame header before the scan.
+            0xD8..=0xDA => return None,
             _ => {}
         }
         let len = usize::from(be16(data, pos)?);

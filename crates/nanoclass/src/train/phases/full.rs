@@ -220,6 +220,10 @@ impl Phase for FullPhase {
             &mut forward,
             &mut apply,
         )?;
+        // Every step ran the body's BatchNorm layers in train mode.
+        for _ in 0..count {
+            ctx.batch_counters.add_batch();
+        }
         self.model = model;
         Ok(stats)
     }
