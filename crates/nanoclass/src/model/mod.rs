@@ -5,6 +5,7 @@
 //! the head for the user's `N` categories is [`Net::with_fresh_head`]. Regression models have a
 //! point head on the stride-8 map instead ([`point`], [`Net::with_point_head`]).
 
+pub mod cut;
 pub mod efficientnet;
 pub mod point;
 pub mod registry;
