@@ -59,6 +59,7 @@ use crate::run::{
 };
 use crate::{Error, Result};
 
+pub mod activations;
 pub mod checkpoint;
 pub mod features;
 
