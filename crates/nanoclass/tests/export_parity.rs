@@ -10,7 +10,9 @@
 //!   image alone match nanoclass's outputs within 1e-4, and the metadata reads back;
 //! - `.pth` into burn's PyTorch reader (Rust) and into torchvision / the EfficientNet-Lite
 //!   reference with `strict=True` (Python, scripts/pth_roundtrip.py): same outputs within 1e-4;
-//! - safetensors: loads back to the same outputs.
+//! - safetensors: loads back to the same outputs;
+//! - the body up to a partial fine-tuning cut (`onnx::prefix_proto`) in tract and ONNX Runtime
+//!   against burn's `forward_until`.
 //!
 //! The Python runtimes need `/usr/bin/python3` with Debian python3-torch/python3-torchvision
 //! and, from PyPI, `onnxruntime==1.31.1` and `efficientnet-lite-pytorch==0.1.0` (`.ci/run`
@@ -751,8 +753,10 @@ fn tract_run_any(path: &Path, pixels: &[f32], n: usize, size: usize) -> (Vec<f32
 }
 
 /// The body of partial fine-tuning exported alone (`onnx::prefix_proto`): in tract and in
-/// ONNX Runtime (when its library loads) it gives burn's `forward_until` within 1e-4, at
-/// batch 3 and 1, for cuts inside the last stage and at the stem.
+/// ONNX Runtime (when its library loads) it gives burn's `forward_until` at batch 3 and 1, for
+/// cuts inside the last stage and at the stem, within `1e-4 + 1e-5 * |burn|` per value
+/// (`numpy.allclose`'s form with its default relative tolerance: EfficientNet-Lite0's maps
+/// reach 40, where f32 rounding of the folded BatchNorm alone is a few 1e-6 relative).
 fn check_prefix(case: &Case, cuts: &[usize]) {
     use nanoclass::model::cut::Cut;
     let (_, net) = load_run_model(&case.run).unwrap();
@@ -780,11 +784,12 @@ fn check_prefix(case: &Case, cuts: &[usize]) {
             .try_to_vec::<f32>()
             .unwrap();
         let per_image = c * h * w;
+        // The largest |got - want| in units of the allowed difference (<= 1 passes).
         let diff = |got: &[f32], want: &[f32]| {
             assert_eq!(got.len(), want.len());
             got.iter()
                 .zip(want)
-                .map(|(a, b)| (a - b).abs())
+                .map(|(a, b)| (a - b).abs() / (TOLERANCE + 1e-5 * b.abs()))
                 .fold(0f32, f32::max)
         };
         let (batch, shape) = tract_run_any(&path, &case.pixels, 3, case.size);
@@ -796,22 +801,26 @@ fn check_prefix(case: &Case, cuts: &[usize]) {
         }
         let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         eprintln!(
-            "{} prefix {cut}: [{c}, {h}, {w}], max |tract - burn| {d:.2e} (values up to {peak:.1})",
+            "{} prefix {cut}: [{c}, {h}, {w}], tract vs burn {d:.2} of the tolerance (values up to {peak:.1})",
             case.arch
         );
-        assert!(d <= TOLERANCE, "{} {cut}: tract vs burn {d}", case.arch);
+        assert!(
+            d <= 1.0,
+            "{} {cut}: tract vs burn {d} of the tolerance",
+            case.arch
+        );
         match ort_environment() {
             Ok(_) => {
                 let model = nanoclass::engine::OrtModel::open(&path).unwrap();
                 let (got, _) = model.run(case.pixels.clone(), 3, case.size).unwrap();
                 let d = diff(&got, &want);
                 eprintln!(
-                    "{} prefix {cut}: max |ONNX Runtime - burn| {d:.2e}",
+                    "{} prefix {cut}: ONNX Runtime vs burn {d:.2} of the tolerance",
                     case.arch
                 );
                 assert!(
-                    d <= TOLERANCE,
-                    "{} {cut}: ONNX Runtime vs burn {d}",
+                    d <= 1.0,
+                    "{} {cut}: ONNX Runtime vs burn {d} of the tolerance",
                     case.arch
                 );
             }
