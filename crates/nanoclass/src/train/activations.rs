@@ -545,7 +545,8 @@ mod tests {
         let base = spec().folder_name().unwrap();
         assert_eq!(base, spec().folder_name().unwrap());
         assert_eq!(base.len(), 64);
-        let changes: [(&str, fn(&mut ActivationSpec)); 12] = [
+        type Change = (&'static str, fn(&mut ActivationSpec));
+        let changes: [Change; 12] = [
             ("arch", |s| s.arch = Arch::Resnet18),
             ("weights", |s| s.weights_sha256 = "cd".repeat(32)),
             ("cut", |s| s.cut = Cut { blocks: 3 }),
