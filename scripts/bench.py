@@ -215,6 +215,28 @@ def effnet_arch_dir():
     return d
 
 
+def torch_partial_reference(py, clocks, arch_dir, env, target=0.97, max_seconds=1800):
+    """PyTorch's side of the partial fine-tuning row (scripts/partial_reference.py, 2 threads):
+    EfficientNet-Lite0 on `clocks` with the partial recipe (last 2 MBConv blocks, `_conv_head`
+    and a fresh head on cached activations of 4 views per image, batch 32) and with full
+    fine-tuning (every layer, a fresh train view per step, batch 16), same presets and Adam
+    groups (body 1e-4, head 1e-3). Full fine-tuning stops at `target` or after `max_seconds`.
+    Returns {"partial": ..., "full": ...}: each the script's summary (`first_reach_seconds`,
+    wall time from start to the first epoch at or above `target`, None if never;
+    `best_top1`; `peak_rss_mib`) with its per-epoch lines under "epochs"."""
+    script = os.path.join(ROOT, "scripts", "partial_reference.py")
+    out = {}
+    for recipe, extra in (("partial", ["--epochs", "5"]), ("full", ["--max-seconds", str(max_seconds)])):
+        p = subprocess.run([py, script, clocks, "--recipe", recipe, "--arch-dir", arch_dir,
+                            "--target", str(target), *extra],
+                           check=True, capture_output=True, text=True, env=env)
+        lines = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+        summary = [l for l in lines if l.get("done")][-1]
+        summary["epochs"] = [l for l in lines if "epoch" in l]
+        out[recipe] = summary
+    return out
+
+
 def live(exe, run, frames, env, precision=None):
     """End-to-end FPS and model ms/frame of `nanoclass live` over the frames folder."""
     cmd = [exe, "live", run, "--source", f"file://{frames}?loop=0", "--json"]

@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::engine::EngineChoice;
 use nanoclass::instant::HeadChoice;
+use nanoclass::data::presets::Augmentation;
 use nanoclass::model::Arch;
 use nanoclass::run::{Task, files};
 use nanoclass::train::{
@@ -60,6 +61,13 @@ enum ModeArg {
     Full,
     Finetune,
     Instant,
+    Partial,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum FlipArg {
+    On,
+    Off,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum)]
@@ -106,9 +114,35 @@ pub struct TrainArgs {
     /// frozen: train the head on cached backbone features; full: train every layer;
     /// finetune: head first, then every layer with a lower backbone learning rate;
     /// instant: no gradient training, a head fitted in one go on the backbone features (class
-    /// prototypes, or a linear head when a leave-out check prefers it), in seconds.
+    /// prototypes, or a linear head when a leave-out check prefers it), in seconds;
+    /// partial: the last residual blocks (--train-blocks) and the head train on cached
+    /// activations of the frozen body for several augmented views per image (classification).
     #[arg(long, value_enum, default_value = "frozen")]
     mode: ModeArg,
+    /// --mode partial: residual blocks to train, counted from the end (default: 2 of
+    /// EfficientNet-Lite0's 16 MBConv blocks; layer4 of the ResNets).
+    #[arg(long, value_name = "K")]
+    train_blocks: Option<usize>,
+    /// --mode partial: views cached per training image (view 0 the eval view, the others
+    /// augmented), 1 to 64.
+    #[arg(long, default_value_t = 4)]
+    views: usize,
+    /// Augmentation: the random crop's area range as a fraction of the image, MIN,MAX
+    /// (torchvision RandomResizedCrop scale; default 0.35,1 partial, 0.08,1 otherwise).
+    #[arg(long, value_name = "MIN,MAX", value_delimiter = ',', num_args = 2)]
+    crop_scale: Option<Vec<f32>>,
+    /// Augmentation: colour jitter strength S, torchvision ColorJitter(S, S, S, min(S, 0.5));
+    /// 0 turns it off (default 0.2).
+    #[arg(long, value_name = "S")]
+    jitter: Option<f32>,
+    /// Augmentation: random horizontal flip. Turn it off when mirroring changes the class (a
+    /// clock's hour, a pointing hand's direction). Default: off in partial, on otherwise.
+    #[arg(long, value_enum)]
+    flip: Option<FlipArg>,
+    /// Early stopping: stop after N epochs without a lower held-out loss, keeping the best
+    /// model (default: 2 in partial, off otherwise).
+    #[arg(long, value_name = "N")]
+    patience: Option<usize>,
     /// --mode instant: auto (the leave-out check chooses, from 3 images per class), prototypes
     /// or linear.
     #[arg(long, value_enum, default_value = "auto")]
@@ -123,15 +157,15 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = DeviceChoice::from_env())]
     device: DeviceChoice,
     /// Epochs (finetune: full-network epochs after the head epochs). Default: 30 frozen, 10
-    /// full, 5 finetune.
+    /// full, 5 finetune, 6 partial (early stopping usually ends it sooner).
     #[arg(long)]
     epochs: Option<usize>,
     /// Head-only epochs before the full phase in finetune mode.
     #[arg(long, default_value_t = 10)]
     head_epochs: usize,
-    /// Images per batch (at least 2).
-    #[arg(long, default_value_t = 16)]
-    batch_size: usize,
+    /// Images per batch (at least 2). Default: 32 partial, 16 otherwise.
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// Learning rate (Adam default 1e-3, the course's; SGD default 1e-2).
     #[arg(long)]
     lr: Option<f64>,
@@ -183,11 +217,32 @@ fn flag_of(e: &HyperError) -> &'static str {
         HyperError::Momentum(_) => "--momentum",
         HyperError::WeightDecay(_) => "--weight-decay",
         HyperError::ValFraction(_) => "--val-fraction",
+        HyperError::Views(_) => "--views",
+        HyperError::TrainBlocks(_) => "--train-blocks",
+        HyperError::Patience(_) => "--patience",
+        HyperError::Augmentation(_) => "--crop-scale/--jitter/--flip",
     }
 }
 
+/// The augmentation flags over the mode's own augmentation (or the train preset's, which
+/// [`Augmentation::default`] is); None when no flag is given.
+fn augmentation(a: &TrainArgs, defaults: &Hyperparams) -> Option<Augmentation> {
+    if a.crop_scale.is_none() && a.jitter.is_none() && a.flip.is_none() {
+        return None;
+    }
+    let base = defaults.augmentation().unwrap_or_default();
+    Some(Augmentation {
+        scale: match a.crop_scale.as_deref() {
+            Some(&[min, max]) => [min, max],
+            _ => base.scale,
+        },
+        jitter: a.jitter.unwrap_or(base.jitter),
+        hflip: a.flip.map_or(base.hflip, |f| matches!(f, FlipArg::On)),
+    })
+}
+
 fn options(a: TrainArgs) -> Result<TrainOptions> {
-    let Some(data) = a.data else {
+    let Some(data) = a.data.clone() else {
         bail!("DATA is required unless --resume is given");
     };
     let arch: Arch = a.arch.into();
@@ -196,6 +251,7 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
         ModeArg::Full => Mode::Full,
         ModeArg::Finetune => Mode::Finetune,
         ModeArg::Instant => Mode::Instant,
+        ModeArg::Partial => Mode::Partial,
     };
     let optimizer = match a.optimizer {
         OptimizerArg::Adam => OptimizerKind::Adam,
@@ -205,7 +261,7 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
     let hyper = Hyperparams {
         epochs: a.epochs.unwrap_or(defaults.epochs),
         head_epochs: a.head_epochs,
-        batch_size: a.batch_size,
+        batch_size: a.batch_size.unwrap_or(defaults.batch_size),
         lr: a.lr.unwrap_or(optimizer.default_lr()),
         body_lr_factor: a.body_lr_factor,
         optimizer,
@@ -223,7 +279,11 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
             InstantHeadArg::Prototypes => HeadChoice::Prototypes,
             InstantHeadArg::Linear => HeadChoice::Linear,
         },
-        ..defaults
+        train_blocks: a.train_blocks,
+        views: a.views,
+        augmentation: augmentation(&a, &defaults),
+        patience: a.patience.or(defaults.patience),
+        ..defaults.clone()
     };
     if let Err(e) = hyper.validate() {
         bail!("{}: {e}", flag_of(&e));

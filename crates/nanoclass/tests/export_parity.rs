@@ -10,7 +10,9 @@
 //!   image alone match nanoclass's outputs within 1e-4, and the metadata reads back;
 //! - `.pth` into burn's PyTorch reader (Rust) and into torchvision / the EfficientNet-Lite
 //!   reference with `strict=True` (Python, scripts/pth_roundtrip.py): same outputs within 1e-4;
-//! - safetensors: loads back to the same outputs.
+//! - safetensors: loads back to the same outputs;
+//! - the body up to a partial fine-tuning cut (`onnx::prefix_proto`) in tract and ONNX Runtime
+//!   against burn's `forward_until`.
 //!
 //! The Python runtimes need `/usr/bin/python3` with Debian python3-torch/python3-torchvision
 //! and, from PyPI, `onnxruntime==1.31.1` and `efficientnet-lite-pytorch==0.1.0` (`.ci/run`
@@ -750,4 +752,138 @@ fn a_model_holding_nan_is_not_exported() {
         assert!(e.contains("fc.bias holds NaN"), "{format}: {e}");
         assert!(!out.exists(), "{format}: a file was written");
     }
+}
+
+/// Runs an ONNX file in tract on `[n, 3, size, size]` pixels; returns the output flattened and
+/// its shape.
+fn tract_run_any(path: &Path, pixels: &[f32], n: usize, size: usize) -> (Vec<f32>, Vec<usize>) {
+    let model = tract_onnx::onnx()
+        .model_for_path(path)
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .unwrap_or_else(|e| panic!("tract cannot load {}: {e:?}", path.display()));
+    let x: TractTensor = tract_ndarray::Array4::from_shape_vec((n, 3, size, size), pixels.to_vec())
+        .unwrap()
+        .into();
+    let out = model
+        .run(tvec!(x.into_tvalue()))
+        .unwrap_or_else(|e| panic!("tract run: {e:?}"));
+    let view = out[0].to_plain_array_view::<f32>().unwrap();
+    (view.iter().copied().collect(), view.shape().to_vec())
+}
+
+/// The body of partial fine-tuning exported alone (`onnx::prefix_proto`): in tract and in
+/// ONNX Runtime (when its library loads) it gives burn's `forward_until` at batch 3 and 1, for
+/// cuts inside the last stage and at the stem, within `1e-4 + 1e-5 * |burn|` per value
+/// (`numpy.allclose`'s form with its default relative tolerance: EfficientNet-Lite0's maps
+/// reach 40, where f32 rounding of the folded BatchNorm alone is a few 1e-6 relative).
+fn check_prefix(case: &Case, cuts: &[usize]) {
+    use nanoclass::model::cut::Cut;
+    let (_, net) = load_run_model(&case.run).unwrap();
+    let device = default_device();
+    for &k in cuts {
+        let cut = Cut::new(case.arch, k).unwrap();
+        let proto = onnx::prefix_proto(
+            &net,
+            cut,
+            case.size,
+            onnx::DEFAULT_OPSET,
+            &Default::default(),
+        )
+        .unwrap();
+        let path = case.root.join(format!("prefix-{k}.onnx"));
+        std::fs::write(&path, onnx::encode(&proto)).unwrap();
+        let [c, h, w] = net.activation_shape(cut, case.size);
+        let x = burn::tensor::Tensor::<4>::from_data(
+            burn::tensor::TensorData::new(case.pixels.clone(), [3, 3, case.size, case.size]),
+            &device,
+        );
+        let want: Vec<f32> = net
+            .forward_until(cut, x)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let per_image = c * h * w;
+        // The largest |got - want| in units of the allowed difference (<= 1 passes).
+        let diff = |got: &[f32], want: &[f32]| {
+            assert_eq!(got.len(), want.len());
+            got.iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs() / (TOLERANCE + 1e-5 * b.abs()))
+                .fold(0f32, f32::max)
+        };
+        let (batch, shape) = tract_run_any(&path, &case.pixels, 3, case.size);
+        assert_eq!(shape, [3, c, h, w]);
+        let mut d = diff(&batch, &want);
+        for i in 0..3 {
+            let (one, _) = tract_run_any(&path, case.image(i), 1, case.size);
+            d = d.max(diff(&one, &want[i * per_image..(i + 1) * per_image]));
+        }
+        let peak = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!(
+            "{} prefix {cut}: [{c}, {h}, {w}], tract vs burn {d:.2} of the tolerance (values up to {peak:.1})",
+            case.arch
+        );
+        assert!(
+            d <= 1.0,
+            "{} {cut}: tract vs burn {d} of the tolerance",
+            case.arch
+        );
+        match ort_environment() {
+            Ok(_) => {
+                let model = nanoclass::infer::ort::OrtModel::open(&path).unwrap();
+                let (got, _) = model.run(case.pixels.clone(), 3, case.size).unwrap();
+                let d = diff(&got, &want);
+                eprintln!(
+                    "{} prefix {cut}: ONNX Runtime vs burn {d:.2} of the tolerance",
+                    case.arch
+                );
+                assert!(
+                    d <= 1.0,
+                    "{} {cut}: ONNX Runtime vs burn {d} of the tolerance",
+                    case.arch
+                );
+            }
+            Err(reason) => {
+                assert!(
+                    std::env::var_os("NANOCLASS_REQUIRE_ORT").is_none(),
+                    "NANOCLASS_REQUIRE_ORT is set, but ONNX Runtime is not available: {reason}"
+                );
+                eprintln!("ONNX Runtime not available ({reason}): prefix checked in tract only");
+            }
+        }
+    }
+}
+
+#[test]
+fn prefix_onnx_matches_forward_until_for_efficientnet_lite0_and_resnet18() {
+    check_prefix(efficientnet_case(), &[2, 5, 16]);
+    check_prefix(resnet_case(), &[1, 3, 8]);
+}
+
+#[test]
+fn prefix_export_refuses_regression_models_and_bad_cuts() {
+    use nanoclass::model::cut::Cut;
+    let (_, net) = load_run_model(&regression_case().run).unwrap();
+    let err = onnx::prefix_proto(
+        &net,
+        Cut { blocks: 2 },
+        224,
+        onnx::DEFAULT_OPSET,
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("regression"), "{err}");
+    let (_, net) = load_run_model(&resnet_case().run).unwrap();
+    let err = onnx::prefix_proto(
+        &net,
+        Cut { blocks: 9 },
+        224,
+        onnx::DEFAULT_OPSET,
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("resnet18 has 8"), "{err}");
 }

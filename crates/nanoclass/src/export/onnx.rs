@@ -45,6 +45,7 @@ use tract_onnx::pb::attribute_proto::AttributeType;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
 
+use crate::model::cut::Cut;
 use crate::model::efficientnet::EfficientNetLite;
 use crate::model::point::{self, PointHead};
 use crate::model::resnet::ResNet;
@@ -143,8 +144,22 @@ fn build(
     let mut g = Graph::default();
     let tap = net.point_head().is_some();
     let (features, arch) = match net {
-        Net::ResNet(m) => (resnet(&mut g, m, size, tap)?, "resnet"),
-        Net::EfficientNetLite(m) => (efficientnet(&mut g, m, size, tap)?, "efficientnet_lite"),
+        Net::ResNet(m) => {
+            let stop = if tap {
+                Stop::Before(m.layer1.len() + m.layer2.len())
+            } else {
+                Stop::Pooled
+            };
+            (resnet(&mut g, m, size, stop)?, "resnet")
+        }
+        Net::EfficientNetLite(m) => {
+            let stop = if tap {
+                Stop::Before(EfficientNetLite::TAP_BLOCKS)
+            } else {
+                Stop::Pooled
+            };
+            (efficientnet(&mut g, m, size, stop)?, "efficientnet_lite")
+        }
     };
     let softmax = head == Some(true);
     let side = point_side(size);
@@ -179,6 +194,69 @@ fn build(
             net.head().weight.val().dims()[0]
         }
     };
+    let doc = format!(
+        "{INPUT_NAME}: [batch, 3, {size}, {size}] f32 RGB, normalised; {OUTPUT_NAME}: [batch, {k}] {}",
+        match head {
+            Some(_) if tap => "points (x, y) per category, normalised to [-1, 1]",
+            Some(true) => "probabilities",
+            Some(false) => "raw outputs",
+            None if tap => "the point head's stride-8 map, flattened",
+            None => "pooled backbone features",
+        }
+    );
+    let output = [Dim::Batch, Dim::Fixed(k as i64)];
+    Ok(model(g, arch, size, &output, doc, opset, metadata))
+}
+
+/// The frozen body of partial fine-tuning ([`Net::forward_until`]): [`INPUT_NAME`]
+/// `[batch, 3, size, size]` to [`OUTPUT_NAME`] `[batch, C, h, w]`, the input of the first
+/// trained block ([`Net::activation_shape`]), with every BatchNorm in eval mode.
+///
+/// # Errors
+/// The cut does not fit the model ([`crate::model::cut::CutError`]), or those of
+/// [`model_proto`].
+pub fn prefix_proto(
+    net: &Net,
+    cut: Cut,
+    size: usize,
+    opset: i64,
+    metadata: &BTreeMap<String, String>,
+) -> Result<pb::ModelProto> {
+    check_opset(opset)?;
+    net.check_cut(cut)?;
+    let stop = Stop::Before(net.block_count() - cut.blocks);
+    let mut g = Graph::default();
+    let (map, arch) = match net {
+        Net::ResNet(m) => (resnet(&mut g, m, size, stop)?, "resnet"),
+        Net::EfficientNetLite(m) => (efficientnet(&mut g, m, size, stop)?, "efficientnet_lite"),
+    };
+    g.node("Identity", "activation", &[&map], OUTPUT_NAME, vec![]);
+    let [c, h, w] = net.activation_shape(cut, size);
+    let doc = format!(
+        "{INPUT_NAME}: [batch, 3, {size}, {size}] f32 RGB, normalised; {OUTPUT_NAME}: \
+         [batch, {c}, {h}, {w}] the input of the first of the last {} blocks",
+        cut.blocks
+    );
+    let output = [
+        Dim::Batch,
+        Dim::Fixed(c as i64),
+        Dim::Fixed(h as i64),
+        Dim::Fixed(w as i64),
+    ];
+    Ok(model(g, arch, size, &output, doc, opset, metadata))
+}
+
+/// The model around a finished graph: input [`INPUT_NAME`] `[batch, 3, size, size]`, output
+/// [`OUTPUT_NAME`] of shape `output`.
+fn model(
+    g: Graph,
+    arch: &str,
+    size: usize,
+    output: &[Dim],
+    doc: String,
+    opset: i64,
+    metadata: &BTreeMap<String, String>,
+) -> pb::ModelProto {
     let graph = pb::GraphProto {
         node: g.nodes,
         name: format!("nanoclass_{arch}"),
@@ -192,20 +270,11 @@ fn build(
                 Dim::Fixed(size as i64),
             ],
         )],
-        output: vec![value_info(OUTPUT_NAME, &[Dim::Batch, Dim::Fixed(k as i64)])],
-        doc_string: format!(
-            "{INPUT_NAME}: [batch, 3, {size}, {size}] f32 RGB, normalised; {OUTPUT_NAME}: [batch, {k}] {}",
-            match head {
-                Some(_) if tap => "points (x, y) per category, normalised to [-1, 1]",
-                Some(true) => "probabilities",
-                Some(false) => "raw outputs",
-                None if tap => "the point head's stride-8 map, flattened",
-                None => "pooled backbone features",
-            }
-        ),
+        output: vec![value_info(OUTPUT_NAME, output)],
+        doc_string: doc,
         ..Default::default()
     };
-    Ok(pb::ModelProto {
+    pb::ModelProto {
         ir_version: ir_version(opset),
         opset_import: vec![pb::OperatorSetIdProto {
             domain: String::new(),
@@ -225,7 +294,7 @@ fn build(
             })
             .collect(),
         ..Default::default()
-    })
+    }
 }
 
 /// Folds an eval-mode BatchNorm into a convolution's weight and bias (see the module docs).
@@ -322,45 +391,62 @@ fn head_name(net: &Net) -> &'static str {
     }
 }
 
-/// torchvision ResNet: stem, max-pool, residual stages, global average -> `[N, C]` value name.
-/// ResNet: stem, stages, global average -> `[N, C]`; with `tap`, `layer2`'s map.
-fn resnet(g: &mut Graph, m: &ResNet, size: usize, tap: bool) -> Result<String> {
+/// Where an emitted backbone ends.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// After the global average: `[N, C]`.
+    Pooled,
+    /// Before residual block `first` (forward order): its input map `[N, C, h, w]` (the point
+    /// head's tap, or partial fine-tuning's cut).
+    Before(usize),
+}
+
+/// torchvision ResNet: stem, max-pool, residual stages, then the global average (`[N, C]`) or
+/// the map in front of a block.
+fn resnet(g: &mut Graph, m: &ResNet, size: usize, stop: Stop) -> Result<String> {
     let hw = [size, size];
     let (x, hw) = g.conv_bn("conv1", INPUT_NAME, hw, &m.conv1, &m.bn1)?;
     let x = g.relu("relu", &x);
     let (mut x, mut hw) = g.maxpool("maxpool", &x, hw, &m.maxpool);
     let stages = [&m.layer1, &m.layer2, &m.layer3, &m.layer4];
-    let stages = if tap { &stages[..2] } else { &stages[..] };
-    for (si, stage) in stages.iter().enumerate() {
-        for (bi, b) in stage.iter().enumerate() {
-            let p = format!("layer{}.{bi}", si + 1);
-            let (y, h1) = g.conv_bn(&format!("{p}.conv1"), &x, hw, &b.conv1, &b.bn1)?;
-            let y = g.relu(&format!("{p}.relu1"), &y);
-            let (mut y, mut h2) = g.conv_bn(&format!("{p}.conv2"), &y, h1, &b.conv2, &b.bn2)?;
-            if let (Some(c3), Some(b3)) = (&b.conv3, &b.bn3) {
-                let r = g.relu(&format!("{p}.relu2"), &y);
-                (y, h2) = g.conv_bn(&format!("{p}.conv3"), &r, h2, c3, b3)?;
-            }
-            let shortcut = match &b.downsample {
-                Some(ds) => {
-                    g.conv_bn(&format!("{p}.downsample"), &x, hw, &ds.conv, &ds.bn)?
-                        .0
-                }
-                None => x.clone(),
-            };
-            let sum = g.add(&format!("{p}.add"), &y, &shortcut);
-            x = g.relu(&format!("{p}.relu"), &sum);
-            hw = h2;
+    let blocks = stages.iter().enumerate().flat_map(|(si, stage)| {
+        stage
+            .iter()
+            .enumerate()
+            .map(move |(bi, b)| (format!("layer{}.{bi}", si + 1), b))
+    });
+    let limit = match stop {
+        Stop::Before(first) => first,
+        Stop::Pooled => usize::MAX,
+    };
+    for (p, b) in blocks.take(limit) {
+        let (y, h1) = g.conv_bn(&format!("{p}.conv1"), &x, hw, &b.conv1, &b.bn1)?;
+        let y = g.relu(&format!("{p}.relu1"), &y);
+        let (mut y, mut h2) = g.conv_bn(&format!("{p}.conv2"), &y, h1, &b.conv2, &b.bn2)?;
+        if let (Some(c3), Some(b3)) = (&b.conv3, &b.bn3) {
+            let r = g.relu(&format!("{p}.relu2"), &y);
+            (y, h2) = g.conv_bn(&format!("{p}.conv3"), &r, h2, c3, b3)?;
         }
+        let shortcut = match &b.downsample {
+            Some(ds) => {
+                g.conv_bn(&format!("{p}.downsample"), &x, hw, &ds.conv, &ds.bn)?
+                    .0
+            }
+            None => x.clone(),
+        };
+        let sum = g.add(&format!("{p}.add"), &y, &shortcut);
+        x = g.relu(&format!("{p}.relu"), &sum);
+        hw = h2;
     }
-    if tap {
-        return Ok(x);
+    match stop {
+        Stop::Before(_) => Ok(x),
+        Stop::Pooled => Ok(g.global_average("avgpool", &x)),
     }
-    Ok(g.global_average("avgpool", &x))
 }
 
-/// EfficientNet-Lite: stem, MBConv blocks, head convolution, global average -> `[N, 1280]`.
-fn efficientnet(g: &mut Graph, m: &EfficientNetLite, size: usize, tap: bool) -> Result<String> {
+/// EfficientNet-Lite: stem, MBConv blocks, head convolution, global average -> `[N, 1280]`,
+/// or the map in front of a block.
+fn efficientnet(g: &mut Graph, m: &EfficientNetLite, size: usize, stop: Stop) -> Result<String> {
     let (x, hw) = g.conv_bn(
         "_conv_stem",
         INPUT_NAME,
@@ -370,10 +456,9 @@ fn efficientnet(g: &mut Graph, m: &EfficientNetLite, size: usize, tap: bool) -> 
     )?;
     let mut x = g.relu6("_conv_stem.relu6", &x);
     let mut hw = hw;
-    let blocks = if tap {
-        &m._blocks[..EfficientNetLite::TAP_BLOCKS]
-    } else {
-        &m._blocks[..]
+    let blocks = match stop {
+        Stop::Before(first) => &m._blocks[..first],
+        Stop::Pooled => &m._blocks[..],
     };
     for (i, b) in blocks.iter().enumerate() {
         let p = format!("_blocks.{i}");
@@ -406,7 +491,7 @@ fn efficientnet(g: &mut Graph, m: &EfficientNetLite, size: usize, tap: bool) -> 
         };
         hw = h_hw;
     }
-    if tap {
+    if let Stop::Before(_) = stop {
         return Ok(x);
     }
     let (x, _) = g.conv_bn("_conv_head", &x, hw, &m._conv_head, &m._bn1)?;

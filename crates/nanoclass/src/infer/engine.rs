@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::device::read_f32;
 use super::ort::{OrtModel, ort_environment};
 use crate::model::Net;
+use crate::model::cut::Cut;
 use crate::{Error, Result};
 
 /// The environment variable that sets the default engine (`auto`, `ort` or `burn`).
@@ -132,6 +133,9 @@ pub enum Graph {
     /// [`Net::features`]: what the head reads, `[N, C]` (pooled features, or a point head's
     /// flattened stride-8 map).
     Features,
+    /// [`Net::forward_until`]: the frozen body up to a cut, `[N, C, h, w]` flattened to
+    /// `[N, C * h * w]` (partial fine-tuning's activations).
+    Prefix(Cut),
 }
 
 /// Rows computed by an [`Engine`]: `n` rows of `width` values, row-major.
@@ -272,6 +276,7 @@ impl Engine {
                 let y = match graph {
                     Graph::Outputs => net.forward(x),
                     Graph::Features => net.features(x),
+                    Graph::Prefix(cut) => net.forward_until(*cut, x).flatten::<2>(1, 3),
                 };
                 let width = y.dims()[1];
                 Ok(Rows {

@@ -260,6 +260,30 @@ pub fn backbone_model(
     })
 }
 
+/// The frozen body of partial fine-tuning up to `cut` ([`crate::export::onnx::prefix_proto`],
+/// `[N, 3, size, size]` -> `[N, C, h, w]`) in ONNX Runtime, exported once per weights file, cut
+/// and size into the ONNX cache.
+///
+/// # Errors
+/// Those of [`open_cached`]; the cut does not fit the model.
+pub fn prefix_model(
+    net: &crate::model::Net,
+    arch: crate::model::Arch,
+    weights: &Path,
+    cut: crate::model::cut::Cut,
+    size: usize,
+) -> Result<OrtModel> {
+    let extra = format!("prefix arch={} blocks={} size={size}", arch.name(), cut.blocks);
+    open_cached(weights, &extra, || {
+        let meta = std::collections::BTreeMap::from([
+            ("producer".to_string(), "nanoclass".to_string()),
+            ("arch".to_string(), arch.name().to_string()),
+            ("output".to_string(), format!("activations before the {cut}")),
+        ]);
+        crate::export::onnx::prefix_proto(net, cut, size, crate::export::onnx::DEFAULT_OPSET, &meta)
+    })
+}
+
 /// A model in ONNX Runtime: one session, `[N, 3, H, W]` f32 in, `[N, K]` f32 out.
 pub struct OrtModel {
     session: Mutex<ort::session::Session>,
@@ -347,7 +371,8 @@ impl OrtModel {
             .run(ort::inputs![self.input.as_str() => x])
             .map_err(oerr)?;
         let (shape, data) = outputs[0].try_extract_tensor::<f32>().map_err(oerr)?;
-        let k = shape.get(1).copied().unwrap_or(1).max(1) as usize;
+        // Values per image: `[N, K]` gives K, `[N, C, h, w]` gives C * h * w.
+        let k = shape.iter().skip(1).product::<i64>().max(1) as usize;
         Ok((data.to_vec(), k))
     }
 }

@@ -90,6 +90,19 @@ impl BatchCounters {
         }
     }
 
+    /// Records one train-mode forward pass through the layers under `prefixes` (reference
+    /// names such as `_blocks.14` or `layer4`): their counts go up by 1, the others stay.
+    pub fn add_batch_in(&mut self, prefixes: &[String]) {
+        for (layer, count) in &mut self.counts {
+            let under = prefixes.iter().any(|p| {
+                layer == p || (layer.starts_with(p.as_str()) && layer[p.len()..].starts_with('.'))
+            });
+            if under {
+                *count = count.saturating_add(1);
+            }
+        }
+    }
+
     /// The metadata value stored under [`METADATA_KEY`]: a JSON object `{layer: count}`.
     pub fn to_metadata(&self) -> String {
         serde_json::to_string(&self.counts).unwrap_or_else(|_| "{}".to_string())

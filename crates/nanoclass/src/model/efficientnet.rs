@@ -235,13 +235,24 @@ impl EfficientNetLite {
     /// the Lite models; source: `efficientnet_lite_builder.py`, `round_filters(1280)` skipped).
     pub const FEATURES: usize = 1280;
 
+    /// MBConv blocks of [`LITE0_STAGES`]: 16 (the sum of the stages' repeats).
+    pub const BLOCKS: usize = {
+        let mut n = 0;
+        let mut i = 0;
+        while i < LITE0_STAGES.len() {
+            n += LITE0_STAGES[i].repeats;
+            i += 1;
+        }
+        n
+    };
+
     /// Builds EfficientNet-Lite0 with freshly initialised weights and a head of `num_classes`
     /// outputs (1000 to load the ImageNet head of the pretrained weights).
     ///
     /// Weights are lazily initialised by burn; load pretrained ones with
     /// `burn::store::PytorchStore` (no key remapping needed, see the module docs).
     pub fn lite0(num_classes: usize, device: &Device) -> Self {
-        let mut blocks = Vec::with_capacity(16);
+        let mut blocks = Vec::with_capacity(Self::BLOCKS);
         for spec in LITE0_STAGES {
             for i in 0..spec.repeats {
                 let (channels_in, stride) = if i == 0 {
@@ -282,13 +293,7 @@ impl EfficientNetLite {
     /// If the input does not have 3 channels (a programming error: images are decoded to RGB
     /// before they become tensors).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.tap(x);
-        let x = self._blocks[Self::TAP_BLOCKS..]
-            .iter()
-            .fold(x, |x, block| block.forward(x));
-        let x = relu6(self._bn1.forward(self._conv_head.forward(x)));
-        let [n, c, _, _] = x.dims();
-        x.mean_dims(&[2, 3]).reshape([n, c])
+        self.features_from(Self::TAP_BLOCKS, self.tap(x))
     }
 
     /// Blocks up to the end of the stride-8 stage (`_blocks.0` to `_blocks.4`): the point head
@@ -298,10 +303,33 @@ impl EfficientNetLite {
     /// The stride-8 map the point head reads: `[N, 3, H, W]` -> `_blocks.4`'s output
     /// `[N, 40, ceil(H / 8), ceil(W / 8)]` (the end of the third stage of [`LITE0_STAGES`]).
     pub fn tap(&self, x: Tensor<4>) -> Tensor<4> {
+        self.forward_until(Self::TAP_BLOCKS, x)
+    }
+
+    /// The stem and the blocks before `_blocks.{first}`: `[N, 3, H, W]` -> the input of block
+    /// `first` (`first` = 16: the last block's output, `[N, 320, ceil(H / 32), ceil(W / 32)]`).
+    ///
+    /// # Panics
+    /// If `first > 16` (a programming error: [`crate::model::cut::Cut`] validates it).
+    pub fn forward_until(&self, first: usize, x: Tensor<4>) -> Tensor<4> {
         let x = relu6(self._bn0.forward(self._conv_stem.forward(x)));
-        self._blocks[..Self::TAP_BLOCKS]
+        self._blocks[..first]
             .iter()
             .fold(x, |x, block| block.forward(x))
+    }
+
+    /// The blocks from `_blocks.{first}` on, the head convolution and the global average: the
+    /// input of block `first` (what [`Self::forward_until`] gives) -> `[N, 1280]` features.
+    ///
+    /// # Panics
+    /// If `first > 16` or the activation's channels are not block `first`'s input channels.
+    pub fn features_from(&self, first: usize, x: Tensor<4>) -> Tensor<2> {
+        let x = self._blocks[first..]
+            .iter()
+            .fold(x, |x, block| block.forward(x));
+        let x = relu6(self._bn1.forward(self._conv_head.forward(x)));
+        let [n, c, _, _] = x.dims();
+        x.mean_dims(&[2, 3]).reshape([n, c])
     }
 
     /// Logits: `[N, 3, H, W]` -> `[N, num_classes]`, i.e. [`Self::features`] followed by `_fc`

@@ -6,6 +6,7 @@
 //! point head on the stride-8 map instead ([`point`], [`Net::with_point_head`]).
 
 pub mod batch_counters;
+pub mod cut;
 pub mod efficientnet;
 pub mod point;
 pub mod registry;

@@ -215,23 +215,47 @@ impl ResNet {
     /// Backbone output: `[N, 3, H, W]` (RGB, f32, normalised) -> `[N, C]` after global average
     /// pooling; `C` = 512 (ResNet-18/34) or 2048 (ResNet-50).
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = self.tap(x);
-        for b in self.layer3.iter().chain(&self.layer4) {
-            x = b.forward(x);
-        }
-        // global average pool over H, W: [N, C, H, W] -> [N, C]
-        x.mean_dim(3).mean_dim(2).flatten(1, 3)
+        let tap = self.tap_blocks();
+        self.features_from(tap, self.forward_until(tap, x))
     }
 
     /// The stride-8 map the point head reads: `[N, 3, H, W]` -> `layer2`'s output
     /// `[N, C, ceil(H / 8), ceil(W / 8)]`, `C` = 128 (ResNet-18/34) or 512 (ResNet-50).
     pub fn tap(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self
+        self.forward_until(self.tap_blocks(), x)
+    }
+
+    /// Blocks of `layer1` and `layer2`, whose output the point head reads.
+    fn tap_blocks(&self) -> usize {
+        self.layer1.len() + self.layer2.len()
+    }
+
+    /// The residual blocks in order, `layer1.0` first: 8 (ResNet-18) or 16 (ResNet-34/50).
+    pub fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.layer1
+            .iter()
+            .chain(&self.layer2)
+            .chain(&self.layer3)
+            .chain(&self.layer4)
+    }
+
+    /// The stem (`conv1`, `bn1`, ReLU, max-pool) and the first `first` residual blocks of
+    /// [`Self::blocks`]: `[N, 3, H, W]` -> the input of block `first`.
+    pub fn forward_until(&self, first: usize, x: Tensor<4>) -> Tensor<4> {
+        let x = self
             .maxpool
             .forward(relu(self.bn1.forward(self.conv1.forward(x))));
-        for b in self.layer1.iter().chain(&self.layer2) {
-            x = b.forward(x);
-        }
-        x
+        self.blocks().take(first).fold(x, |x, b| b.forward(x))
+    }
+
+    /// The residual blocks from number `first` of [`Self::blocks`] on and the global average:
+    /// the input of block `first` (what [`Self::forward_until`] gives) -> `[N, C]` features.
+    ///
+    /// # Panics
+    /// If the activation's channels are not block `first`'s input channels.
+    pub fn features_from(&self, first: usize, x: Tensor<4>) -> Tensor<2> {
+        let x = self.blocks().skip(first).fold(x, |x, b| b.forward(x));
+        // global average pool over H, W: [N, C, H, W] -> [N, C]
+        x.mean_dim(3).mean_dim(2).flatten(1, 3)
     }
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::presets::Augmentation;
 use crate::instant::HeadChoice;
 
 /// How the backbone is trained.
@@ -21,11 +22,20 @@ pub enum Mode {
     /// No gradient training: a head fitted in one go on the frozen features (class prototypes
     /// or a linear head, see [`crate::instant`]).
     Instant,
+    /// The last residual blocks and the head train on cached activations of the frozen body
+    /// for several augmented views per image (see [`crate::train::phases::partial`]).
+    Partial,
 }
 
 impl Mode {
     /// Every mode, in the order the command line lists them.
-    pub const ALL: [Mode; 4] = [Mode::Frozen, Mode::Full, Mode::Finetune, Mode::Instant];
+    pub const ALL: [Mode; 5] = [
+        Mode::Frozen,
+        Mode::Full,
+        Mode::Finetune,
+        Mode::Instant,
+        Mode::Partial,
+    ];
 
     /// `frozen`, `full`, `finetune` or `instant`.
     pub fn name(self) -> &'static str {
@@ -34,6 +44,7 @@ impl Mode {
             Mode::Full => "full",
             Mode::Finetune => "finetune",
             Mode::Instant => "instant",
+            Mode::Partial => "partial",
         }
     }
 
@@ -81,6 +92,13 @@ pub enum Schedule {
     None,
 }
 
+/// Most epochs of a `partial` run; early stopping ([`PARTIAL_PATIENCE`]) usually ends it
+/// sooner. Measured on clocks (see the README's partial fine-tuning section).
+pub const PARTIAL_EPOCHS: usize = 6;
+
+/// Early-stopping patience of `partial` runs, in epochs.
+pub const PARTIAL_PATIENCE: usize = 2;
+
 /// Most epochs of one phase.
 pub const MAX_EPOCHS: usize = 10_000;
 /// Largest batch (images per optimizer step).
@@ -118,6 +136,30 @@ pub struct Hyperparams {
     /// `instant` mode: which head to fit.
     #[serde(default)]
     pub instant_head: HeadChoice,
+    /// `partial` mode: residual blocks trained, counted from the end of the backbone; None is
+    /// the architecture's default ([`crate::model::cut::Cut::default_for`]).
+    #[serde(default)]
+    pub train_blocks: Option<usize>,
+    /// `partial` mode: views cached per training image (view 0 the eval view, the others
+    /// drawn with the train preset), 1 to [`MAX_VIEWS`].
+    #[serde(default = "default_views")]
+    pub views: usize,
+    /// The user's augmentation (crop scale, colour jitter, flip), replacing the train preset's;
+    /// None keeps the mode's own ([`Augmentation::PARTIAL`] in `partial`, the course's train
+    /// preset otherwise). The train preset stored in the run is the one used.
+    #[serde(default)]
+    pub augmentation: Option<Augmentation>,
+    /// Early stopping: end the run after this many epochs without a lower held-out loss (mean
+    /// point error for regression), keeping the best model; None trains every epoch.
+    #[serde(default)]
+    pub patience: Option<usize>,
+}
+
+/// Most views per image in `partial` mode.
+pub const MAX_VIEWS: usize = 64;
+
+fn default_views() -> usize {
+    4
 }
 
 fn default_val_fraction() -> f32 {
@@ -143,9 +185,10 @@ impl Hyperparams {
                 Mode::Full => 10,
                 Mode::Finetune => 5,
                 Mode::Instant => 1,
+                Mode::Partial => PARTIAL_EPOCHS,
             },
             head_epochs: if mode == Mode::Finetune { 10 } else { 0 },
-            batch_size: 16,
+            batch_size: if mode == Mode::Partial { 32 } else { 16 },
             lr: OptimizerKind::Adam.default_lr(),
             body_lr_factor: 0.1,
             optimizer: OptimizerKind::Adam,
@@ -155,6 +198,20 @@ impl Hyperparams {
             seed: 0,
             val_fraction: default_val_fraction(),
             instant_head: HeadChoice::Auto,
+            train_blocks: None,
+            views: default_views(),
+            augmentation: None,
+            patience: (mode == Mode::Partial).then_some(PARTIAL_PATIENCE),
+        }
+    }
+
+    /// The augmentation this run trains with: the user's, else the mode's own (None: the
+    /// course's train preset as it is).
+    pub fn augmentation(&self) -> Option<Augmentation> {
+        match (self.augmentation, self.mode) {
+            (Some(a), _) => Some(a),
+            (None, Mode::Partial) => Some(Augmentation::PARTIAL),
+            (None, _) => None,
         }
     }
 
@@ -162,7 +219,7 @@ impl Hyperparams {
     pub fn planned_epochs(&self) -> usize {
         match self.mode {
             Mode::Finetune => self.head_epochs + self.epochs,
-            Mode::Frozen | Mode::Full => self.epochs,
+            Mode::Frozen | Mode::Full | Mode::Partial => self.epochs,
             Mode::Instant => 1,
         }
     }
@@ -197,6 +254,19 @@ impl Hyperparams {
         if !(0.0..1.0).contains(&h.val_fraction) {
             return Err(HyperError::ValFraction(h.val_fraction));
         }
+        if !(1..=MAX_VIEWS).contains(&h.views) {
+            return Err(HyperError::Views(h.views));
+        }
+        if h.train_blocks == Some(0) {
+            return Err(HyperError::TrainBlocks(0));
+        }
+        if h.patience == Some(0) {
+            return Err(HyperError::Patience(0));
+        }
+        if let Some(a) = &h.augmentation {
+            a.validate()
+                .map_err(|e| HyperError::Augmentation(e.to_string()))?;
+        }
         Ok(())
     }
 }
@@ -230,6 +300,18 @@ pub enum HyperError {
     /// Held-out fraction not in `[0, 1)`.
     #[error("the held-out fraction must be in [0, 1), got {0}")]
     ValFraction(f32),
+    /// Views per image 0 or above [`MAX_VIEWS`].
+    #[error("the number of views per image must be between 1 and {MAX_VIEWS}, got {0}")]
+    Views(usize),
+    /// No trained block.
+    #[error("the number of trained blocks must be at least 1, got {0}")]
+    TrainBlocks(usize),
+    /// Patience 0.
+    #[error("the patience must be at least 1 epoch, got {0}")]
+    Patience(usize),
+    /// Augmentation out of range (the message names the setting).
+    #[error("augmentation: {0}")]
+    Augmentation(String),
 }
 
 #[cfg(test)]
@@ -242,7 +324,11 @@ mod tests {
             .iter()
             .map(|&m| Hyperparams::for_mode(m).epochs)
             .collect();
-        assert_eq!(e, vec![30, 10, 5, 1]);
+        assert_eq!(e, vec![30, 10, 5, 1, PARTIAL_EPOCHS]);
+        let p = Hyperparams::for_mode(Mode::Partial);
+        assert_eq!((p.batch_size, p.patience, p.views), (32, Some(PARTIAL_PATIENCE), 4));
+        assert_eq!(p.augmentation(), Some(Augmentation::PARTIAL));
+        assert_eq!(Hyperparams::for_mode(Mode::Full).augmentation(), None);
         assert_eq!(Hyperparams::for_mode(Mode::Finetune).planned_epochs(), 15);
         assert_eq!(Hyperparams::default(), Hyperparams::for_mode(Mode::Frozen));
         for m in Mode::ALL {

@@ -21,6 +21,7 @@
 //! full size (the file name's point is in pixels of the file) and their shorter side resized to
 //! the input size once, before training.
 
+pub mod activations;
 pub mod checkpoint;
 pub(crate) mod data;
 pub mod early_stop;
@@ -48,6 +49,7 @@ use crate::infer::device::DeviceChoice;
 use crate::infer::engine::EngineChoice;
 use crate::instant::PretrainedHead;
 use crate::model::Arch;
+use crate::model::cut::Cut;
 use crate::model::batch_counters::BatchCounters;
 use crate::model::point::PointHead;
 use crate::model::start::initial_net;
@@ -66,6 +68,7 @@ use phases::features::feature_rows;
 use phases::full::FullPhase;
 use phases::head::HeadPhase;
 use phases::instant::InstantPhase;
+use phases::partial::{PartialInputs, PartialPhase};
 
 /// Everything a training run needs: what to train on, which backbone, where to write, and how
 /// ([`Hyperparams`]).
@@ -382,6 +385,23 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         Task::Classification => presets(opts.arch.normalization(), opts.arch.input_size()),
         Task::Regression => regression_presets(opts.arch.normalization(), opts.arch.input_size()),
     };
+    // The user's augmentation (or the mode's own) replaces the preset's; the run stores it.
+    let train_preset = match h.augmentation() {
+        Some(a) => train_preset.with_augmentation(&a),
+        None => train_preset,
+    };
+    // Partial fine-tuning's cut, checked before anything is written.
+    let cut = match h.mode {
+        Mode::Partial => {
+            let blocks = h
+                .train_blocks
+                .unwrap_or(Cut::default_for(opts.arch).blocks);
+            let cut = Cut::new(opts.arch, blocks)?;
+            net.check_cut(cut)?;
+            Some(cut)
+        }
+        _ => None,
+    };
     // The pretrained weights file the backbone came from (the key of the feature cache).
     let pretrained: Option<PathBuf> = match &resumed {
         Some(r) => r.run.config.weights.path.clone(),
@@ -438,7 +458,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     )));
     let tracker = Tracker::new(
         opts.task,
-        None,
+        h.patience,
         resumed
             .as_ref()
             .map(|r| r.state.tracker.clone())
@@ -485,7 +505,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         Mode::Frozen => h.epochs,
         Mode::Finetune => h.head_epochs,
         Mode::Instant => 1,
-        Mode::Full => 0,
+        Mode::Full | Mode::Partial => 0,
     };
     let mut net = net;
     if head_epochs > done {
@@ -521,8 +541,34 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         net = epoch::Phase::net(&phase);
     }
 
+    if let Some(cut) = cut {
+        let resume = state
+            .filter(|s| s.phase == "partial")
+            .map(|s| (s, run.dir.as_path()));
+        let inputs = PartialInputs {
+            train: &train_samples,
+            val: &val_samples,
+            train_preset,
+            eval_preset,
+            pretrained: pretrained.as_deref(),
+        };
+        let (mut phase, kept) =
+            PartialPhase::new(&mut ctx, net, cut, inputs, h, h.epochs, resume)?;
+        skipped.extend(kept.skipped);
+        train_samples = kept.train;
+        val_samples = kept.val;
+        check_classes(&run.config.labels, &train_samples, &opts.data)?;
+        run_phase(&mut phase, &mut ctx, 1, h.epochs, done)?;
+        return Ok(summary(
+            &mut ctx,
+            skipped,
+            (train_samples.len(), val_samples.len()),
+            t0,
+        ));
+    }
+
     let full_epochs = match h.mode {
-        Mode::Frozen | Mode::Instant => 0,
+        Mode::Frozen | Mode::Instant | Mode::Partial => 0,
         Mode::Full | Mode::Finetune => h.epochs,
     };
     if full_epochs > 0 {

@@ -5,7 +5,9 @@
 //!   of finetune);
 //! - [`full`]: every layer trained on augmented images (full mode, and finetune's second phase
 //!   with the backbone at a lower rate);
-//! - [`instant`]: a head fitted in one go on the cached features (instant mode).
+//! - [`instant`]: a head fitted in one go on the cached features (instant mode);
+//! - [`partial`]: the last residual blocks and the head trained on cached activations of the
+//!   frozen body for several views per image (partial mode).
 //!
 //! [`features`] computes the cached feature rows the head and instant phases read.
 
@@ -13,6 +15,7 @@ pub(crate) mod features;
 pub(crate) mod full;
 pub(crate) mod head;
 pub(crate) mod instant;
+pub(crate) mod partial;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
