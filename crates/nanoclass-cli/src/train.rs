@@ -13,10 +13,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use nanoclass::data::presets::Augmentation;
 use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::engine::EngineChoice;
 use nanoclass::instant::HeadChoice;
-use nanoclass::data::presets::Augmentation;
 use nanoclass::model::Arch;
 use nanoclass::run::{Task, files};
 use nanoclass::train::{

@@ -614,6 +614,10 @@ async function startTraining() {
     batch_size: Number($("train-batch").value),
     lr: Number($("train-lr").value),
   };
+  // Augmentation: sent only when the user set it; the mode's own otherwise.
+  if ($("train-crop-min").value !== "") body.crop_scale = [Number($("train-crop-min").value), 1.0];
+  if ($("train-jitter").value !== "") body.jitter = Number($("train-jitter").value);
+  if ($("train-flip").value !== "") body.flip = $("train-flip").value === "on";
   S.times = { trainClicked: performance.now(), firstEpoch: null, done: null };
   try {
     await api("POST", `${taskUrl()}/train`, body);
@@ -1025,7 +1029,7 @@ async function init() {
   const arch = $("train-arch");
   for (const a of info.backbones) { const o = document.createElement("option"); o.value = o.textContent = a; arch.appendChild(o); }
   arch.value = "efficientnet_lite0";
-  $("train-mode").onchange = () => { $("train-epochs").value = { frozen: 30, full: 10, finetune: 5, instant: 1 }[$("train-mode").value]; };
+  $("train-mode").onchange = () => { $("train-epochs").value = { frozen: 30, full: 10, finetune: 5, instant: 1, partial: 6 }[$("train-mode").value]; $("train-batch").value = $("train-mode").value === "partial" ? 32 : 16; };
 
   $("task-create").onclick = async () => {
     const name = $("task-name").value.trim();

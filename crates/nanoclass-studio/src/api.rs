@@ -44,7 +44,7 @@ pub async fn info(State(st): State<AppState>) -> Json<Value> {
         "data": st.inner.store.root(),
         "source": st.inner.source.status(),
         "backbones": archs,
-        "modes": ["frozen", "full", "finetune", "instant"],
+        "modes": ["frozen", "full", "finetune", "instant", "partial"],
         "task_kinds": ["classification", "regression"],
         "max_upload_bytes": st.inner.max_upload,
     }))

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use nanoclass::data::presets::Augmentation;
 use nanoclass::eval::heldout::EvalSplit;
 use nanoclass::fs::write_atomic;
 use nanoclass::infer::device::DeviceChoice;
@@ -46,9 +47,22 @@ pub struct TrainRequest {
     pub arch: Option<String>,
     /// Pretrained weights: a registry name (default: the one named like `arch`) or `none`.
     pub weights: Option<String>,
-    /// `frozen` (default), `full` or `finetune`.
+    /// `frozen` (default), `full`, `finetune`, `instant` or `partial`.
     pub mode: Option<String>,
-    /// Epochs (default 30 frozen, 10 full, 5 finetune); 1..=10000.
+    /// `partial`: residual blocks trained, counted from the end (default: the backbone's).
+    pub train_blocks: Option<usize>,
+    /// `partial`: views cached per training image, 1..=64 (default 4).
+    pub views: Option<usize>,
+    /// Augmentation: the random crop's area range `[min, max]`, `0 < min <= max <= 1`.
+    pub crop_scale: Option<[f32; 2]>,
+    /// Augmentation: colour jitter strength, `>= 0`.
+    pub jitter: Option<f32>,
+    /// Augmentation: random horizontal flip (off for classes that mirroring changes).
+    pub flip: Option<bool>,
+    /// Early stopping after this many epochs without a lower held-out loss (default: 2 in
+    /// `partial`, off otherwise).
+    pub patience: Option<usize>,
+    /// Epochs (default 30 frozen, 10 full, 5 finetune, 6 partial); 1..=10000.
     pub epochs: Option<usize>,
     /// Head-only epochs before the full phase in `finetune` (default 10).
     pub head_epochs: Option<usize>,
@@ -184,15 +198,23 @@ pub struct Trainer {
 }
 
 fn parse_mode(s: &str) -> ApiResult<Mode> {
-    match s {
-        "frozen" => Ok(Mode::Frozen),
-        "full" => Ok(Mode::Full),
-        "finetune" => Ok(Mode::Finetune),
-        "instant" => Ok(Mode::Instant),
-        _ => Err(ApiError::bad_request(format!(
-            "mode {s:?}: expected frozen, full, finetune or instant"
-        ))),
+    Mode::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+        ApiError::bad_request(format!("mode {s:?}: expected one of {}", known.join(", ")))
+    })
+}
+
+/// The request's augmentation fields over the mode's own augmentation; None when it has none.
+fn augmentation(req: &TrainRequest, defaults: &Hyperparams) -> Option<Augmentation> {
+    if req.crop_scale.is_none() && req.jitter.is_none() && req.flip.is_none() {
+        return None;
     }
+    let base = defaults.augmentation().unwrap_or_default();
+    Some(Augmentation {
+        scale: req.crop_scale.unwrap_or(base.scale),
+        jitter: req.jitter.unwrap_or(base.jitter),
+        hflip: req.flip.unwrap_or(base.hflip),
+    })
 }
 
 /// Turns a request into training options for a task of `kind` on `data` → `out`, checking
@@ -220,7 +242,11 @@ pub fn options(
         batch_size: req.batch_size.unwrap_or(defaults.batch_size),
         lr: req.lr.unwrap_or(defaults.lr),
         seed: req.seed.unwrap_or(0),
-        ..defaults
+        train_blocks: req.train_blocks,
+        views: req.views.unwrap_or(defaults.views),
+        augmentation: augmentation(req, &defaults),
+        patience: req.patience.or(defaults.patience),
+        ..defaults.clone()
     };
     hyper
         .validate()

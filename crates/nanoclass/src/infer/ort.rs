@@ -273,12 +273,19 @@ pub fn prefix_model(
     cut: crate::model::cut::Cut,
     size: usize,
 ) -> Result<OrtModel> {
-    let extra = format!("prefix arch={} blocks={} size={size}", arch.name(), cut.blocks);
+    let extra = format!(
+        "prefix arch={} blocks={} size={size}",
+        arch.name(),
+        cut.blocks
+    );
     open_cached(weights, &extra, || {
         let meta = std::collections::BTreeMap::from([
             ("producer".to_string(), "nanoclass".to_string()),
             ("arch".to_string(), arch.name().to_string()),
-            ("output".to_string(), format!("activations before the {cut}")),
+            (
+                "output".to_string(),
+                format!("activations before the {cut}"),
+            ),
         ]);
         crate::export::onnx::prefix_proto(net, cut, size, crate::export::onnx::DEFAULT_OPSET, &meta)
     })

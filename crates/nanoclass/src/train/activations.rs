@@ -46,10 +46,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::data::presets::{EvalPreset, TrainPreset};
+use crate::fs::write_atomic;
 use crate::model::Arch;
 use crate::model::cut::Cut;
 use crate::model::registry::sha256_file;
-use crate::fs::write_atomic;
 use crate::{Error, Result};
 
 /// Version of the folder key and entry format; a change starts new folders.

@@ -326,7 +326,10 @@ mod tests {
             .collect();
         assert_eq!(e, vec![30, 10, 5, 1, PARTIAL_EPOCHS]);
         let p = Hyperparams::for_mode(Mode::Partial);
-        assert_eq!((p.batch_size, p.patience, p.views), (32, Some(PARTIAL_PATIENCE), 4));
+        assert_eq!(
+            (p.batch_size, p.patience, p.views),
+            (32, Some(PARTIAL_PATIENCE), 4)
+        );
         assert_eq!(p.augmentation(), Some(Augmentation::PARTIAL));
         assert_eq!(Hyperparams::for_mode(Mode::Full).augmentation(), None);
         assert_eq!(Hyperparams::for_mode(Mode::Finetune).planned_epochs(), 15);

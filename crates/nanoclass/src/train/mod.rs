@@ -49,8 +49,8 @@ use crate::infer::device::DeviceChoice;
 use crate::infer::engine::EngineChoice;
 use crate::instant::PretrainedHead;
 use crate::model::Arch;
-use crate::model::cut::Cut;
 use crate::model::batch_counters::BatchCounters;
+use crate::model::cut::Cut;
 use crate::model::point::PointHead;
 use crate::model::start::initial_net;
 use crate::model::weights::load_net;
@@ -393,9 +393,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     // Partial fine-tuning's cut, checked before anything is written.
     let cut = match h.mode {
         Mode::Partial => {
-            let blocks = h
-                .train_blocks
-                .unwrap_or(Cut::default_for(opts.arch).blocks);
+            let blocks = h.train_blocks.unwrap_or(Cut::default_for(opts.arch).blocks);
             let cut = Cut::new(opts.arch, blocks)?;
             net.check_cut(cut)?;
             Some(cut)
@@ -552,8 +550,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             eval_preset,
             pretrained: pretrained.as_deref(),
         };
-        let (mut phase, kept) =
-            PartialPhase::new(&mut ctx, net, cut, inputs, h, h.epochs, resume)?;
+        let (mut phase, kept) = PartialPhase::new(&mut ctx, net, cut, inputs, h, h.epochs, resume)?;
         skipped.extend(kept.skipped);
         train_samples = kept.train;
         val_samples = kept.val;

@@ -467,7 +467,8 @@ impl Phase for PartialPhase {
             let data = self
                 .cache
                 .read_batch(chunk.iter().map(|(k, _)| (k.as_str(), 0)))?;
-            let x = Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), c, h, w]), &ctx.device);
+            let x =
+                Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), c, h, w]), &ctx.device);
             let targets: Vec<Target> = chunk.iter().map(|(_, t)| *t).collect();
             let out = net.forward_from(self.cut, x);
             let (loss, s) = batch_loss(ctx.task(), out, &targets, ctx.size, &ctx.device)?;
