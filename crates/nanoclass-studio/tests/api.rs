@@ -172,6 +172,69 @@ fn tiny_png() -> Vec<u8> {
     out.into_inner()
 }
 
+/// CRC-32 (ISO-HDLC, PNG's chunk checksum), bit by bit.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A small PNG whose header claims `width x height` pixels (IHDR rewritten, its CRC fixed):
+/// with 2^31 - 1 rows, a decoder that trusts it asks for hundreds of gigabytes.
+fn forged_png(width: u32, height: u32) -> Vec<u8> {
+    let mut png = tiny_png();
+    // Signature (8), IHDR length (4) and type (4), then width and height.
+    png[16..20].copy_from_slice(&width.to_be_bytes());
+    png[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
+#[tokio::test]
+async fn a_forged_image_header_is_refused_and_the_studio_keeps_answering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    task_with(&app, "t", &["c"]).await;
+    let dir = tmp.path().join("studio/t/data/c");
+    let url = "/api/tasks/t/categories/c/images";
+    for (w, h) in [(1, 0x7FFF_FFFF), (100_000, 100_000)] {
+        let png = forged_png(w, h);
+        assert!(png.len() < 200, "{} bytes", png.len());
+        let (ct, form) = multipart(&[("forged.png", &png)]);
+        for (body, content_type) in [(png.clone(), "image/png".to_string()), (form, ct)] {
+            let r = raw(&app, url, body, &content_type).await;
+            assert_eq!(
+                r.status,
+                StatusCode::BAD_REQUEST,
+                "{w}x{h} {content_type}: {}",
+                r.error()
+            );
+            assert!(
+                r.error().contains("too large") && r.error().contains(&h.to_string()),
+                "{}",
+                r.error()
+            );
+            // The next request is answered, and nothing was saved.
+            let r = call(&app, "GET", "/api/tasks", None).await;
+            assert_eq!(r.status, StatusCode::OK);
+            assert_eq!(listing(&dir).len(), 0);
+        }
+    }
+    // A real image is still accepted.
+    let r = raw(&app, url, tiny_png(), "image/png").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
+}
+
 #[tokio::test]
 async fn page_and_assets_are_served() {
     let tmp = tempfile::tempdir().unwrap();

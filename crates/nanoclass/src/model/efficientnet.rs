@@ -120,6 +120,22 @@ fn same_conv(
         .init(device)
 }
 
+/// A 1x1, stride-1, bias-free convolution computed as one matrix product: `[N, C_in, H, W]`
+/// -> `[N, C_out, H, W]`, the same function as `conv.forward` (same weights, sums in another
+/// order). burn's convolution runs its backward pass through the generic kernel; as a matmul
+/// the pointwise layers' forward and backward took 0.13 s instead of 0.34 s for
+/// `[32, 1152, 7, 7] -> 320` on 2 cores, which is most of partial fine-tuning's step.
+fn pointwise(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [n, c_in, h, w] = x.dims();
+    let [c_out, ..] = conv.weight.dims();
+    let weight = conv.weight.val().reshape([c_out, c_in]).transpose();
+    x.permute([0, 2, 3, 1])
+        .reshape([n * h * w, c_in])
+        .matmul(weight)
+        .reshape([n, h, w, c_out])
+        .permute([0, 3, 1, 2])
+}
+
 fn batch_norm(channels: usize, device: &Device) -> BatchNorm {
     BatchNormConfig::new(channels)
         .with_epsilon(BN_EPSILON)
@@ -195,11 +211,11 @@ impl MbConvBlock {
     /// backbone chains the blocks).
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let x = match (&self._expand_conv, &self._bn0) {
-            (Some(conv), Some(bn)) => relu6(bn.forward(conv.forward(input.clone()))),
+            (Some(conv), Some(bn)) => relu6(bn.forward(pointwise(conv, input.clone()))),
             _ => input.clone(),
         };
         let x = relu6(self._bn1.forward(self._depthwise_conv.forward(x)));
-        let x = self._bn2.forward(self._project_conv.forward(x));
+        let x = self._bn2.forward(pointwise(&self._project_conv, x));
         if self.residual { x + input } else { x }
     }
 }
@@ -327,7 +343,7 @@ impl EfficientNetLite {
         let x = self._blocks[first..]
             .iter()
             .fold(x, |x, block| block.forward(x));
-        let x = relu6(self._bn1.forward(self._conv_head.forward(x)));
+        let x = relu6(self._bn1.forward(pointwise(&self._conv_head, x)));
         let [n, c, _, _] = x.dims();
         x.mean_dims(&[2, 3]).reshape([n, c])
     }
