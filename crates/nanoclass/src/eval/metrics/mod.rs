@@ -1,0 +1,473 @@
+//! Held-out classification metrics: top-1 accuracy, per-class precision / recall / F1, macro F1,
+//! the confusion matrix (as a terminal table, JSON through serde, and a PNG heat map), plus
+//! [`cross_entropy`] of one sample's logits.
+//!
+//! Undefined figures are `None`, never a made-up `0` or `1`: an empty validation set has no
+//! top-1, a class that was never predicted has no precision, a class without samples has no
+//! recall. The rules are spelled out on [`ClassMetrics`].
+//!
+//! The PNG text is drawn with DejaVu Sans 2.37, compiled into the library from
+//! `assets/fonts/DejaVuSans.ttf` (licence beside it), so no system font is needed. DejaVu Sans
+//! covers Latin, Greek and Cyrillic; characters it lacks (CJK ideographs, emoji, ...) are drawn as
+//! its empty-box "missing glyph" and never make rendering fail.
+
+mod draw;
+
+pub(crate) use draw::{FONT, font};
+#[cfg(test)]
+use draw::{MAX_NAME_CHARS, blues, shorten};
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::OnceLock;
+
+use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
+use image::ImageEncoder;
+use image::codecs::png::PngEncoder;
+use plotters::backend::{BitMapBackend, RGBPixel};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{FontStyle, FontTransform, RGBColor, register_font};
+use serde::{Deserialize, Serialize};
+use unicode_width::UnicodeWidthStr;
+
+use crate::{Error, Result};
+
+/// Precision, recall and F1 of one class, computed one-vs-rest from a [`ConfusionMatrix`].
+///
+/// With `tp` = samples of this class predicted as this class, `fp` = samples of other classes
+/// predicted as this class, `fn` = samples of this class predicted as another class:
+///
+/// - `precision = tp / (tp + fp)`; `None` when the class was never predicted (`tp + fp = 0`).
+/// - `recall = tp / (tp + fn)`; `None` when the class has no samples (`support = 0`).
+/// - `f1 = 2·tp / (2·tp + fp + fn)` (the harmonic mean of precision and recall, written so that it
+///   stays defined when only one of them is); `None` only when the class neither occurs nor is
+///   predicted (`tp + fp + fn = 0`). A class that has samples but is never predicted therefore
+///   gets `f1 = Some(0.0)` and pulls the macro F1 down, as it should.
+///
+/// This is scikit-learn's `precision_recall_fscore_support` with the `zero_division` cases
+/// reported as `None` instead of a substituted number. All values lie in `[0, 1]`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ClassMetrics {
+    /// Class name, as in the label list (index order).
+    pub class: String,
+    /// Number of evaluated samples whose true class is this one (row sum of the matrix).
+    pub support: usize,
+    /// `tp / (tp + fp)`, `None` when the class was never predicted.
+    pub precision: Option<f64>,
+    /// `tp / (tp + fn)`, `None` when the class has no samples.
+    pub recall: Option<f64>,
+    /// `2·tp / (2·tp + fp + fn)`, `None` when `tp + fp + fn = 0`.
+    pub f1: Option<f64>,
+}
+
+/// A confusion matrix over `classes.len()` classes: `counts[t][p]` is the number of samples whose
+/// true class index is `t` and whose predicted class index is `p` (top-1 of the logits).
+///
+/// Invariant: `counts` is square with side `classes.len()`. Values built with [`Self::new`] or
+/// [`Self::from_predictions`] keep it, and deserialising JSON that breaks it is an error. Every
+/// read accessor treats a missing entry as `0` rather than panicking.
+///
+/// Serialised as `{"classes": [...], "counts": [[...], ...]}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(try_from = "ConfusionMatrixData")]
+pub struct ConfusionMatrix {
+    /// Class names in label-index order (index = line of `labels.txt`).
+    pub classes: Vec<String>,
+    /// `counts[true][pred]`, `classes.len()` rows of `classes.len()` counts.
+    pub counts: Vec<Vec<u64>>,
+}
+
+/// The unchecked serde form of [`ConfusionMatrix`], validated by `TryFrom`.
+#[derive(Deserialize)]
+struct ConfusionMatrixData {
+    classes: Vec<String>,
+    counts: Vec<Vec<u64>>,
+}
+
+impl TryFrom<ConfusionMatrixData> for ConfusionMatrix {
+    type Error = String;
+
+    fn try_from(data: ConfusionMatrixData) -> std::result::Result<Self, String> {
+        let n = data.classes.len();
+        if data.counts.len() != n {
+            return Err(format!(
+                "confusion matrix has {} classes but {} rows of counts",
+                n,
+                data.counts.len()
+            ));
+        }
+        if let Some((i, row)) = data.counts.iter().enumerate().find(|(_, r)| r.len() != n) {
+            return Err(format!(
+                "confusion matrix row {i} has {} counts, expected {n} (one per class)",
+                row.len()
+            ));
+        }
+        Ok(ConfusionMatrix {
+            classes: data.classes,
+            counts: data.counts,
+        })
+    }
+}
+
+impl ConfusionMatrix {
+    /// An all-zero matrix over `classes` (names in label-index order).
+    pub fn new(classes: Vec<String>) -> Self {
+        let n = classes.len();
+        Self {
+            classes,
+            counts: vec![vec![0; n]; n],
+        }
+    }
+
+    /// Counts one sample with true class index `truth` and predicted class index `pred`.
+    ///
+    /// # Panics
+    /// If either index is `>= classes.len()`: indices come from the label list and from the
+    /// arg-max of `classes.len()` logits, so an out-of-range index is a bug in the caller, not a
+    /// property of the data.
+    pub fn add(&mut self, truth: usize, pred: usize) {
+        let n = self.classes.len();
+        assert!(
+            truth < n && pred < n,
+            "confusion matrix over {n} classes: class index out of range (true {truth}, predicted {pred})"
+        );
+        self.counts[truth][pred] += 1;
+    }
+
+    /// Builds the matrix from parallel slices of true and predicted class indices (one entry per
+    /// evaluated sample).
+    ///
+    /// # Panics
+    /// If the slices differ in length or an index is `>= classes.len()` (see [`Self::add`]).
+    pub fn from_predictions(classes: Vec<String>, truth: &[usize], pred: &[usize]) -> Self {
+        assert_eq!(
+            truth.len(),
+            pred.len(),
+            "confusion matrix: {} true labels but {} predictions",
+            truth.len(),
+            pred.len()
+        );
+        let mut m = Self::new(classes);
+        for (&t, &p) in truth.iter().zip(pred) {
+            m.add(t, p);
+        }
+        m
+    }
+
+    /// Number of classes (side of the matrix).
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// `counts[t][p]`, or 0 where the entry is missing.
+    fn count(&self, t: usize, p: usize) -> u64 {
+        self.counts
+            .get(t)
+            .and_then(|row| row.get(p))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Samples of class `t` (row sum).
+    fn row_sum(&self, t: usize) -> u64 {
+        (0..self.num_classes()).map(|p| self.count(t, p)).sum()
+    }
+
+    /// Samples predicted as class `p` (column sum).
+    fn col_sum(&self, p: usize) -> u64 {
+        (0..self.num_classes()).map(|t| self.count(t, p)).sum()
+    }
+
+    /// Total number of samples counted.
+    pub fn total(&self) -> u64 {
+        (0..self.num_classes()).map(|t| self.row_sum(t)).sum()
+    }
+
+    /// Number of correctly classified samples (the diagonal's sum).
+    pub fn correct(&self) -> u64 {
+        (0..self.num_classes()).map(|i| self.count(i, i)).sum()
+    }
+
+    /// Top-1 accuracy `correct / total` in `[0, 1]`; `None` when no sample was counted, so no
+    /// figure is made up for an empty validation set.
+    pub fn top1(&self) -> Option<f64> {
+        ratio(self.correct(), self.total())
+    }
+
+    /// Precision, recall and F1 of every class, in class-index order; the `None` rules are on
+    /// [`ClassMetrics`].
+    pub fn per_class(&self) -> Vec<ClassMetrics> {
+        (0..self.num_classes())
+            .map(|c| {
+                let tp = self.count(c, c);
+                let support = self.row_sum(c);
+                let predicted = self.col_sum(c);
+                let fp = predicted - tp;
+                let fn_ = support - tp;
+                ClassMetrics {
+                    class: self.classes[c].clone(),
+                    support: to_usize(support),
+                    precision: ratio(tp, predicted),
+                    recall: ratio(tp, support),
+                    f1: ratio(2 * tp, 2 * tp + fp + fn_),
+                }
+            })
+            .collect()
+    }
+
+    /// Macro-averaged F1: the unweighted mean of the per-class F1 over the classes whose F1 is
+    /// defined (those that occur in the truth or in the predictions). This equals scikit-learn's
+    /// `f1_score(y_true, y_pred, average="macro")` without a `labels` argument. `None` when no
+    /// class has a defined F1 (nothing was counted).
+    pub fn macro_f1(&self) -> Option<f64> {
+        let f1s: Vec<f64> = self.per_class().iter().filter_map(|m| m.f1).collect();
+        if f1s.is_empty() {
+            None
+        } else {
+            Some(f1s.iter().sum::<f64>() / f1s.len() as f64)
+        }
+    }
+
+    /// Plain-text table for the terminal: one row per true class, one column per predicted class.
+    ///
+    /// Columns are headed by class index; each row starts with its index and the whole class name
+    /// (any Unicode, e.g. `красный`, `red apple`, padded by display width so CJK names align), so
+    /// the row labels are the legend of the columns and 12+ classes stay narrow. The last column
+    /// is the row total (samples of that class), the last row the column totals (predictions of
+    /// that class). Ends with a newline.
+    pub fn to_text(&self) -> String {
+        let n = self.num_classes();
+        let mut out = String::new();
+        if n == 0 {
+            out.push_str("confusion matrix: no classes\n");
+            return out;
+        }
+        out.push_str("confusion matrix (rows: true class, columns: predicted class index)\n");
+
+        let idx_w = (n - 1).to_string().len();
+        let labels: Vec<String> = self
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{i:>idx_w$} {c}"))
+            .collect();
+        let footer = "predicted total";
+        let label_w = labels
+            .iter()
+            .map(|l| l.width())
+            .max()
+            .unwrap_or(0)
+            .max(footer.width());
+        let max_count = self.counts.iter().flatten().copied().max().unwrap_or(0);
+        let cell_w = max_count.to_string().len().max(idx_w).max(2) + 1;
+        let total = self.total();
+        let tot_w = total.to_string().len().max("total".len()) + 1;
+
+        // Header.
+        out.push_str(&pad_right("", label_w));
+        for p in 0..n {
+            out.push_str(&format!("{p:>cell_w$}"));
+        }
+        out.push_str(&format!(" |{:>tot_w$}\n", "total"));
+        // Rows.
+        for (t, label) in labels.iter().enumerate() {
+            out.push_str(&pad_right(label, label_w));
+            for p in 0..n {
+                out.push_str(&format!("{:>cell_w$}", self.count(t, p)));
+            }
+            out.push_str(&format!(" |{:>tot_w$}\n", self.row_sum(t)));
+        }
+        // Column totals.
+        out.push_str(&"-".repeat(label_w + n * cell_w + 2 + tot_w));
+        out.push('\n');
+        out.push_str(&pad_right(footer, label_w));
+        for p in 0..n {
+            out.push_str(&format!("{:>cell_w$}", self.col_sum(p)));
+        }
+        out.push_str(&format!(" |{total:>tot_w$}\n"));
+        out
+    }
+}
+
+/// A full evaluation of a model on a held-out set: what `nanoclass eval` prints and saves as
+/// `eval.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EvalReport {
+    /// Top-1 accuracy in `[0, 1]`, `None` for an empty set.
+    pub top1: Option<f64>,
+    /// Number of evaluated samples.
+    pub n: usize,
+    /// Per-class precision / recall / F1 in class-index order.
+    pub per_class: Vec<ClassMetrics>,
+    /// The confusion matrix the figures above were computed from.
+    pub confusion: ConfusionMatrix,
+    /// Mean cross-entropy loss per sample (natural log, nats), `None` when not computed.
+    pub loss: Option<f64>,
+}
+
+impl EvalReport {
+    /// Computes every figure from `confusion`; `loss` is the mean per-sample cross-entropy when
+    /// the caller measured it.
+    pub fn new(confusion: ConfusionMatrix, loss: Option<f64>) -> Self {
+        Self {
+            top1: confusion.top1(),
+            n: to_usize(confusion.total()),
+            per_class: confusion.per_class(),
+            confusion,
+            loss,
+        }
+    }
+
+    /// Macro F1 of the confusion matrix (see [`ConfusionMatrix::macro_f1`]).
+    pub fn macro_f1(&self) -> Option<f64> {
+        self.confusion.macro_f1()
+    }
+
+    /// The report for the terminal: a summary line (samples, top-1, macro F1, loss), a per-class
+    /// table (class, support, precision, recall, F1 as percentages, `-` where undefined) and the
+    /// confusion matrix of [`ConfusionMatrix::to_text`].
+    pub fn to_text(&self) -> String {
+        let mut out = format!(
+            "{} samples, top-1 {}, macro F1 {}",
+            self.n,
+            fmt_pct(self.top1),
+            fmt_pct(self.macro_f1())
+        );
+        if let Some(loss) = self.loss {
+            out.push_str(&format!(", loss {loss:.4}"));
+        }
+        out.push_str("\n\n");
+        let idx_w = self.per_class.len().saturating_sub(1).to_string().len();
+        let names: Vec<String> = self
+            .per_class
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("{i:>idx_w$} {}", m.class))
+            .collect();
+        let name_w = names
+            .iter()
+            .map(|s| s.width())
+            .max()
+            .unwrap_or(0)
+            .max("class".len());
+        let sup_w = self
+            .per_class
+            .iter()
+            .map(|m| m.support.to_string().len())
+            .max()
+            .unwrap_or(0)
+            .max("support".len());
+        out.push_str(&format!(
+            "{} {:>sup_w$} {:>9} {:>9} {:>9}\n",
+            pad_right("class", name_w),
+            "support",
+            "precision",
+            "recall",
+            "F1"
+        ));
+        for (name, m) in names.iter().zip(&self.per_class) {
+            out.push_str(&format!(
+                "{} {:>sup_w$} {:>9} {:>9} {:>9}\n",
+                pad_right(name, name_w),
+                m.support,
+                fmt_pct(m.precision),
+                fmt_pct(m.recall),
+                fmt_pct(m.f1)
+            ));
+        }
+        out.push('\n');
+        out.push_str(&self.confusion.to_text());
+        out
+    }
+
+    /// Writes the report as pretty-printed JSON to `path`, atomically (scratch file beside `path`,
+    /// then renamed).
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming `path` when the file cannot be written.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        write_atomic(path, |file| {
+            serde_json::to_writer_pretty(&mut *file, self).map_err(std::io::Error::other)?;
+            file.write_all(b"\n")
+        })
+    }
+}
+
+/// Cross-entropy of one row of logits against the true class, in nats.
+pub fn cross_entropy(logits: &[f32], truth: usize) -> f64 {
+    let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = m + logits
+        .iter()
+        .map(|&x| (x as f64 - m).exp())
+        .sum::<f64>()
+        .ln();
+    lse - logits[truth] as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+/// `num / den` as f64, `None` when `den == 0`.
+fn ratio(num: u64, den: u64) -> Option<f64> {
+    (den > 0).then(|| num as f64 / den as f64)
+}
+
+/// Sample counts fit `usize` on every supported target; saturate rather than wrap otherwise.
+fn to_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// `Some(0.8333)` -> `"83.3%"`, `None` -> `"-"`.
+fn fmt_pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0))
+}
+
+/// Pads `s` with spaces to `width` terminal columns (display width, so CJK counts double).
+fn pad_right(s: &str, width: usize) -> String {
+    let pad = width.saturating_sub(s.width());
+    format!("{s}{}", " ".repeat(pad))
+}
+
+/// [`crate::fs::write_atomic_with`] through a buffered writer.
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<&File>) -> std::io::Result<()>,
+) -> Result<()> {
+    crate::fs::write_atomic_with(path, |file| {
+        let mut w = BufWriter::new(&*file);
+        write(&mut w)?;
+        w.flush()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blues_ends_are_the_colorbrewer_stops() {
+        assert_eq!(blues(0.0), RGBColor(0xf7, 0xfb, 0xff));
+        assert_eq!(blues(1.0), RGBColor(0x08, 0x30, 0x6b));
+        // Halfway is the 5th stop exactly.
+        assert_eq!(blues(0.5), RGBColor(0x6b, 0xae, 0xd6));
+    }
+
+    #[test]
+    fn shorten_keeps_short_names_and_cuts_long_ones_on_char_boundaries() {
+        assert_eq!(shorten("красный"), "красный");
+        let long = "я".repeat(40);
+        let s = shorten(&long);
+        assert_eq!(s.chars().count(), MAX_NAME_CHARS);
+        assert!(s.ends_with('…'));
+    }
+
+    #[test]
+    fn pad_right_counts_display_width() {
+        // A CJK ideograph is two terminal columns wide.
+        assert_eq!(pad_right("猫", 4), "猫  ");
+        assert_eq!(pad_right("red", 4), "red ");
+        assert_eq!(pad_right("toolong", 3), "toolong");
+    }
+}
