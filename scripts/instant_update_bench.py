@@ -74,12 +74,16 @@ def main():
     print("| images | head | embed ms | update ms (beyond embedding) | of it refit ms |")
     print("|---|---|---|---|---|")
     for n, head, e, u, f in rows:
-        if n in (2, 4, 6, 10, 20, 50, 100, 150, 200) or n == rows[-1][0]:
+        if n in (2, 4, 6, 10, 20, 50, 100, 150, 200, 500, 1000, 1500, 2000) or n == rows[-1][0]:
             print(f"| {n} | {head} | {e:.1f} | {u:.1f} | {f:.1f} |")
     ready = [r for r in rows if r[1] is not None]
     print(f"update ms beyond embedding over {len(ready)} updates: "
           f"median {statistics.median(r[3] for r in ready):.1f}, max {max(r[3] for r in ready):.1f}; "
           f"embedding median {statistics.median(r[2] for r in ready):.1f} ms")
+    last = ready[-100:]
+    print(f"last {len(last)} updates ({last[0][0]}-{last[-1][0]} images): update ms beyond "
+          f"embedding median {statistics.median(r[3] for r in last):.1f}, "
+          f"max {max(r[3] for r in last):.1f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 //! the 1000 pretrained logits), 12 classes, each class a cluster around its own random centre.
 //!
 //! `cargo run --release -p nanoclass --example instant_refit -- [N ...]` (default 500 1000
-//! 2000 5000); prints min / median / max of 7 refits per size in milliseconds.
+//! 2000 5000); prints min / median / max of 7 refits per size and head choice (`Auto` runs the
+//! leave-out check, `Linear` and `Prototypes` do not) in milliseconds.
 
 use std::time::Instant;
 
@@ -49,18 +50,20 @@ fn main() {
             dim: DIM,
             classes: CLASSES,
         };
-        let mut ms: Vec<f64> = (0..7)
-            .map(|_| {
-                let t = Instant::now();
-                let m = InstantModel::fit(data, None, HeadChoice::Auto).expect("fit");
-                assert_eq!(m.images(), n);
-                t.elapsed().as_secs_f64() * 1e3
-            })
-            .collect();
-        ms.sort_by(f64::total_cmp);
-        println!(
-            "{n:>5} images: refit min {:.1} ms, median {:.1} ms, max {:.1} ms",
-            ms[0], ms[3], ms[6]
-        );
+        for choice in [HeadChoice::Auto, HeadChoice::Linear, HeadChoice::Prototypes] {
+            let mut ms: Vec<f64> = (0..7)
+                .map(|_| {
+                    let t = Instant::now();
+                    let m = InstantModel::fit(data, None, choice).expect("fit");
+                    assert_eq!(m.images(), n);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            println!(
+                "{n:>5} images, {choice:?}: refit min {:.1} ms, median {:.1} ms, max {:.1} ms",
+                ms[0], ms[3], ms[6]
+            );
+        }
     }
 }

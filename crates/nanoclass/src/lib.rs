@@ -14,8 +14,8 @@
 //! - [`infer`]: forward-only work: the ONNX Runtime / burn engine, the predictor, backbone
 //!   features, scoring, int8 quantization.
 //! - [`instant`]: heads fitted in one go on frozen features (class prototypes, a linear head).
-//! - [`train`]: training as phases (head on cached features, full network, instant fit) run by
-//!   one epoch loop, with checkpoints for resume.
+//! - [`train`]: training as phases (head on cached features, the last blocks on cached
+//!   activations, full network, instant fit) run by one epoch loop, with checkpoints for resume.
 //! - [`eval`]: held-out metrics, confusion matrix, point errors.
 //! - [`export`]: ONNX, PyTorch `.pth` and safetensors exports of a trained run.
 //! - [`camera`]: frame sources (V4L2, video files, MJPEG over HTTP, image folders).

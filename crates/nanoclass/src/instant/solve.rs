@@ -39,21 +39,77 @@ fn dot64(a: &[f64], b: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
-/// The Gram matrix `X Xᵀ` of `n` rows of length `dim`, in f64.
+/// `lhs · rhsᵀ` for row-major `lhs` (`[m, k]`) and `rhs` (`[n, k]`): a row-major `[m, n]`,
+/// on gemm's kernels (`parallel`: on rayon's threads).
+pub(super) fn matmul_nt<T: Real>(
+    lhs: &[T],
+    rhs: &[T],
+    (m, k, n): (usize, usize, usize),
+    parallel: bool,
+) -> Vec<T> {
+    assert!(
+        lhs.len() == m * k && rhs.len() == n * k,
+        "matmul_nt: shapes"
+    );
+    let mut out = vec![T::default(); m * n];
+    if m == 0 || n == 0 {
+        return out;
+    }
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the strides describe `lhs` as `[m, k]` and `rhs` as `[n, k]` read as its transpose
+    // `[k, n]` (element (p, j) at `j * k + p`), both row-major and inside their slices (checked
+    // above), and `out` as a row-major `[m, n]` of its own; gemm reads `lhs`/`rhs` only.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            k as isize,
+            1,
+            T::default(),
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    out
+}
+
+/// The element types of [`matmul_nt`].
+pub(super) trait Real: 'static + Copy + Default {
+    const ONE: Self;
+}
+
+impl Real for f32 {
+    const ONE: f32 = 1.0;
+}
+
+impl Real for f64 {
+    const ONE: f64 = 1.0;
+}
+
+/// The Gram matrix `X Xᵀ` of `n` rows of length `dim` (products in f32, kept in f64), exactly
+/// symmetric.
 fn gram(x: &[f32], n: usize, dim: usize) -> Vec<f64> {
-    use rayon::prelude::*;
-    let rows: Vec<Vec<f64>> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let xi = &x[i * dim..(i + 1) * dim];
-            (0..=i)
-                .map(|j| f64::from(dot(xi, &x[j * dim..(j + 1) * dim])))
-                .collect()
-        })
-        .collect();
+    let p = matmul_nt(x, x, (n, dim, n), true);
     let mut g = vec![0.0; n * n];
-    for (i, row) in rows.iter().enumerate() {
-        for (j, &v) in row.iter().enumerate() {
+    for i in 0..n {
+        for j in 0..=i {
+            let v = f64::from(p[i * n + j]);
             g[i * n + j] = v;
             g[j * n + i] = v;
         }
@@ -176,12 +232,13 @@ impl Prepared {
         let (mut a_prev, mut b_prev) = (a0.clone(), b0.clone());
         let mut t = 1.0f64;
         let (mut ya, mut yb) = (a0, b0);
-        let mut z = vec![0.0; m * k];
+        let mut z: Vec<f64>;
         for _ in 0..ITERATIONS {
-            // Logits at the look-ahead point: z = G y_A + y_b.
-            for (gi, zi) in gsub.chunks_exact(m).zip(z.chunks_exact_mut(k)) {
-                for ((zc, ac), bc) in zi.iter_mut().zip(ya.chunks_exact(m)).zip(&yb) {
-                    *zc = bc + dot64(gi, ac);
+            // Logits at the look-ahead point: z = G y_Aᵀ + y_b (`[m, K]`).
+            z = matmul_nt(&gsub, &ya, (m, m, k), false);
+            for zi in z.chunks_exact_mut(k) {
+                for (zc, bc) in zi.iter_mut().zip(&yb) {
+                    *zc += bc;
                 }
             }
             // Residual R = (softmax(z) − Y) / m; gradient in A: R + λ y_A; in b: Σ R.

@@ -396,3 +396,35 @@ fn beyond_the_cap_the_prototypes_still_use_every_image() {
     let auto = InstantModel::fit(data, None, HeadChoice::Auto).unwrap();
     assert!(auto.leave_out.is_some());
 }
+
+#[test]
+fn the_matrix_product_equals_the_sums_it_stands_for() {
+    use super::solve::matmul_nt;
+    // Odd sizes, so no kernel tile fits exactly; f64 and f32.
+    let (m, k, n) = (37, 53, 11);
+    let lhs: Vec<f64> = (0..m * k)
+        .map(|i| ((i * 7919) % 101) as f64 / 50.0 - 1.0)
+        .collect();
+    let rhs: Vec<f64> = (0..n * k)
+        .map(|i| ((i * 104729) % 97) as f64 / 48.0 - 1.0)
+        .collect();
+    for parallel in [false, true] {
+        let got = matmul_nt(&lhs, &rhs, (m, k, n), parallel);
+        let got32 = matmul_nt(
+            &lhs.iter().map(|v| *v as f32).collect::<Vec<_>>(),
+            &rhs.iter().map(|v| *v as f32).collect::<Vec<_>>(),
+            (m, k, n),
+            parallel,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k).map(|p| lhs[i * k + p] * rhs[j * k + p]).sum();
+                assert!((got[i * n + j] - want).abs() < 1e-12, "f64 ({i}, {j})");
+                assert!(
+                    (f64::from(got32[i * n + j]) - want).abs() < 1e-4,
+                    "f32 ({i}, {j})"
+                );
+            }
+        }
+    }
+}

@@ -125,7 +125,7 @@ fn batch_norm_layers(net: &Net) -> Result<Vec<String>> {
     let mut layers = Vec::new();
     for t in net.collect(None, None, true) {
         // Renamed whole: the rules match `downsample.bn.` with its trailing dot.
-        let name = super::weights::reference_name(&t.name)?;
+        let name = super::names::reference_name(&t.name)?;
         if let Some(layer) = name.strip_suffix(".running_var") {
             layers.push(layer.to_string());
         }

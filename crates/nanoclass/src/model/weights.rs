@@ -35,29 +35,13 @@ use burn::store::{
 use burn::tensor::DType;
 
 use super::batch_counters::BatchCounters;
+use super::names::{TORCHVISION_TO_NANOCLASS, to_reference};
 use super::point::PointHead;
 use super::registry::WeightsFormat;
 pub use super::state_dict::{FileDtype, FileIndex, index_file};
 use super::state_dict::{check_prefix, file_counters, find_prefix, top_level_key, werr};
 use super::{Arch, Net};
 use crate::{Error, Result};
-
-/// Key remapping rules between the reference state-dict names and nanoclass's modules, one
-/// place for all of them. Each pair is `(reference regex, nanoclass name)`.
-///
-/// - torchvision ResNet's projection shortcut is an `nn.Sequential`: index 0 is the 1x1
-///   convolution, index 1 its BatchNorm. Here they are named fields `conv` and `bn`.
-const TORCHVISION_TO_NANOCLASS: [(&str, &str); 2] = [
-    (r"downsample\.0\.", "downsample.conv."),
-    (r"downsample\.1\.", "downsample.bn."),
-];
-
-/// The inverse of [`TORCHVISION_TO_NANOCLASS`], applied when saving so a saved model is a
-/// torchvision state dict.
-const NANOCLASS_TO_TORCHVISION: [(&str, &str); 2] = [
-    (r"downsample\.conv\.", "downsample.0."),
-    (r"downsample\.bn\.", "downsample.1."),
-];
 
 /// What happened to the head while loading.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,22 +375,6 @@ fn apply_file(
         ));
     }
     Ok((result.applied.len(), ignored))
-}
-
-/// The remapping of nanoclass's module paths to the reference state-dict names.
-fn to_reference() -> Result<KeyRemapper> {
-    KeyRemapper::from_patterns(NANOCLASS_TO_TORCHVISION.to_vec())
-        .map_err(|e| Error::Other(format!("key remapping rule: {e}")))
-}
-
-/// The reference state-dict name of a nanoclass module path (`layer2.0.downsample.bn` ->
-/// `layer2.0.downsample.1`).
-pub(crate) fn reference_name(path: &str) -> Result<String> {
-    let mut name = path.to_string();
-    for (rule, to) in to_reference()?.to_regex_pairs() {
-        name = rule.replace_all(&name, to.as_str()).into_owned();
-    }
-    Ok(name)
 }
 
 /// Saves `net` as a safetensors state dict in PyTorch layout with the reference key names

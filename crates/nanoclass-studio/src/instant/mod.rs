@@ -9,6 +9,13 @@
 //!   features are embedded (through the on-disk feature cache, keyed by content), then the head
 //!   is refitted. Its timings (`embed_ms` for the new images, `update_ms` for everything else:
 //!   listing, refit, bookkeeping) are reported by `GET /api/tasks/{task}/instant`.
+//! - The refit after an upload is bounded: the leave-out check that chooses between the
+//!   prototypes and the linear head ([`HeadChoice::Auto`]) is the costly part (six fits on up to
+//!   [`nanoclass::instant::MAX_FIT_IMAGES`] images). Up to [`SYNC_CHECK_IMAGES`] images it runs
+//!   with every refit. Beyond, a refit fits the head the last check chose, and the check runs
+//!   again on a background thread once the images have grown or shrunk by a quarter since it
+//!   last ran ([`CHECK_GROWTH`]); its model replaces the preview when the images have not changed
+//!   meanwhile. So an upload's answer costs one fit whatever the number of images.
 //! - While a class has fewer than [`FEW_IMAGES`] images, the features are centred on the mean of
 //!   the training features *and* the recent camera frames ([`FRAME_POOL`] of them), refitted
 //!   every [`RECENTRE_FRAMES`] new frames: few images estimate the scene's mean feature poorly,
@@ -37,6 +44,13 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, ApiResult};
 use crate::store::{Store, image_files};
+
+mod check;
+#[cfg(test)]
+mod tests;
+
+pub use check::{CHECK_GROWTH, SYNC_CHECK_IMAGES};
+use check::{CheckJob, Checked, choice_of};
 
 /// Below this many images in some class, features are also centred on recent frames.
 pub const FEW_IMAGES: usize = 10;
@@ -83,6 +97,9 @@ struct TaskState {
     pooled_since_fit: usize,
     update: Option<Update>,
     browser_smoothed: Option<Vec<f32>>,
+    checked: Option<Checked>,
+    /// A background leave-out check is running.
+    checking: bool,
 }
 
 impl TaskState {
@@ -95,8 +112,9 @@ impl TaskState {
         self.model.is_some() && self.few_images() && self.pooled_since_fit >= RECENTRE_FRAMES
     }
 
-    /// Refits from the current features; `listing` is every image with its class.
-    fn refit(&mut self, listing: &[(PathBuf, usize)]) {
+    /// Refits from the current features; `listing` is every image with its class. Returns the
+    /// leave-out check to run in the background, if one is due.
+    fn refit(&mut self, listing: &[(PathBuf, usize)]) -> Option<CheckJob> {
         self.pooled_since_fit = 0;
         let k = self.labels.len();
         let mut counts = vec![0usize; k];
@@ -114,14 +132,14 @@ impl TaskState {
         self.model = None;
         if k < 2 {
             self.note = Some("add a second category: the preview needs two or more".into());
-            return;
+            return None;
         }
         if let Some(c) = self.counts.iter().position(|&n| n == 0) {
             self.note = Some(format!(
                 "capture an image of {:?}: the preview starts when every category has one",
                 self.labels[c]
             ));
-            return;
+            return None;
         }
         // Rows are the backbone's features, followed by its pretrained classifier's logits when
         // the weights carry one (`Embedder::dim`).
@@ -155,12 +173,64 @@ impl TaskState {
             dim,
             classes: k,
         };
-        match InstantModel::fit(data, centre.as_deref(), HeadChoice::Auto) {
-            Ok(m) => {
+        let n = y.len();
+        let checked = self.checked.filter(|c| c.holds_for(n, k));
+        let (choice, due) = match (checked, self.checked) {
+            (Some(c), _) => (choice_of(c.kind), false),
+            (None, _) if n <= SYNC_CHECK_IMAGES => (HeadChoice::Auto, false),
+            (None, last) => (
+                last.map_or(HeadChoice::Prototypes, |c| choice_of(c.kind)),
+                !self.checking,
+            ),
+        };
+        match InstantModel::fit(data, centre.as_deref(), choice) {
+            Ok(mut m) => {
+                if choice == HeadChoice::Auto {
+                    self.checked = Some(Checked {
+                        images: n,
+                        classes: k,
+                        kind: m.kind,
+                        leave_out: m.leave_out,
+                    });
+                } else if let Some(c) = checked {
+                    m.leave_out = c.leave_out;
+                }
                 self.model = Some(Arc::new(m));
                 self.note = None;
             }
-            Err(e) => self.note = Some(e.to_string()),
+            Err(e) => {
+                self.note = Some(e.to_string());
+                return None;
+            }
+        }
+        due.then(|| {
+            self.checking = true;
+            CheckJob {
+                x,
+                y,
+                dim,
+                split,
+                classes: k,
+                centre,
+                version: self.version,
+            }
+        })
+    }
+
+    /// Takes in a background check's answer: the head choice for the next refits, and its
+    /// model when the images are still those it was fitted on.
+    fn checked_in(&mut self, job: &CheckJob, result: nanoclass::Result<InstantModel>) {
+        self.checking = false;
+        let Ok(m) = result else { return };
+        self.checked = Some(Checked {
+            images: job.y.len(),
+            classes: job.classes,
+            kind: m.kind,
+            leave_out: m.leave_out,
+        });
+        if self.version == job.version {
+            self.model = Some(Arc::new(m));
+            self.browser_smoothed = None;
         }
     }
 
@@ -175,6 +245,8 @@ impl TaskState {
             "head": m.map(|m| m.kind),
             "temperature": m.map(|m| m.temperature),
             "leave_out": m.and_then(|m| m.leave_out),
+            "leave_out_images": self.checked.map(|c| c.images),
+            "checking": self.checking,
             "centred_on_frames": self.centred_on_frames,
             "version": self.version,
             "update": self.update,
@@ -359,8 +431,17 @@ impl InstantHub {
         if embedded > 0 || removed || relabelled || recentre || s.version == 0 {
             s.labels = labels;
             let tf = Instant::now();
-            s.refit(&listing);
+            let job = s.refit(&listing);
             let fit_ms = tf.elapsed().as_secs_f64() * 1000.0;
+            if let Some(job) = job {
+                let entry = entry.clone();
+                std::thread::spawn(move || {
+                    let result = job.run();
+                    if let Ok(mut s) = entry.state.lock() {
+                        s.checked_in(&job, result);
+                    }
+                });
+            }
             let total_ms = t0.elapsed().as_secs_f64() * 1000.0;
             s.update = Some(Update {
                 embedded,
