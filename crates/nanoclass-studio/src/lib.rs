@@ -143,6 +143,16 @@ impl AppState {
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE_CSS: &str = include_str!("../assets/style.css");
+/// The page's JavaScript modules, served under `/js/` and imported by `app.js` (plain ES
+/// modules, no build step).
+const MODULES: [(&str, &str); 6] = [
+    ("api.js", include_str!("../assets/js/api.js")),
+    ("state.js", include_str!("../assets/js/state.js")),
+    ("camera.js", include_str!("../assets/js/camera.js")),
+    ("collect.js", include_str!("../assets/js/collect.js")),
+    ("train.js", include_str!("../assets/js/train.js")),
+    ("live.js", include_str!("../assets/js/live.js")),
+];
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -162,7 +172,12 @@ fn routes() -> Vec<(String, MethodRouter<AppState>)> {
     let cat = "/api/tasks/{task}/categories/{category}";
     let img = "/api/tasks/{task}/categories/{category}/images/{image}";
     let run = "/api/tasks/{task}/runs/{run}";
-    vec![
+    let modules = MODULES.iter().map(|&(name, body)| {
+        let handlers: MethodRouter<AppState> =
+            get(move || async move { asset("text/javascript; charset=utf-8", body) });
+        (format!("/js/{name}"), handlers)
+    });
+    let mut routes: Vec<(String, MethodRouter<AppState>)> = vec![
         (
             "/".into(),
             get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
@@ -212,7 +227,9 @@ fn routes() -> Vec<(String, MethodRouter<AppState>)> {
         ("/api/source".into(), get(source_status).put(set_source)),
         ("/api/source/frame".into(), get(source_frame)),
         ("/api/source/stream".into(), get(source_stream)),
-    ]
+    ];
+    routes.extend(modules);
+    routes
 }
 
 /// The path of every route [`app`] serves, in axum's syntax (`/api/tasks/{task}`, ...): for
@@ -221,7 +238,8 @@ pub fn route_paths() -> Vec<String> {
     routes().into_iter().map(|(path, _)| path).collect()
 }
 
-/// The studio's router: the page (`/`, `/app.js`, `/style.css`) and the JSON API under `/api`.
+/// The studio's router: the page (`/`, `/app.js` and the modules it imports under `/js/`,
+/// `/style.css`) and the JSON API under `/api`.
 ///
 /// Layers, outermost first: every error answer made JSON ([`error::json_errors`]), the
 /// `Host` and cross-origin checks ([`guard::guard`]), the access token ([`auth`]), the body

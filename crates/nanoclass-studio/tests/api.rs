@@ -241,7 +241,7 @@ async fn page_and_assets_are_served() {
     let app = router(config(tmp.path()));
     let r = call(&app, "GET", "/", None).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert!(String::from_utf8_lossy(&r.body).contains("<script src=\"app.js\">"));
+    assert!(String::from_utf8_lossy(&r.body).contains("<script type=\"module\" src=\"app.js\">"));
     let r = call(&app, "GET", "/app.js", None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(
@@ -250,6 +250,44 @@ async fn page_and_assets_are_served() {
             .unwrap()
             .starts_with("text/javascript")
     );
+    // Every module the page imports, from app.js down, is served as JavaScript, and the
+    // imports go one way (no module imports one that imports it back).
+    let imports = |js: &str, dir: &str| -> Vec<String> {
+        js.lines()
+            .filter(|l| l.starts_with("import "))
+            .filter_map(|l| l.split(" from \"./").nth(1))
+            .map(|rest| format!("{dir}{}", rest.split('"').next().unwrap()))
+            .collect()
+    };
+    let mut graph = std::collections::BTreeMap::new();
+    let mut todo = vec!["/app.js".to_string()];
+    while let Some(path) = todo.pop() {
+        if graph.contains_key(&path) {
+            continue;
+        }
+        let r = call(&app, "GET", &path, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        let ct = r.headers[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(ct.starts_with("text/javascript"), "{path}: {ct}");
+        let dir = &path[..=path.rfind('/').unwrap()];
+        let deps = imports(&String::from_utf8_lossy(&r.body), dir);
+        todo.extend(deps.iter().cloned());
+        graph.insert(path, deps);
+    }
+    for m in ["api", "state", "camera", "collect", "train", "live"] {
+        assert!(graph.contains_key(&format!("/js/{m}.js")), "{graph:?}");
+    }
+    // Depth-first walk from each module: reaching it again is a cycle.
+    for start in graph.keys() {
+        let mut stack = graph[start].clone();
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(m) = stack.pop() {
+            assert_ne!(&m, start, "import cycle through {start}: {graph:?}");
+            if seen.insert(m.clone()) {
+                stack.extend(graph[&m].iter().cloned());
+            }
+        }
+    }
     let r = call(&app, "GET", "/style.css", None).await;
     assert!(
         r.headers[header::CONTENT_TYPE]

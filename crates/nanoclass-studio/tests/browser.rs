@@ -23,7 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fantoccini::actions::{InputSource, MOUSE_BUTTON_LEFT, MouseActions, PointerAction};
+use fantoccini::actions::{
+    InputSource, KeyAction, KeyActions, MOUSE_BUTTON_LEFT, MouseActions, PointerAction,
+};
+use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use image::RgbImage;
 use nanoclass_studio::{ServeOptions, StudioConfig};
@@ -166,6 +169,76 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Starts chromedriver and a headless Chromium session (1100x1500 window, a fresh profile in
+/// `out`, Chromium's fake camera; `extra`: more Chromium arguments).
+async fn browser(out: &Path, extra: &[String]) -> (Driver, Client) {
+    let chromium = find_program(
+        "CHROME_BIN",
+        &["chromium", "chromium-browser", "google-chrome"],
+    );
+    let driver = find_program("CHROMEDRIVER", &["chromedriver"]);
+    let (Some(chromium), Some(driver_bin)) = (chromium, driver) else {
+        panic!(
+            "the studio's browser test needs Chromium and chromedriver: install them with \
+             `apt-get install -y chromium chromium-driver` (.ci/run does), or set CHROME_BIN and \
+             CHROMEDRIVER"
+        );
+    };
+    let wd_port = free_port();
+    let log = std::fs::File::create(out.join("chromedriver.log")).unwrap();
+    let driver = Driver(
+        Command::new(&driver_bin)
+            .arg(format!("--port={wd_port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_bin.display())),
+    );
+    let mut args: Vec<String> = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--window-size=1100,1500",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(format!(
+        "--user-data-dir={}",
+        out.join("chromium-profile").display()
+    ));
+    args.extend(extra.iter().cloned());
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "binary": chromium, "args": args }),
+    );
+    let wd = format!("http://127.0.0.1:{wd_port}");
+    let start = Instant::now();
+    let client = loop {
+        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&wd)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if start.elapsed() < Duration::from_secs(20) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("no WebDriver session from {}: {e}", driver_bin.display()),
+        }
+    };
+    (driver, client)
+}
+
 struct Page {
     c: Client,
     out: PathBuf,
@@ -268,6 +341,28 @@ impl Page {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Presses `keys` together (in order, released in reverse: `[Shift, Left]` is Shift+Left)
+    /// on whatever has the keyboard focus, as a user's keyboard does.
+    async fn press(&self, keys: &[Key]) {
+        let mut a = KeyActions::new("keyboard".into());
+        for k in keys {
+            a = a.then(KeyAction::Down { value: (*k).into() });
+        }
+        for k in keys.iter().rev() {
+            a = a.then(KeyAction::Up { value: (*k).into() });
+        }
+        self.c.perform_actions(a).await.unwrap();
+    }
+
+    /// The element with the keyboard focus, as `tag#id.class[data-name]`.
+    async fn focused(&self) -> String {
+        self.js("const e = document.activeElement; const li = e.closest('li.category'); return e.tagName.toLowerCase() + '#' + e.id + '.' + e.className + (li ? '[' + li.dataset.name + ']' : '');")
+            .await
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Holds the capture button down for `ms` milliseconds (continuous capture).
@@ -417,19 +512,6 @@ impl Page {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn studio_in_headless_chromium() {
-    let chromium = find_program(
-        "CHROME_BIN",
-        &["chromium", "chromium-browser", "google-chrome"],
-    );
-    let driver = find_program("CHROMEDRIVER", &["chromedriver"]);
-    let (Some(chromium), Some(driver_bin)) = (chromium, driver) else {
-        panic!(
-            "the studio's browser test needs Chromium and chromedriver: install them with \
-             `apt-get install -y chromium chromium-driver` (.ci/run does), or set CHROME_BIN and \
-             CHROMEDRIVER"
-        );
-    };
-
     let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio-e2e");
     if out.exists() {
         std::fs::remove_dir_all(&out).expect("clear the previous test output");
@@ -487,50 +569,16 @@ async fn studio_in_headless_chromium() {
     let url = studio.url.clone();
     let port = studio.addr.port();
 
-    let wd_port = free_port();
-    let log = std::fs::File::create(out.join("chromedriver.log")).unwrap();
-    let _driver = Driver(
-        Command::new(&driver_bin)
-            .arg(format!("--port={wd_port}"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", driver_bin.display())),
-    );
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": chromium,
-            "args": [
-                "--headless=new", "--no-sandbox", "--disable-gpu",
-                "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                format!("--use-file-for-fake-video-capture={}", clip.display()),
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--disable-quic", "--window-size=1100,1500",
-                format!("--user-data-dir={}", out.join("chromium-profile").display()),
-                // An origin that is not a secure context, for the camera explanation.
-                "--host-resolver-rules=MAP insecure.example 127.0.0.1, MAP rebound.example 127.0.0.1",
-            ],
-        }),
-    );
-    let wd = format!("http://127.0.0.1:{wd_port}");
-    let start = Instant::now();
-    let client = loop {
-        match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-            .capabilities(caps.clone())
-            .connect(&wd)
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) if start.elapsed() < Duration::from_secs(20) => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("no WebDriver session from {}: {e}", driver_bin.display()),
-        }
-    };
+    let (_driver, client) = browser(
+        &out,
+        &[
+            format!("--use-file-for-fake-video-capture={}", clip.display()),
+            // An origin that is not a secure context, for the camera explanation.
+            "--host-resolver-rules=MAP insecure.example 127.0.0.1, MAP rebound.example 127.0.0.1"
+                .into(),
+        ],
+    )
+    .await;
     let mut page = Page {
         c: client,
         out: out.clone(),
@@ -759,6 +807,32 @@ async fn studio_in_headless_chromium() {
         .js("return [...document.querySelectorAll('#confusion tr')].length;")
         .await;
     assert_eq!(cm_rows, 3, "header + one row per category");
+    // The chart's text alternative follows the chart: its label names the last epoch and its
+    // table has a row per epoch with that epoch's figures.
+    let alt = page
+        .js("const pts = window.studio.chart, last = pts[pts.length - 1];
+             const rows = [...document.querySelectorAll('#train-chart-table tbody tr')];
+             return [pts.length, rows.length,
+                     document.getElementById('train-chart').getAttribute('role'),
+                     document.getElementById('train-chart').getAttribute('aria-label'),
+                     'epoch ' + last.epoch + ' ', rows.length ? rows[rows.length - 1].textContent : '',
+                     String(last.epoch) + last.train_loss.toFixed(4)];")
+        .await;
+    assert!(alt[0].as_u64().unwrap() > 0, "{alt}");
+    assert_eq!(alt[0], alt[1], "one table row per epoch: {alt}");
+    assert_eq!(alt[2], "img", "{alt}");
+    let label = alt[3].as_str().unwrap();
+    assert!(
+        label.contains(alt[4].as_str().unwrap()) && label.contains("held-out top-1"),
+        "{alt}"
+    );
+    assert!(
+        alt[5]
+            .as_str()
+            .unwrap()
+            .starts_with(alt[6].as_str().unwrap()),
+        "{alt}"
+    );
     page.shot(
         "06-trained",
         "training done: held-out chart, confusion matrix, per-class accuracy",
@@ -1346,4 +1420,247 @@ async fn studio_in_headless_chromium() {
         device_fps > 0.5,
         "live FPS with the folder source: {device_fps}"
     );
+}
+
+/// The page without training: its modules load (the page works at all), every input and select
+/// has a label, the categories are reached and chosen with the keyboard (focus visibly outlined),
+/// the chart has a text alternative before any epoch, and a regression point is placed on the
+/// camera frame and corrected on its thumbnail with the arrow keys and Enter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_modules_labels_and_keyboard() {
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("studio-keyboard");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).expect("clear the previous test output");
+    }
+    std::fs::create_dir_all(&out).unwrap();
+    let photo = photos("val", "bees")[0].clone();
+    let cam = folder_of(&out.join("camera"), std::slice::from_ref(&photo));
+    let mut config = StudioConfig::new(out.join("studio-data"));
+    config.source = Some(format!("file://{}?fps=10", cam.display()));
+    config.feature_cache = None;
+    config.instant_weights = None;
+    let studio = nanoclass_studio::start(ServeOptions {
+        host: "127.0.0.1".into(),
+        port: 0,
+        config,
+    })
+    .await
+    .expect("studio starts");
+    let (_driver, client) = browser(&out, &[]).await;
+    let mut page = Page {
+        c: client,
+        out: out.clone(),
+        shots: Vec::new(),
+    };
+
+    // The page is ES modules: without every one of them served and run there is no
+    // window.studio and no device preview.
+    page.c.goto(&studio.url).await.unwrap();
+    page.wait(
+        "window.studio && document.getElementById('source-device').checked && document.getElementById('device-img').naturalWidth > 0",
+        Duration::from_secs(15),
+        "the page and its device preview",
+    )
+    .await;
+    let loaded = page
+        .js("return performance.getEntriesByType('resource').map(e => new URL(e.name).pathname).filter(p => p.endsWith('.js')).sort();")
+        .await;
+    for m in [
+        "/app.js",
+        "/js/api.js",
+        "/js/camera.js",
+        "/js/collect.js",
+        "/js/live.js",
+        "/js/state.js",
+        "/js/train.js",
+    ] {
+        assert!(
+            loaded.as_array().unwrap().contains(&json!(m)),
+            "{m} not loaded: {loaded}"
+        );
+    }
+    let unlabelled = page
+        .js(
+            "return [...document.querySelectorAll('input, select, textarea')]
+               .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label'))
+               .map(e => e.id || e.name);",
+        )
+        .await;
+    assert_eq!(unlabelled, json!([]), "inputs without a label");
+    let chart = page
+        .js("const c = document.getElementById('train-chart'); return [c.getAttribute('role'), c.getAttribute('aria-label'), document.querySelector('#train-chart-table caption').textContent];")
+        .await;
+    assert_eq!(chart[0], "img", "{chart}");
+    assert!(
+        chart[1].as_str().unwrap().contains("no epochs yet"),
+        "{chart}"
+    );
+
+    // A task and three categories, typed and entered from the keyboard.
+    page.type_into("#task-name", "keys").await;
+    page.press(&[Key::Enter]).await;
+    page.wait(
+        "window.studio.task === 'keys'",
+        Duration::from_secs(10),
+        "the task",
+    )
+    .await;
+    for c in ["a", "b", "c"] {
+        page.type_into("#cat-name", c).await;
+        page.press(&[Key::Enter]).await;
+        page.wait(
+            &format!("window.studio.category === '{c}' && document.querySelector('li.category[data-name=\"{c}\"]')"),
+            Duration::from_secs(10),
+            "the category",
+        )
+        .await;
+    }
+    // Tab from the category field: the Add button, then the first category.
+    page.press(&[Key::Tab]).await;
+    assert_eq!(page.focused().await, "button#cat-add.");
+    page.press(&[Key::Tab]).await;
+    assert_eq!(page.focused().await, "button#.name[a]");
+    let outline = page
+        .js("const s = getComputedStyle(document.activeElement); return [document.activeElement.matches(':focus-visible'), s.outlineStyle, s.outlineWidth];")
+        .await;
+    assert_eq!(
+        outline,
+        json!([true, "solid", "3px"]),
+        "keyboard focus is outlined"
+    );
+    let choose = [
+        (Key::Enter, "a"),
+        (Key::Down, "b"),
+        (Key::Right, "c"),
+        (Key::Down, "a"),
+        (Key::Up, "c"),
+        (Key::Home, "a"),
+        (Key::End, "c"),
+    ];
+    for (key, want) in choose {
+        page.press(&[key]).await;
+        page.wait(
+            &format!("window.studio.category === '{want}' && document.querySelector('li.category.selected .name[aria-pressed=\"true\"]') === document.activeElement && document.activeElement.textContent === '{want}'"),
+            Duration::from_secs(10),
+            "the category chosen from the keyboard, keeping the focus",
+        )
+        .await;
+    }
+    page.shot(
+        "01-keyboard-categories",
+        "categories chosen with the keyboard",
+    )
+    .await;
+
+    // A regression task: the point placed on the camera frame with the arrow keys.
+    page.set_value("#task-kind", "regression").await;
+    page.type_into("#task-name", "spots").await;
+    page.press(&[Key::Enter]).await;
+    page.wait(
+        "window.studio.task === 'spots' && window.studio.kind === 'regression'",
+        Duration::from_secs(10),
+        "the regression task",
+    )
+    .await;
+    page.type_into("#cat-name", "tip").await;
+    page.press(&[Key::Enter]).await;
+    page.wait(
+        "window.studio.category === 'tip' && document.getElementById('stage').tabIndex === 0",
+        Duration::from_secs(10),
+        "the category and a focusable frame",
+    )
+    .await;
+    let size = page
+        .wait(
+            "document.getElementById('device-img').naturalWidth > 0 && [document.getElementById('device-img').naturalWidth, document.getElementById('device-img').naturalHeight]",
+            Duration::from_secs(10),
+            "the frame on show",
+        )
+        .await;
+    let (w, h) = (size[0].as_u64().unwrap(), size[1].as_u64().unwrap());
+    // The frame comes next in the tab order after the device source's Use button.
+    page.js("document.getElementById('source-set').focus(); return true;")
+        .await;
+    page.press(&[Key::Tab]).await;
+    assert_eq!(page.focused().await, "div#stage.preview pointing");
+    page.press(&[Key::Right]).await; // the point appears at the centre
+    page.press(&[Key::Right]).await;
+    page.press(&[Key::Shift, Key::Right]).await;
+    page.press(&[Key::Down]).await;
+    let (x, y) = (w / 2 + 11, h / 2 + 1);
+    page.wait(
+        &format!("window.studio.keyPoint && window.studio.keyPoint.x === {x} && window.studio.keyPoint.y === {y} && document.getElementById('point-hint').textContent.includes('({x}, {y})')"),
+        Duration::from_secs(5),
+        "the point moved by the arrow keys",
+    )
+    .await;
+    page.shot(
+        "02-keyboard-point",
+        "a point placed on the frame with the arrow keys",
+    )
+    .await;
+    page.press(&[Key::Enter]).await;
+    let saved = page
+        .wait(
+            "window.studio.pointsSaved.length === 1 && window.studio.pointsSaved[0]",
+            Duration::from_secs(10),
+            "Enter to save the frame with the point",
+        )
+        .await;
+    assert_eq!(
+        (saved["x"].as_u64(), saved["y"].as_u64()),
+        (Some(x), Some(y))
+    );
+    let data_dir = out.join("studio-data/spots/data/tip");
+    let name = saved["name"].as_str().unwrap().to_string();
+    assert!(name.starts_with(&format!("{x}_{y}_")), "{name}");
+    assert!(data_dir.join(&name).is_file(), "{name} on disk");
+
+    // The thumbnail opens from the keyboard; the arrow keys and Enter move its point.
+    let thumb = format!("#thumbs .thumb.point[data-name=\"{name}\"] .frame");
+    page.wait(
+        &format!("document.querySelector('{thumb}')"),
+        Duration::from_secs(10),
+        "the thumbnail",
+    )
+    .await;
+    page.js(&format!(
+        "document.querySelector('{thumb}').focus(); return true;"
+    ))
+    .await;
+    page.press(&[Key::Enter]).await;
+    page.wait(
+        "!document.getElementById('point-editor').hidden && document.activeElement.id === 'editor-stage' && document.getElementById('editor-img').naturalWidth > 0",
+        Duration::from_secs(10),
+        "the point editor, focused",
+    )
+    .await;
+    page.press(&[Key::Shift, Key::Left]).await;
+    page.press(&[Key::Up]).await;
+    let uuid = name.splitn(3, '_').nth(2).unwrap().to_string();
+    let want = format!("{}_{}_{uuid}", x - 10, y - 1);
+    page.press(&[Key::Enter]).await;
+    page.wait(
+        &format!(
+            "window.studio.editor && window.studio.editor.name === {}",
+            json!(want)
+        ),
+        Duration::from_secs(10),
+        "Enter to move the point",
+    )
+    .await;
+    assert!(data_dir.join(&want).is_file(), "{want} on disk");
+    page.press(&[Key::Escape]).await;
+    page.wait(
+        "document.getElementById('point-editor').hidden",
+        Duration::from_secs(5),
+        "Escape to close the editor",
+    )
+    .await;
+    let msg = page
+        .js("return document.getElementById('msg').textContent;")
+        .await;
+    assert!(!msg.as_str().unwrap().contains("page error"), "{msg}");
+    page.c.close().await.unwrap();
+    studio.task.abort();
 }

@@ -1,0 +1,232 @@
+// Training: the form, the job's events (progress, chart, outcome) and the held-out evaluation.
+
+import { api } from "./api.js";
+import { clearBars, loadRuns, startLive } from "./live.js";
+import { $, S, esc, heldOut, pct, pxs, show, taskUrl } from "./state.js";
+
+let trainEvents = null;
+
+// Epochs and batch size the form shows for each mode.
+const MODE_EPOCHS = { frozen: 30, full: 10, finetune: 5, instant: 1, partial: 6 };
+
+export function modeChanged() {
+  const mode = $("train-mode").value;
+  $("train-epochs").value = MODE_EPOCHS[mode];
+  $("train-batch").value = mode === "partial" ? 32 : 16;
+}
+
+export async function startTraining() {
+  if (!S.task) { show("create a task first", "error"); return; }
+  const body = {
+    arch: $("train-arch").value,
+    mode: $("train-mode").value,
+    epochs: Number($("train-epochs").value),
+    batch_size: Number($("train-batch").value),
+    lr: Number($("train-lr").value),
+  };
+  // Augmentation: sent only when the user set it; the mode's own otherwise.
+  if ($("train-crop-min").value !== "") body.crop_scale = [Number($("train-crop-min").value), 1.0];
+  if ($("train-jitter").value !== "") body.jitter = Number($("train-jitter").value);
+  if ($("train-flip").value !== "") body.flip = $("train-flip").value === "on";
+  S.times = { trainClicked: performance.now(), firstEpoch: null, done: null };
+  try {
+    await api("POST", `${taskUrl()}/train`, body);
+    await followTraining(true);
+  } catch (e) {
+    $("train-status").textContent = e.message;
+    show("train: " + e.message, "error");
+  }
+}
+
+export async function stopTraining() {
+  try { await api("POST", `${taskUrl()}/train/stop`); $("train-status").textContent = "stopping…"; } catch (e) { show(e.message, "error"); }
+}
+
+// Shows the task's training job: a running one streams its events; a finished one shows its
+// outcome (fresh: the job was just started here, so it is streamed whatever its state).
+export async function followTraining(fresh) {
+  if (trainEvents) { trainEvents.close(); trainEvents = null; }
+  S.chart = []; drawChart();
+  $("train-result").innerHTML = "";
+  $("train-progress").value = 0;
+  delete $("train-status").dataset.state; // the outcome shown belongs to the job followed now
+  if (!S.task) return;
+  const st = await api("GET", `${taskUrl()}/train`);
+  if (st.state === "idle") { $("train-status").textContent = "idle"; setTraining(false); return; }
+  if (!fresh && st.state !== "running") {
+    // A finished job: show its outcome without streaming.
+    for (const ev of st.events) onTrainEvent(ev, true);
+    setTraining(false);
+    return;
+  }
+  setTraining(true);
+  const task = S.task;
+  trainEvents = new EventSource(`${taskUrl()}/train/events`);
+  trainEvents.onmessage = (m) => { if (S.task === task) onTrainEvent(JSON.parse(m.data), false); };
+  trainEvents.onerror = () => { if (trainEvents) { trainEvents.close(); trainEvents = null; } };
+}
+
+function setTraining(on) {
+  $("train-start").disabled = on;
+  $("train-stop").disabled = !on;
+}
+
+function onTrainEvent(ev, replay) {
+  const status = $("train-status");
+  const secs = () => S.times.trainClicked !== null ? ` · ${((performance.now() - S.times.trainClicked) / 1000).toFixed(1)} s` : "";
+  switch (ev.type) {
+    case "features":
+      status.textContent = `reading images through the backbone ${ev.done}/${ev.total}${secs()}`;
+      $("train-progress").value = ev.total ? 0.2 * ev.done / ev.total : 0;
+      break;
+    case "phase":
+      S.totalEpochs = Math.max(S.totalEpochs && S.chart.length ? S.totalEpochs : 0, 0) + ev.epochs;
+      break;
+    case "step":
+      status.textContent = `epoch ${ev.epoch} · step ${ev.step}/${ev.steps} · loss ${ev.loss.toFixed(4)}${secs()}`;
+      break;
+    case "epoch":
+      if (!replay && S.times.firstEpoch === null && S.times.trainClicked !== null) S.times.firstEpoch = performance.now();
+      S.chart.push(ev); drawChart();
+      status.textContent = `epoch ${ev.epoch}/${S.totalEpochs || "?"} · loss ${ev.train_loss.toFixed(4)} · ${heldOut(ev.val_top1, ev.val_error_px)}${secs()}`;
+      $("train-progress").value = S.totalEpochs ? 0.2 + 0.8 * ev.epoch / S.totalEpochs : 0;
+      break;
+    case "warn":
+      show(ev.message, "warn");
+      break;
+    case "done":
+      if (!replay) S.times.done = performance.now();
+      $("train-progress").value = 1;
+      status.textContent = `done: run ${ev.run}, best ${heldOut(ev.best_val_top1, ev.best_val_error_px)} (epoch ${ev.best_epoch}, ${ev.val_images} held-out images)${secs()}`;
+      status.dataset.state = "done";
+      renderEval(ev.eval);
+      setTraining(false);
+      if (!replay) switchToRun(ev);
+      break;
+    case "stopped":
+      status.textContent = `stopped: ${ev.message}` + (ev.kept ? " (the model of the completed epochs is kept)" : "");
+      status.dataset.state = "stopped";
+      setTraining(false);
+      if (!replay) loadRuns();
+      break;
+    case "error":
+      status.textContent = "training failed: " + ev.message;
+      status.dataset.state = "error";
+      show("training failed: " + ev.message, "error");
+      setTraining(false);
+      break;
+  }
+}
+
+// After training, the live view moves to the new model and says so.
+async function switchToRun(ev) {
+  const wasLive = !!S.live;
+  await loadRuns(ev.run);
+  if ($("live-model").value !== String(ev.run)) return;
+  // The bars left from the preview are not this model's scores.
+  clearBars();
+  const m = $("live-msg");
+  m.textContent = `Now showing the trained model: run ${ev.run} (${heldOut(ev.best_val_top1, ev.best_val_error_px)}).` + (S.kind === "regression" ? "" : " The instant preview stays in the model list.");
+  m.hidden = false; m.dataset.switched = String(ev.run);
+  if (wasLive) startLive();
+}
+
+const isSet = (v) => v !== null && v !== undefined;
+const fixed = (v) => (isSet(v) ? v.toFixed(4) : "–");
+
+// The chart of the epochs so far, and its text alternative: a one-line summary as the canvas's
+// label and a table of every epoch's figures (for screen readers; hidden from sight).
+function drawChart() {
+  const pts = S.chart;
+  const reg = pts.some((p) => isSet(p.val_error_px));
+  drawChartCanvas(pts, reg);
+  const c = $("train-chart"), last = pts[pts.length - 1];
+  c.setAttribute("aria-label", last
+    ? `Training chart, epoch ${last.epoch} of ${Math.max(S.totalEpochs, pts.length)}: train loss ${fixed(last.train_loss)}, held-out loss ${fixed(last.val_loss)}, ${heldOut(last.val_top1, last.val_error_px)}.`
+    : "Training chart: no epochs yet.");
+  $("train-chart-right").textContent = reg ? "held-out error" : "held-out top-1";
+  const body = $("train-chart-rows");
+  body.innerHTML = "";
+  for (const p of pts) {
+    const tr = document.createElement("tr");
+    tr.innerHTML = `<th scope="row">${p.epoch}</th><td>${fixed(p.train_loss)}</td><td>${fixed(p.val_loss)}</td><td>${reg ? pxs(p.val_error_px) : pct(p.val_top1)}</td>`;
+    body.appendChild(tr);
+  }
+}
+
+function drawChartCanvas(pts, reg) {
+  const c = $("train-chart"), g = c.getContext("2d");
+  const W = c.width, H = c.height, L = 34, R = 34, T = 10, B = 20;
+  g.clearRect(0, 0, W, H);
+  g.font = "11px system-ui, sans-serif";
+  g.strokeStyle = "#d8dce1"; g.strokeRect(L, T, W - L - R, H - T - B);
+  g.fillStyle = "#69707a";
+  g.fillText("loss", 2, T + 8); g.fillText(reg ? "error" : "top-1", W - R + 2, T + 8);
+  g.fillText("epoch", W / 2 - 14, H - 4);
+  if (!pts.length) return;
+  const n = Math.max(S.totalEpochs, pts.length, 2);
+  const maxLoss = Math.max(...pts.map((p) => Math.max(p.train_loss, p.val_loss || 0)), 1e-6);
+  const x = (e) => L + (W - L - R) * (e - 1) / (n - 1);
+  const yl = (v) => T + (H - T - B) * (1 - v / maxLoss);
+  // Right axis: top-1 in [0, 1], or the held-out point error in px from 0 to the largest seen.
+  const maxErr = reg ? Math.max(...pts.map((p) => p.val_error_px || 0), 1e-6) : 1;
+  const ya = (v) => T + (H - T - B) * (1 - v / maxErr);
+  const line = (color, f) => {
+    g.strokeStyle = color; g.lineWidth = 2; g.beginPath();
+    let started = false;
+    for (const p of pts) { const v = f(p); if (v === null || v === undefined) continue; const X = x(p.epoch), Y = v; if (!started) { g.moveTo(X, Y); started = true; } else g.lineTo(X, Y); }
+    g.stroke();
+  };
+  line("#1f6feb", (p) => yl(p.train_loss));
+  line("#f59e0b", (p) => (p.val_loss === null ? null : yl(p.val_loss)));
+  const right = (p) => (reg ? p.val_error_px : p.val_top1);
+  line("#2e7d32", (p) => (right(p) === null || right(p) === undefined ? null : ya(right(p))));
+  g.fillStyle = "#1f6feb"; g.fillText("train loss", L + 4, H - B - 4);
+  g.fillStyle = "#f59e0b"; g.fillText("held-out loss", L + 70, H - B - 4);
+  g.fillStyle = "#2e7d32"; g.fillText(reg ? "held-out error (px)" : "held-out top-1", L + 160, H - B - 4);
+  g.fillStyle = "#69707a"; g.fillText(maxLoss.toFixed(2), 2, T + 20); g.fillText(reg ? maxErr.toFixed(0) + "px" : "100%", W - R + 2, T + 20);
+}
+
+function renderEval(ev) {
+  const box = $("train-result");
+  box.innerHTML = "";
+  if (!ev) return;
+  if (ev.task === "regression") { renderPointErrors(ev, box); return; }
+  const cm = ev.confusion;
+  const t = document.createElement("table");
+  t.className = "cm"; t.id = "confusion";
+  const head = document.createElement("tr");
+  head.innerHTML = "<th>true \\ predicted</th>" + cm.classes.map((c) => `<th>${esc(c)}</th>`).join("") + "<th>accuracy</th>";
+  t.appendChild(head);
+  cm.counts.forEach((row, i) => {
+    const tr = document.createElement("tr");
+    const rec = ev.per_class[i] ? ev.per_class[i].recall : null;
+    tr.innerHTML = `<th>${esc(cm.classes[i])}</th>` + row.map((v, j) => `<td class="${i === j ? "diag" : ""}">${v}</td>`).join("") + `<td>${pct(rec)}</td>`;
+    t.appendChild(tr);
+  });
+  const cap = document.createElement("div");
+  cap.className = "muted small";
+  cap.textContent = `Held-out images: ${ev.n}, top-1 ${pct(ev.top1)}. Rows: true category; columns: predicted.`;
+  box.append(cap, t);
+}
+
+// Regression: the held-out point error per category (mean, 90th percentile, largest), in
+// pixels of the model input; no confusion matrix.
+function renderPointErrors(ev, box) {
+  const t = document.createElement("table");
+  t.className = "errors"; t.id = "point-errors";
+  t.innerHTML = '<tr><th>category</th><th>images</th><th>mean</th><th title="90th percentile">p90</th><th>max</th></tr>';
+  for (const c of [...ev.per_category, ev.overall]) {
+    const tr = document.createElement("tr");
+    tr.dataset.category = c.category;
+    tr.innerHTML = `<th>${esc(c.category)}</th><td>${c.n}</td><td class="mean">${pxs(c.mean_px)}</td><td>${pxs(c.p90_px)}</td><td>${pxs(c.max_px)}</td>`;
+    t.appendChild(tr);
+  }
+  const cap = document.createElement("div");
+  cap.className = "muted small";
+  cap.textContent = `Held-out point error (mean, 90th percentile, largest) in ${ev.pixel_space}` + (ev.out_of_view ? `; ${ev.out_of_view} image(s) with the point outside the model's view were not scored.` : ".");
+  const wrap = document.createElement("div");
+  wrap.className = "table-scroll";
+  wrap.appendChild(t);
+  box.append(cap, wrap);
+}
