@@ -4,9 +4,13 @@
 //! flushed to disk and then renamed over the destination in one step. A reader (or a process
 //! killed at any moment) sees the old file or the new one, never a torn one.
 //!
-//! The temporary files are named `.nanoclass-tmp-<pid>-<random>`; a process killed while writing
-//! leaves one behind, and [`clean_stale_temp_files`] removes those of processes that no longer
-//! run (each command that writes into a folder calls it when it starts).
+//! The temporary files are named `.nanoclass-tmp-<owner>-<random>`; a process killed while
+//! writing leaves one behind, and [`clean_stale_temp_files`] removes those of processes that no
+//! longer run (each command that writes into a folder calls it when it starts). The owner is
+//! `<pid>.<start>` on Linux, `start` being the process's start time after boot (clock ticks,
+//! `/proc/<pid>/stat`): process ids are reused (a machine that builds and kills many processes
+//! can wrap `pid_max`, 32768 by default, within minutes), and a file whose pid now belongs to
+//! another process is still the dead one's.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,7 +21,29 @@ use crate::{Error, Result};
 pub const TEMP_PREFIX: &str = ".nanoclass-tmp-";
 
 fn temp_prefix() -> String {
-    format!("{TEMP_PREFIX}{}-", std::process::id())
+    format!("{TEMP_PREFIX}{}-", owner())
+}
+
+/// This process's owner id in temporary names: `<pid>.<start>` where the start time can be read,
+/// else `<pid>`.
+fn owner() -> &'static str {
+    static OWNER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    OWNER.get_or_init(|| {
+        let pid = std::process::id();
+        match start_time(pid) {
+            Some(start) => format!("{pid}.{start}"),
+            None => pid.to_string(),
+        }
+    })
+}
+
+/// The start time of process `pid` in clock ticks after boot (field 22 of `/proc/<pid>/stat`);
+/// None where there is no such process or no `/proc`.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2, the command name, is in parentheses and may hold spaces: count after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Writes `bytes` to `path` atomically (see the module docs), with mode `rw-r--r--`.
@@ -104,14 +130,22 @@ pub fn make_readable(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Whether the process `pid` still runs. On Linux, from `/proc`; elsewhere every process is
-/// taken to be running, so nothing is removed that might still be written.
-fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new("/proc").join(pid.to_string()).exists()
-    } else {
-        true
+/// Whether the owner `id` (`<pid>.<start>`, or `<pid>` as older versions wrote it) still runs.
+/// On Linux, from `/proc`: the pid must run and, where the name has it, have the same start
+/// time; elsewhere every owner is taken to be running, so nothing is removed that might still
+/// be written. None when `id` is not an owner id.
+fn owner_alive(id: &str) -> Option<bool> {
+    let (pid, start) = match id.split_once('.') {
+        Some((pid, start)) => (pid.parse::<u32>().ok()?, Some(start.parse::<u64>().ok()?)),
+        None => (id.parse::<u32>().ok()?, None),
+    };
+    if !cfg!(target_os = "linux") {
+        return Some(true);
     }
+    Some(match start {
+        Some(start) => start_time(pid) == Some(start),
+        None => Path::new("/proc").join(pid.to_string()).exists(),
+    })
 }
 
 /// Removes the temporary files (and folders) of [`write_atomic`] and of checkpoint writes that
@@ -127,11 +161,11 @@ pub fn clean_stale_temp_files(dir: &Path) -> usize {
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMP_PREFIX)) else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some(id) = rest.split('-').next() else {
             continue;
         };
         // This process's own may be being written right now by another thread.
-        if pid == std::process::id() || process_alive(pid) {
+        if id == owner() || owner_alive(id) != Some(false) {
             continue;
         }
         let path = entry.path();
@@ -200,6 +234,15 @@ mod tests {
             .join(format!("{TEMP_PREFIX}{}-ckpt-1", u32::MAX - 1));
         let mine = tmp.path().join(format!("{}xyz", temp_prefix()));
         let other = tmp.path().join("model.safetensors");
+        // This process's pid with another start time: a dead process whose pid was reused.
+        let pid = std::process::id();
+        let reused = tmp
+            .path()
+            .join(format!("{TEMP_PREFIX}{pid}.{}-abc", u64::MAX));
+        // Names of older versions, without a start time: the pid alone decides.
+        let old_live = tmp.path().join(format!("{TEMP_PREFIX}{pid}-abc"));
+        std::fs::write(&reused, b"x").unwrap();
+        std::fs::write(&old_live, b"x").unwrap();
         std::fs::write(&dead, b"x").unwrap();
         std::fs::create_dir(&dead_dir).unwrap();
         std::fs::write(dead_dir.join("f"), b"x").unwrap();
@@ -207,9 +250,10 @@ mod tests {
         std::fs::write(&other, b"x").unwrap();
         let removed = clean_stale_temp_files(tmp.path());
         if cfg!(target_os = "linux") {
-            assert_eq!(removed, 2);
-            assert!(!dead.exists() && !dead_dir.exists());
+            assert!(owner().starts_with(&format!("{pid}.")), "{}", owner());
+            assert_eq!(removed, 3);
+            assert!(!dead.exists() && !dead_dir.exists() && !reused.exists());
         }
-        assert!(mine.exists() && other.exists());
+        assert!(mine.exists() && other.exists() && old_live.exists());
     }
 }
