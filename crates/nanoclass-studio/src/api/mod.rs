@@ -1,6 +1,6 @@
 //! The JSON API's handlers. Every file and model operation runs on the blocking pool
 //! (`spawn_blocking`) or on its own thread, never on the async workers. The endpoints are listed
-//! in the README's "Studio" section.
+//! in docs/studio.md.
 
 //!
 //! One file per resource: [`tasks`] (and categories), [`images`], [`training`], [`runs`] (and
