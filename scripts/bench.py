@@ -36,7 +36,7 @@ nanoclass's:
 nanoclass is the release binary (built here with `cargo build --release --workspace`).
 PyTorch is the interpreter in $TORCH_PYTHON (a pip `torch` install), else /usr/bin/python3
 (Debian's python3-torch); the version used is printed. ONNX Runtime is the libonnxruntime
-nanoclass finds (see the README, "Inference engines"); `quantize` needs Python's onnxruntime
+nanoclass finds (see docs/engines.md); `quantize` needs Python's onnxruntime
 and onnx (`python3 -m pip install onnxruntime==1.31.1 onnx==1.23.2`).
 """
 import argparse

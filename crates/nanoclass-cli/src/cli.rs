@@ -37,7 +37,7 @@ enum Command {
     /// point; predict, eval and live then use it on ONNX Runtime.
     Quantize(crate::quantize::QuantizeArgs),
     /// Serve the studio web page: collect images per category from a camera or uploads,
-    /// train, and watch live scores (see the README's "Studio" section).
+    /// train, and watch live scores (docs/studio.md).
     Studio(crate::studio::StudioArgs),
     /// Save frames from a camera (V4L2), a folder of images or a video file into
     /// DATA/<category>/ of an ImageFolder dataset.

@@ -17,8 +17,9 @@ use nanoclass::live::{Live, LiveOptions, annotate};
 pub struct LiveArgs {
     /// Run directory written by `nanoclass train`.
     run: PathBuf,
-    /// Camera source: `v4l2:///dev/video0`, a folder of images or a video file
-    /// (`file:///path`, optional `?fps=N&loop=0`).
+    /// Camera source: `v4l2:///dev/video0`, a folder of images (its files and those of its
+    /// subfolders one level down, such as `DATA/val` with class folders; each line names the
+    /// file) or a video file (`file:///path`, optional `?fps=N&loop=0`).
     #[arg(long)]
     source: String,
     /// Classes listed per frame.
@@ -152,6 +153,12 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
             preprocess_ms += r.preprocess_ms;
             let fps = frames as f64 / start.elapsed().as_secs_f64();
             let labels = live.labels();
+            // A folder source names the file each frame was read from.
+            let file = frame.path.as_ref().map(|p| p.display().to_string());
+            let shown = file
+                .as_deref()
+                .map(|f| format!("{f}  "))
+                .unwrap_or_default();
             if a.json {
                 let top: Vec<_> = r
                     .scores
@@ -167,6 +174,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
                 });
                 let line = serde_json::json!({
                     "frame": frame.index,
+                    "file": file,
                     "points": points,
                     "timestamp_ms": frame.timestamp.as_secs_f64() * 1000.0,
                     "label": r.label,
@@ -183,7 +191,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
                     .map(|(&[x, y], l)| format!("{l} ({x:.1}, {y:.1})"))
                     .collect::<Vec<_>>()
                     .join("  ");
-                writeln!(results, "{:>6}  {pts} | {fps:.1} FPS", frame.index)?;
+                writeln!(results, "{:>6}  {shown}{pts} | {fps:.1} FPS", frame.index)?;
             } else {
                 let best = r
                     .scores
@@ -195,7 +203,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
                 let label = r.label.as_deref().unwrap_or("(unsure)");
                 writeln!(
                     results,
-                    "{:>6}  {label:<16} | {best} | {fps:.1} FPS",
+                    "{:>6}  {shown}{label:<16} | {best} | {fps:.1} FPS",
                     frame.index
                 )?;
             }

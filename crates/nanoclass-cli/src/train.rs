@@ -360,7 +360,8 @@ pub fn cmd_train(a: TrainArgs) -> Result<ExitCode> {
             } else {
                 let _ = writeln!(
                     std::io::stderr(),
-                    "no epoch was completed, so nothing was kept"
+                    "no epoch was completed, so nothing was kept: run the same `nanoclass \
+                     train` command again to start over (--resume has nothing to continue)"
                 );
             }
             // 130 = 128 + SIGINT, 141 = 128 + SIGPIPE: how a shell reports either stop.

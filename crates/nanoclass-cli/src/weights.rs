@@ -12,7 +12,8 @@ use nanoclass::model::registry;
 /// `nanoclass weights` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum WeightsCommand {
-    /// The registry: name, architecture, file, format, source, and whether it is cached.
+    /// The registry: name, architecture, file, format, source, and whether the file is on this
+    /// machine (ready), with the one command that gets it when it is absent.
     List,
     /// Download NAME into the cache (verified by SHA-256, written atomically).
     Fetch {
@@ -38,20 +39,34 @@ pub fn cmd_weights(w: WeightsCommand) -> Result<ExitCode> {
             let cache = registry::cache_dir()?;
             writeln!(out, "cache: {}", cache.display())?;
             for e in registry::registry() {
-                let cached = registry::cached_path(e)
-                    .map(|p| p.exists())
-                    .unwrap_or(false);
+                let availability = registry::availability(e);
+                let state = match &availability {
+                    registry::Availability::Ready(_) => "ready",
+                    registry::Availability::Absent => "absent",
+                    registry::Availability::Unusable(_) => "unusable",
+                };
                 writeln!(
                     out,
-                    "{:<20} {:<20} {:<36} {:<12} {}\n{:<20} source: {}",
+                    "{:<20} {:<20} {:<36} {:<12} {state}\n{:<20} source: {}",
                     e.name,
                     e.arch,
                     e.file_name,
                     e.format.as_str(),
-                    if cached { "cached" } else { "not cached" },
                     "",
                     e.url
                 )?;
+                match availability {
+                    registry::Availability::Ready(_) => {}
+                    registry::Availability::Absent => {
+                        writeln!(out, "{:<20} get it: {}", "", e.get_command())?
+                    }
+                    registry::Availability::Unusable(reason) => writeln!(
+                        out,
+                        "{:<20} cannot be used: {reason}; delete it and get it again: {}",
+                        "",
+                        e.get_command()
+                    )?,
+                }
             }
         }
         WeightsCommand::Fetch { name, url } => {

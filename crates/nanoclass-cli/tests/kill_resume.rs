@@ -187,3 +187,113 @@ fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
 fn metrics_complete(run: &Path) -> bool {
     run.join("metrics.jsonl").exists() && metrics(run).len() == 5
 }
+
+/// Sends SIGINT (what Ctrl-C sends) to `child`.
+fn interrupt(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -INT failed");
+}
+
+/// Reads the child's stderr on a thread until a line satisfies `ready`; returns what it read
+/// then, and the thread that keeps reading to the end.
+fn stderr_until(
+    child: &mut std::process::Child,
+    ready: impl Fn(&str) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut sent = false;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if !sent && ready(&line) {
+                let _ = tx.send(());
+                sent = true;
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(600))
+        .expect("the awaited line never came");
+    reader
+}
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_training_and_says_how_to_go_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 8);
+    let features = tmp.path().join("features");
+
+    // Ctrl-C after the first committed epoch: the epochs are kept, and the command that
+    // continues the run is printed; that command finishes it.
+    let run = tmp.path().join("run");
+    let mut cmd = train(&data, &run, &features);
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let rest = stderr_until(&mut child, |l| l.starts_with("epoch   1 "));
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    let stderr = rest.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "continue it with: nanoclass train --resume {}",
+            run.display()
+        )),
+        "{stderr}"
+    );
+    let kept = metrics(&run).len();
+    assert!((1..5).contains(&kept), "{kept} epochs kept:\n{stderr}");
+    let status = resume(&run, &features).status().unwrap();
+    assert!(status.success());
+    assert_eq!(metrics(&run).len(), 5);
+
+    // Ctrl-C before any epoch ends (full mode: each step is a whole forward and backward
+    // pass, so the first epoch takes seconds): nothing is kept, and it says to start over
+    // (the same command), since --resume has nothing to continue.
+    let early = tmp.path().join("early");
+    let mut cmd = bin();
+    cmd.arg("train")
+        .arg(&data)
+        .args([
+            "--mode",
+            "full",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--out",
+        ])
+        .arg(&early)
+        .env("NANOCLASS_FEATURE_CACHE", &features)
+        .stdout(Stdio::null());
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
+    let rest = stderr_until(&mut child, |l| l.contains("training and"));
+    interrupt(&child);
+    let status = child.wait().unwrap();
+    let stderr = rest.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("no epoch was completed"), "{stderr}");
+    assert!(
+        stderr.contains("same `nanoclass train` command"),
+        "{stderr}"
+    );
+    assert!(!early.join("config.json").exists(), "{stderr}");
+
+    // --resume on it names --force.
+    let out = resume(&early, &features)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no training state to resume"), "{err}");
+    assert!(err.contains("--force"), "{err}");
+}

@@ -140,6 +140,12 @@ fn live_over_a_folder_agrees_with_predict_and_writes_annotated_frames() {
         .map(|r| r["label"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(live, predicted, "live and predict disagree");
+    // Each row names the file it scored, in the folder's name order.
+    let named: Vec<PathBuf> = rows
+        .iter()
+        .map(|r| PathBuf::from(r["file"].as_str().unwrap()))
+        .collect();
+    assert_eq!(named, files);
     // A frozen head on 30 photos already separates most held-out ants from bees.
     let right = files
         .iter()
@@ -190,6 +196,31 @@ fn live_over_a_folder_agrees_with_predict_and_writes_annotated_frames() {
     let (stdout, _) = ok(out, "live with a threshold");
     assert_eq!(stdout.lines().count(), 3);
     assert!(stdout.lines().all(|l| l.contains("(unsure)")), "{stdout}");
+
+    // A folder of class subfolders (an ImageFolder's val/): every file is read, each line
+    // names its file.
+    let classes = tmp.path().join("classes");
+    for class in ["ants", "bees"] {
+        copy_first(&data.join("val").join(class), &classes.join(class), 3);
+    }
+    let out = bin()
+        .arg("live")
+        .arg(&run)
+        .arg("--source")
+        .arg(format!("file://{}?loop=0", classes.display()))
+        .output()
+        .unwrap();
+    let (stdout, _) = ok(out, "live over class subfolders");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    for (i, line) in lines.iter().enumerate() {
+        let class = if i < 3 { "ants" } else { "bees" };
+        let dir = classes.join(class).display().to_string();
+        assert!(
+            line.contains(&dir),
+            "line {i} names no file of {dir}: {line}"
+        );
+    }
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! nanoclass studio: a web page to collect images per category, train a model and watch its
 //! live scores, served by the `nanoclass` binary (`nanoclass studio`).
 //!
-//! - [`app`] builds the router (the page and the JSON API; endpoints in the README's "Studio"
-//!   section); [`serve`] binds and runs it; [`start`] runs it in the background (tests).
+//! - [`app`] builds the router (the page and the JSON API; endpoints in docs/studio.md);
+//!   [`serve`] binds and runs it; [`start`] runs it in the background (tests).
 //! - Data lives in one folder ([`store`]): an ImageFolder dataset per task, readable by
 //!   `nanoclass train`, and one run directory per training.
 //! - Training runs on its own thread ([`training`]); live scoring uses

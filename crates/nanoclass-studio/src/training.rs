@@ -272,7 +272,33 @@ pub fn options(
         .unwrap_or_else(|| arch.name().to_string());
     opts.hyper = hyper;
     opts.feature_cache = feature_cache;
+    weights_on_device(&opts.weights)?;
     Ok(opts)
+}
+
+/// 409 when `weights` names a registry entry whose file is not on the device, worded for the
+/// page: what is missing and the command that gets it, to run in a terminal on the device.
+fn weights_on_device(weights: &str) -> ApiResult<()> {
+    use nanoclass::model::registry::{self, Availability};
+    let Some(entry) = registry::find(weights) else {
+        return Ok(());
+    };
+    let problem = match registry::availability(entry) {
+        Availability::Ready(_) => return Ok(()),
+        Availability::Absent => format!(
+            "the pretrained weights of {} ({}) are not on this device",
+            entry.name, entry.file_name
+        ),
+        Availability::Unusable(why) => format!(
+            "the pretrained weights of {} cannot be used: {why}",
+            entry.name
+        ),
+    };
+    Err(ApiError::conflict(format!(
+        "{problem}. To get them, run `{}` in a terminal on the device, then train again; or \
+         choose a backbone the list offers",
+        entry.get_command()
+    )))
 }
 
 fn event_json(ev: Event) -> Value {

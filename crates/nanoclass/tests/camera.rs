@@ -430,6 +430,64 @@ fn a_folder_plays_its_images_in_name_order_looping_and_drops_bad_files() {
 }
 
 #[test]
+fn a_folder_of_class_subfolders_plays_their_images_each_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let ant = photo(&ant_photo(), 96, 72);
+    let bee = photo(&bee_photo(), 96, 72);
+    for (class, img) in [("bees", &bee), ("ants", &ant)] {
+        std::fs::create_dir(dir.path().join(class)).unwrap();
+        std::fs::write(dir.path().join(class).join("x.jpg"), jpeg_bytes(img)).unwrap();
+    }
+    // Deeper folders and hidden ones are not read.
+    std::fs::create_dir_all(dir.path().join("ants/deeper")).unwrap();
+    std::fs::write(dir.path().join("ants/deeper/y.jpg"), jpeg_bytes(&bee)).unwrap();
+    std::fs::create_dir(dir.path().join(".cache")).unwrap();
+    std::fs::write(dir.path().join(".cache/z.jpg"), jpeg_bytes(&bee)).unwrap();
+    std::fs::write(dir.path().join("top.jpg"), jpeg_bytes(&bee)).unwrap();
+
+    let mut src = camera::open(&format!("file://{}?loop=0", dir.path().display())).unwrap();
+    assert!(
+        src.describe().contains("folder of 3 images"),
+        "{}",
+        src.describe()
+    );
+    let mut seen = Vec::new();
+    while let Ok(f) = src.next_frame() {
+        let path = f.path.expect("a folder frame names its file");
+        let rel = path.strip_prefix(dir.path()).unwrap().to_owned();
+        let decoded = decode_file(&path, &DecodeOptions::default()).unwrap();
+        assert_eq!(f.image, decoded, "{}", rel.display());
+        // The ant photo is blue sky, the bee photo brown-yellow.
+        assert_eq!(
+            mean_rgb(&f.image)[2] > 100.0,
+            rel.starts_with("ants"),
+            "{}",
+            rel.display()
+        );
+        seen.push(rel);
+    }
+    let expect: Vec<PathBuf> = ["ants/x.jpg", "bees/x.jpg", "top.jpg"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(seen, expect);
+
+    // Subfolders without images: the error says they were looked in.
+    let empty = tempfile::tempdir().unwrap();
+    for class in ["a", "b"] {
+        std::fs::create_dir(empty.path().join(class)).unwrap();
+    }
+    let msg = camera::open(&empty.path().display().to_string())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("no image files in the folder nor in its 2 subfolders"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn a_folder_played_once_ends_and_stays_ended() {
     let (dir, _) = photo_folder();
     let uri = format!("file://{}?loop=0", dir.path().display());

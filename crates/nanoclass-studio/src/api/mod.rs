@@ -1,6 +1,6 @@
 //! The JSON API's handlers. Every file and model operation runs on the blocking pool
 //! (`spawn_blocking`) or on its own thread, never on the async workers. The endpoints are listed
-//! in the README's "Studio" section.
+//! in docs/studio.md.
 
 //!
 //! One file per resource: [`tasks`] (and categories), [`images`], [`training`], [`runs`] (and
@@ -50,19 +50,49 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
 }
 
-/// `GET /api/info`.
-pub async fn info(State(st): State<AppState>) -> Json<Value> {
-    let archs: Vec<&str> = nanoclass::model::Arch::ALL
-        .iter()
-        .map(|a| a.name())
-        .collect();
-    Json(json!({
+/// `GET /api/info`. `backbones` lists the backbones whose pretrained weights are on the device
+/// (what the page offers); `unavailable_backbones` the others, each with the one command that
+/// gets its weights (`get`) and why it cannot train now (`reason`).
+pub async fn info(State(st): State<AppState>) -> ApiResult<Json<Value>> {
+    let (ready, unavailable) = blocking(|| Ok(backbone_availability())).await?;
+    Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "data": st.inner.store.root(),
         "source": st.inner.source.status(),
-        "backbones": archs,
+        "backbones": ready,
+        "unavailable_backbones": unavailable,
         "modes": ["frozen", "full", "finetune", "instant", "partial"],
         "task_kinds": ["classification", "regression"],
         "max_upload_bytes": st.inner.max_upload,
-    }))
+    })))
+}
+
+/// The backbones whose default weights (the registry entry named like them) are on the device,
+/// and the others as `{name, weights, get, reason}`.
+fn backbone_availability() -> (Vec<&'static str>, Vec<Value>) {
+    use nanoclass::model::registry::{self, Availability};
+    let mut ready = Vec::new();
+    let mut unavailable = Vec::new();
+    for arch in nanoclass::model::Arch::ALL {
+        let Some(entry) = registry::find(arch.name()) else {
+            continue;
+        };
+        let reason = match registry::availability(entry) {
+            Availability::Ready(_) => {
+                ready.push(arch.name());
+                continue;
+            }
+            Availability::Absent => {
+                format!("its weights ({}) are not on this device", entry.file_name)
+            }
+            Availability::Unusable(why) => format!("its weights cannot be used: {why}"),
+        };
+        unavailable.push(json!({
+            "name": arch.name(),
+            "weights": entry.file_name,
+            "get": entry.get_command(),
+            "reason": reason,
+        }));
+    }
+    (ready, unavailable)
 }

@@ -1,8 +1,10 @@
 //! A folder of images played as a camera (`file:///abs/folder`, or a folder path).
 //!
-//! The folder's image files (by extension, any case, as the dataset scanner counts them; hidden
-//! files skipped; not recursive) are listed once when it is opened and delivered in file-name
-//! order, decoded by [`decode_bytes`](crate::data::decode::decode_bytes) (EXIF orientation,
+//! The folder's image files and those of its subfolders one level down (an ImageFolder's
+//! `<class>/<image>` or a split's `val/<class>/<image>`; by extension, any case, as the dataset
+//! scanner counts them; hidden files and folders skipped) are listed once when it is opened and
+//! delivered in the order of their paths relative to the folder (each frame carries its file's
+//! path), decoded by [`decode_bytes`](crate::data::decode::decode_bytes) (EXIF orientation,
 //! alpha, CMYK, ... exactly as training sees them), looping forever. A file that cannot be read
 //! or decoded is dropped (counted in [`Source::dropped`]) and the next one is delivered.
 //!
@@ -24,8 +26,8 @@ pub struct FolderSource {
     files: Vec<PathBuf>,
     /// Index of the next file to read.
     pos: usize,
-    /// A frame decoded ahead (the first good one, found while opening).
-    pending: Option<(RgbImage, Option<Vec<u8>>)>,
+    /// A frame decoded ahead (the first good one, found while opening), with its file.
+    pending: Option<(Decoded, PathBuf)>,
     /// Whether the current pass over the files delivered anything.
     good_in_pass: bool,
     looping: bool,
@@ -49,24 +51,25 @@ impl FolderSource {
         let period = query.fps(device)?.flatten();
         let looping = query.looping(device)?;
         let fail = |reason: String| camera_error(device, reason);
-        let entries = std::fs::read_dir(dir).map_err(|e| fail(format!("cannot list: {e}")))?;
-        let mut files: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                let hidden = p
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.'));
-                !hidden && is_image_extension(p) && p.is_file()
-            })
-            .collect();
+        let mut files = image_files(dir).map_err(|e| fail(format!("cannot list: {e}")))?;
+        let subfolders = visible_subfolders(dir).map_err(|e| fail(format!("cannot list: {e}")))?;
+        for sub in &subfolders {
+            // A subfolder that cannot be listed is left out; the others still play.
+            files.extend(image_files(sub).unwrap_or_default());
+        }
         files.sort();
         if files.is_empty() {
-            return Err(fail(
-                "no image files in the folder (jpg, jpeg, png, bmp, gif, webp, tif, tiff)"
-                    .to_owned(),
-            ));
+            return Err(fail(format!(
+                "no image files in the folder{} (jpg, jpeg, png, bmp, gif, webp, tif, tiff)",
+                if subfolders.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " nor in its {} subfolders (one level down is read, not deeper)",
+                        subfolders.len()
+                    )
+                }
+            )));
         }
         let mut source = FolderSource {
             device: device.to_owned(),
@@ -88,7 +91,7 @@ impl FolderSource {
             source.pos += 1;
             match read_image(&path) {
                 Ok(frame) => {
-                    source.pending = Some(frame);
+                    source.pending = Some((frame, path));
                     source.good_in_pass = true;
                     return Ok(source);
                 }
@@ -111,8 +114,40 @@ impl FolderSource {
     }
 }
 
+/// A decoded file: the image, and its bytes when it is a JPEG.
+type Decoded = (RgbImage, Option<Vec<u8>>);
+
+/// The visible image files directly in `dir` (not sorted).
+fn image_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(visible_entries(dir)?
+        .into_iter()
+        .filter(|p| is_image_extension(p) && p.is_file())
+        .collect())
+}
+
+/// The visible folders directly in `dir`.
+fn visible_subfolders(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(visible_entries(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .collect())
+}
+
+/// The entries of `dir` whose names do not start with `.`.
+fn visible_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect())
+}
+
 /// Reads and decodes one file; the JPEG bytes are kept when the file is a JPEG.
-fn read_image(path: &Path) -> Result<(RgbImage, Option<Vec<u8>>)> {
+fn read_image(path: &Path) -> Result<Decoded> {
     let bytes = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
     let image = decode_bytes(&bytes, path, &DecodeOptions::default())?;
     let jpeg = bytes.starts_with(&[0xFF, 0xD8, 0xFF]).then_some(bytes);
@@ -125,8 +160,8 @@ impl Source for FolderSource {
             return Err(err.clone());
         }
         loop {
-            let decoded = if let Some(frame) = self.pending.take() {
-                frame
+            let (decoded, path) = if let Some(pending) = self.pending.take() {
+                pending
             } else {
                 if self.pos == self.files.len() {
                     let end = if !self.looping {
@@ -148,12 +183,12 @@ impl Source for FolderSource {
                     self.pos = 0;
                     self.good_in_pass = false;
                 }
-                let path = &self.files[self.pos];
+                let path = self.files[self.pos].clone();
                 self.pos += 1;
-                match read_image(path) {
+                match read_image(&path) {
                     Ok(frame) => {
                         self.good_in_pass = true;
-                        frame
+                        (frame, path)
                     }
                     Err(_) => {
                         self.dropped += 1;
@@ -168,6 +203,7 @@ impl Source for FolderSource {
                 jpeg,
                 timestamp: self.opened.elapsed(),
                 index: self.delivered,
+                path: Some(path),
             };
             self.delivered += 1;
             return Ok(frame);

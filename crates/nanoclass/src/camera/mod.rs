@@ -52,6 +52,8 @@ pub struct Frame {
     pub timestamp: Duration,
     /// 0-based count of the frames this source has delivered (dropped frames are not counted).
     pub index: u64,
+    /// The image file the frame was read from (a folder source); `None` for cameras and videos.
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// A stream of frames: a camera, a folder of images or a video file. See the module

@@ -220,6 +220,7 @@ impl<S: RawStream> Source for RawSource<S> {
                         jpeg,
                         timestamp: self.opened.elapsed(),
                         index: self.delivered,
+                        path: None,
                     };
                     self.delivered += 1;
                     return Ok(frame);

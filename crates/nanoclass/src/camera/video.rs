@@ -367,6 +367,7 @@ impl Source for VideoSource {
             jpeg: None,
             timestamp: self.opened.elapsed(),
             index: self.delivered,
+            path: None,
         };
         self.delivered += 1;
         Ok(frame)

@@ -4,7 +4,7 @@
 //! EfficientNet-Lite0 features of 224 x 224 photos with a marker at a random place, a linear
 //! head on the pooled 1280 features was no better than always answering the mean point (about
 //! 83 px mean error), while this head on the stride-8 map reached about 1.4 px (the figures and
-//! the command are in the README's regression section). The head reads the backbone where the
+//! the command are in docs/regression.md). The head reads the backbone where the
 //! map still has 28 x 28 cells at 224 x 224 ([`crate::model::Arch::point_tap`]):
 //!
 //! ```text

