@@ -30,7 +30,9 @@ enum Command {
     #[command(subcommand)]
     Weights(crate::weights::WeightsCommand),
     /// Export a run's model as ONNX (input_0 / output_0, labels.txt beside it, as
-    /// jetson-inference's imagenet reads), a PyTorch .pth state dict, or safetensors.
+    /// jetson-inference's imagenet reads), a PyTorch .pth state dict, safetensors, a Triton
+    /// model repository or a DeepStream nvinfer config; ONNX exports carry a parity kit
+    /// (golden/) for `nanoclass verify`.
     Export(crate::export::ExportArgs),
     /// Run an export's parity kit (golden/: held-out images and nanoclass's outputs) in ONNX
     /// Runtime or tract; exit code 1 when an output differs beyond tolerance or top-1 changes.
