@@ -30,8 +30,13 @@ enum Command {
     #[command(subcommand)]
     Weights(crate::weights::WeightsCommand),
     /// Export a run's model as ONNX (input_0 / output_0, labels.txt beside it, as
-    /// jetson-inference's imagenet reads), a PyTorch .pth state dict, or safetensors.
+    /// jetson-inference's imagenet reads), a PyTorch .pth state dict, safetensors, a Triton
+    /// model repository or a DeepStream nvinfer config; ONNX exports carry a parity kit
+    /// (golden/) for `nanoclass verify`.
     Export(crate::export::ExportArgs),
+    /// Run an export's parity kit (golden/: held-out images and nanoclass's outputs) in ONNX
+    /// Runtime or tract; exit code 1 when an output differs beyond tolerance or top-1 changes.
+    Verify(crate::verify::VerifyArgs),
     /// Quantize a classification run to int8 (ONNX Runtime's static quantizer, calibrated on
     /// the run's training images) and keep it only when held-out top-1 drops by at most 1
     /// point; predict, eval and live then use it on ONNX Runtime.
@@ -72,6 +77,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Predict(a) => crate::predict::cmd_predict(a),
         Command::Weights(w) => crate::weights::cmd_weights(w),
         Command::Export(a) => crate::export::run(a),
+        Command::Verify(a) => crate::verify::run(a),
         Command::Quantize(a) => crate::quantize::run(a),
         Command::Studio(a) => crate::studio::run(a),
         Command::Capture(a) => crate::capture::run(a),

@@ -12,6 +12,7 @@ mod predict;
 mod quantize;
 mod studio;
 mod train;
+mod verify;
 mod weights;
 
 use std::process::ExitCode;

@@ -887,3 +887,105 @@ fn prefix_export_refuses_regression_models_and_bad_cuts() {
     .to_string();
     assert!(err.contains("resnet18 has 8"), "{err}");
 }
+
+/// DeepStream: the network input computed both ways on three real photos, nanoclass's eval
+/// preset `(x / 255 - mean) / std` and nvinfer's `net-scale-factor * (x - offsets)` on the same
+/// resized, centre-cropped pixels, agree (EfficientNet-Lite0: as they are; ImageNet mean/std:
+/// after the per-channel `1/std` that the export folds into the first convolution); the folded
+/// graph fed nvinfer's input in tract gives the probabilities the unfolded graph gives on the
+/// eval preset's. The Triton repository of the same run parses with Triton's schema.
+fn check_deepstream_and_triton(case: &Case) {
+    use nanoclass::export::deepstream::DeepStreamInput;
+    let run = Run::open(&case.run).unwrap();
+    let preset = run.config.eval_preset;
+    let input = DeepStreamInput::for_norm(&preset.norm);
+    assert_eq!(
+        input.fold.is_some(),
+        case.arch != Arch::EfficientnetLite0,
+        "{}",
+        case.arch
+    );
+    let val = shared_data().join("hymenoptera/val");
+    let opts = DecodeOptions {
+        min_side: Some(preset.decode_min_side()),
+    };
+    let plane = case.size * case.size;
+    let mut ds_pixels = Vec::new();
+    let mut d_input = 0.0f32;
+    for f in [
+        "ants/10308379_1b6c72e180.jpg",
+        "ants/1053149811_f62a3410d3.jpg",
+        "bees/10870992_eebeeb3a12.jpg",
+    ] {
+        let img = decode_file(&val.join(f), &opts).unwrap();
+        let x = preset.apply(&img);
+        let y = input.apply(&preset.view(&img));
+        for (i, (a, b)) in x.iter().zip(&y).enumerate() {
+            let b = input.fold.map_or(*b, |k| b * k[i / plane]);
+            d_input = d_input.max((a - b).abs());
+        }
+        ds_pixels.extend(y);
+    }
+    assert!(d_input <= 2e-6, "{}: inputs differ by {d_input}", case.arch);
+
+    let dir = case.root.join("deepstream");
+    let s = nanoclass::export::export_deepstream(
+        &case.run,
+        &nanoclass::export::DeepStreamOptions {
+            out: Some(dir.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("deepstream export: {e}"));
+    let k = case.task_outputs();
+    let folded = tract_run(&s.model, &ds_pixels, 3, case.size, k);
+    let unfolded_path = case.export(ExportFormat::Onnx, true, None);
+    let unfolded = tract_run(&unfolded_path, &case.pixels, 3, case.size, k);
+    let want: Vec<Vec<f32>> = case.expected.iter().map(|r| softmax(r)).collect();
+    let (d_graph, d_want) = (max_diff(&folded, &unfolded), max_diff(&folded, &want));
+    eprintln!(
+        "{}: input difference {d_input:e}, folded vs unfolded {d_graph:e}, vs nanoclass {d_want:e}",
+        case.arch
+    );
+    assert!(d_graph <= TOLERANCE && d_want <= TOLERANCE, "{}", case.arch);
+
+    let t = nanoclass::export::export_triton(
+        &case.run,
+        &nanoclass::export::TritonOptions {
+            repo: Some(case.root.join("triton")),
+            name: Some(case.arch.name().into()),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("triton export: {e}"));
+    let script = "import sys\nfrom google.protobuf import text_format\n\
+                  from tritonclient.grpc import model_config_pb2 as mc\n\
+                  c = text_format.Parse(open(sys.argv[1]).read(), mc.ModelConfig())\n\
+                  print(c.platform, c.max_batch_size, list(c.input[0].dims), list(c.output[0].dims), c.output[0].label_filename)";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&t.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Triton's schema refuses {} (tritonclient[grpc]==2.73.0 for python3 on PATH, .ci/run):\n{}",
+        t.config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "onnxruntime_onnx 8 [3, {s}, {s}] [{k}] labels.txt",
+            s = case.size
+        )
+    );
+    let tm = tract_run(&t.model, &case.pixels, 3, case.size, k);
+    assert!(max_diff(&tm, &want) <= TOLERANCE, "{}", case.arch);
+}
+
+#[test]
+fn deepstream_input_and_folded_graph_and_triton_config_for_efficientnet_lite0_and_resnet18() {
+    check_deepstream_and_triton(efficientnet_case());
+    check_deepstream_and_triton(resnet_case());
+}

@@ -17,23 +17,39 @@
 //! - **safetensors**: the same tensors (PyTorch layout, reference names) as
 //!   [`crate::model::weights::save_net`] writes, with the metadata of [`metadata`].
 //!
+//! For deployment past one machine ([`deploy`]): a Triton Inference Server model repository
+//! ([`triton`], [`export_triton`]) and a DeepStream `nvinfer` configuration ([`deepstream`],
+//! [`export_deepstream`]). Every ONNX export carries a parity kit, `golden/` ([`golden`]), that
+//! [`verify`] runs in ONNX Runtime or tract.
+//!
 //! Every exported tensor is checked to be finite first: a model holding NaN or infinity is
 //! refused, never exported.
 
+mod artifact;
+pub mod deepstream;
+mod deploy;
+pub mod golden;
 pub mod onnx;
+pub mod pbtxt;
 pub mod torch;
+pub mod triton;
+pub mod verify;
+
+pub use artifact::{Golden, load_run_model, metadata};
+pub use deploy::{
+    DeepStreamOptions, DeepStreamSummary, TritonOptions, TritonSummary, export_deepstream,
+    export_triton,
+};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
-
 use crate::data::labels::write_labels;
-use crate::infer::device::default_device;
-use crate::model::weights::{HeadLoad, index_file, load_net, saved_batch_counters};
-use crate::model::{Net, batch_counters};
+use crate::model::batch_counters;
+use crate::model::weights::saved_batch_counters;
 use crate::run::{Run, Task, files};
 use crate::{Error, Result};
+use artifact::{run_err, write_onnx};
 
 /// The export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,118 +139,8 @@ pub struct ExportSummary {
     pub tensors: usize,
     /// The ONNX opset declared (ONNX only).
     pub opset: Option<i64>,
-}
-
-fn run_err(dir: &Path, reason: impl Into<String>) -> Error {
-    Error::Run {
-        path: dir.to_path_buf(),
-        reason: reason.into(),
-    }
-}
-
-/// Opens a run and loads its best model in eval mode (BatchNorm running statistics), with the
-/// head size stored in the file: `K` logits for classification, `2K` values for regression.
-///
-/// # Errors
-/// The run cannot be opened, has no `model.safetensors`, the file does not load, or the head
-/// size disagrees with the run's task and labels.
-pub fn load_run_model(run_dir: &Path) -> Result<(Run, Net)> {
-    let run = Run::open(run_dir)?;
-    let path = run.model_path();
-    if !path.exists() {
-        return Err(run_err(
-            run_dir,
-            "no model.safetensors: training did not finish an epoch",
-        ));
-    }
-    let arch = run.config.arch;
-    let index = index_file(&path)?;
-    let head_key = format!("{}.weight", arch.head_key());
-    let outputs = match index.shapes.get(&head_key).map(Vec::as_slice) {
-        Some([outputs, _]) => *outputs,
-        _ => {
-            return Err(Error::Weights {
-                path,
-                reason: format!("no 2-D head tensor `{head_key}`: not a {arch} model of a run"),
-            });
-        }
-    };
-    let want = run.config.task.outputs(run.config.labels.len());
-    if outputs != want {
-        return Err(Error::Weights {
-            path,
-            reason: format!(
-                "the model has {outputs} outputs but a {} run with {} labels needs {want}",
-                run.config.task,
-                run.config.labels.len()
-            ),
-        });
-    }
-    let device = default_device();
-    let labels = run.config.labels.clone();
-    let (net, report) = load_net(arch, &path, outputs, Some(&labels), &device)?;
-    debug_assert_eq!(report.head, HeadLoad::Loaded);
-    Ok((run, net.valid()))
-}
-
-/// The metadata stored in an exported model (ONNX `metadata_props`, safetensors
-/// `__metadata__`), every value a string:
-///
-/// | key | value |
-/// |---|---|
-/// | `producer`, `nanoclass_version` | `nanoclass`, the version of the exporting build |
-/// | `task`, `arch` | `classification` or `regression`; `resnet18`, ..., `efficientnet_lite0` |
-/// | `labels` | JSON list of the class names, index = output index (regression: point `k` is outputs `2k, 2k + 1`) |
-/// | `input_name`, `output_name` | `input_0`, `output_0` |
-/// | `input_size` | the square input side in pixels, e.g. `224` |
-/// | `input_layout`, `channel_order` | `NCHW`, `RGB` |
-/// | `normalization` | `(pixel / 255 - mean) / std` |
-/// | `mean`, `std` | JSON lists of 3 numbers (R, G, B), applied to `pixel / 255` |
-/// | `resize`, `crop` | the eval preset: shorter side to `resize` (bilinear, aspect kept), centre crop `crop` |
-/// | `eval_preset` | the eval preset as stored in the run's `config.json` |
-/// | `output` | `logits`, `probabilities` (softmax appended) or `points` |
-/// | `head` | `linear` (classification) or `point <layer>` (regression: the point head of [`crate::model::point`] on that layer's stride-8 map; its tensors are `point.conv1.*`, `point.conv2.*`) |
-pub fn metadata(run: &Run, softmax: bool) -> BTreeMap<String, String> {
-    let c = &run.config;
-    let preset = &c.eval_preset;
-    let mut m = run.model_metadata();
-    let json = |v: &[f32]| serde_json::to_string(v).unwrap_or_default();
-    let entries = [
-        ("producer", "nanoclass".to_string()),
-        ("nanoclass_version", env!("CARGO_PKG_VERSION").to_string()),
-        ("task", c.task.name().to_string()),
-        ("arch", c.arch.name().to_string()),
-        ("input_name", onnx::INPUT_NAME.to_string()),
-        ("output_name", onnx::OUTPUT_NAME.to_string()),
-        ("input_size", preset.crop.to_string()),
-        ("input_layout", "NCHW".to_string()),
-        ("channel_order", "RGB".to_string()),
-        ("normalization", "(pixel / 255 - mean) / std".to_string()),
-        ("mean", json(&preset.norm.mean)),
-        ("std", json(&preset.norm.std)),
-        ("resize", preset.resize.max(preset.crop).to_string()),
-        ("crop", preset.crop.to_string()),
-        (
-            "head",
-            match c.task {
-                Task::Classification => "linear".to_string(),
-                Task::Regression => format!("point {}", c.arch.point_tap()),
-            },
-        ),
-        (
-            "output",
-            match (c.task, softmax) {
-                (Task::Classification, false) => "logits",
-                (Task::Classification, true) => "probabilities",
-                _ => "points",
-            }
-            .to_string(),
-        ),
-    ];
-    for (k, v) in entries {
-        m.insert(k.to_string(), v);
-    }
-    m
+    /// The parity kit (ONNX only).
+    pub golden: Golden,
 }
 
 /// Where the model file goes: `out` as given (a file path ending in the format's extension, or
@@ -329,17 +235,21 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
     crate::fs::clean_stale_temp_files(&dir);
     let meta = metadata(&run, opts.softmax);
     let input_size = run.config.eval_preset.crop;
+    let mut kit = Golden::NotApplicable;
     let tensors = match opts.format {
         ExportFormat::Onnx => {
-            let model = onnx::model_proto(
+            let name = path
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let (count, g) = write_onnx(
+                &run,
                 &net,
-                input_size as usize,
+                &path,
+                (&dir, &name),
                 opts.softmax,
                 opset.unwrap_or(onnx::DEFAULT_OPSET),
-                &meta,
             )?;
-            let count = model.graph.as_ref().map_or(0, |g| g.initializer.len());
-            crate::fs::write_atomic(&path, &onnx::encode(&model))?;
+            kit = g;
             count
         }
         ExportFormat::Pth => {
@@ -374,5 +284,6 @@ pub fn export(run_dir: &Path, opts: &ExportOptions) -> Result<ExportSummary> {
         input_size,
         tensors,
         opset,
+        golden: kit,
     })
 }
