@@ -206,6 +206,9 @@ fn publish(run_dir: &Path, epoch_dir: &Path) -> Result<()> {
         let staged = run_dir.join(temp_dir_name("publish"));
         link_or_copy(&from, &staged)?;
         std::fs::rename(&staged, &to).map_err(|e| Error::io(&to, e))?;
+        // Publishing an epoch again (a resume's recovery) links the file `to` already is, and
+        // a rename between two links of one file does nothing (POSIX): the staged link stays.
+        let _ = std::fs::remove_file(&staged);
     }
     let from = epoch_dir.join(files::METRICS);
     let lines = std::fs::read(&from).map_err(|e| Error::io(&from, e))?;
@@ -516,6 +519,16 @@ mod tests {
         assert!(!dir(&run.dir).join("epoch-0003").exists());
         if cfg!(target_os = "linux") {
             assert!(!dead_tmp.exists());
+        }
+        // Epoch 2's models were published before: publishing them again leaves no staged link.
+        for d in [run.dir.clone(), dir(&run.dir)] {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(
+                    !name.starts_with(crate::fs::TEMP_PREFIX),
+                    "{name} left in {d:?}"
+                );
+            }
         }
     }
 
