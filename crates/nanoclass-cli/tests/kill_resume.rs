@@ -122,8 +122,7 @@ fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
         let run = tmp.path().join(format!("killed-{cycle}"));
         cycle += 1;
         for k in 0..kills - landed {
-            let started = run.join("config.json").exists();
-            let mut cmd = if started {
+            let mut cmd = if committed(&run) {
                 resume(&run, &features)
             } else {
                 train(&data, &run, &features)
@@ -158,7 +157,7 @@ fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
             if metrics_complete(&run) {
                 break;
             }
-            let status = if run.join("config.json").exists() {
+            let status = if committed(&run) {
                 resume(&run, &features).status().unwrap()
             } else {
                 train(&data, &run, &features).status().unwrap()
@@ -193,6 +192,13 @@ fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
         "{landed} kills over {cycle} runs ({completed_early} attempts ended before their kill): \
          every run's metrics equal the uninterrupted run's"
     );
+}
+
+/// Whether the run has committed an epoch: then it is continued with `--resume`; a run killed
+/// before its first commit is started again with the same command (it kept nothing to continue).
+fn committed(run: &Path) -> bool {
+    let checkpoint = run.join("checkpoint");
+    checkpoint.join("CURRENT").is_file() || checkpoint.join("state.json").is_file()
 }
 
 fn metrics_complete(run: &Path) -> bool {
