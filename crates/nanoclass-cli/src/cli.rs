@@ -35,7 +35,8 @@ enum Command {
     /// (golden/) for `nanoclass verify`.
     Export(crate::export::ExportArgs),
     /// Run an export's parity kit (golden/: held-out images and nanoclass's outputs) in ONNX
-    /// Runtime or tract; exit code 1 when an output differs beyond tolerance or top-1 changes.
+    /// Runtime, tract or a running Triton server; exit code 1 when an output differs beyond
+    /// tolerance or top-1 changes.
     Verify(crate::verify::VerifyArgs),
     /// Quantize a classification run to int8 (ONNX Runtime's static quantizer, calibrated on
     /// the run's training images) and keep it only when held-out top-1 drops by at most 1

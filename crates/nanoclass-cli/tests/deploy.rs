@@ -240,3 +240,259 @@ fn triton_and_deepstream_exports_verify_and_an_altered_weight_is_caught() {
     );
     assert!(e.contains("`/` is not allowed"), "{e}");
 }
+
+/// Runs `script` (a check from an export's README.txt) with `python` on `dir`.
+fn python_check(python: &str, script: &str, dir: &Path) -> Output {
+    let file = dir.with_extension("check.py");
+    std::fs::write(&file, script).unwrap();
+    Command::new(python)
+        .arg(&file)
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e}"))
+}
+
+/// The studio's download: each bundle is one zip whose entries lie under one folder, holding
+/// the export, labels.txt, the parity kit and a README.txt whose checks run as printed. The ONNX
+/// and Triton zips pass `nanoclass verify` as they are; the README's ONNX Runtime check passes
+/// on the unzipped ONNX bundle and fails once a weight is altered; the README's PyTorch check
+/// loads the .pth bundle strictly into torchvision's ResNet-18 and reproduces the kit.
+///
+/// Needs `python3` on PATH with onnxruntime and numpy, and Debian's `/usr/bin/python3` with
+/// python3-torch and python3-torchvision (`.ci/run` installs both).
+#[test]
+fn export_bundles_hold_kit_and_readme_and_verify_as_zips() {
+    use nanoclass::export::Golden;
+    use nanoclass::export::bundle::{BundleFormat, CHECK_ONNX_PY, CHECK_PTH_PY, write_bundle};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = train(tmp.path());
+    let out = tmp.path().join("bundles");
+    for format in BundleFormat::ALL {
+        let f = format.name();
+        let zip_path = out.join(format!("ants_bees-{f}.zip"));
+        let b = write_bundle(&run, format, "ants_bees", &zip_path).unwrap();
+        assert_eq!(b.golden, Golden::Written(2), "{f}");
+        let mut archive = zip::ZipArchive::new(std::fs::File::open(&zip_path).unwrap()).unwrap();
+        let names: Vec<String> = archive
+            .file_names()
+            .map(|n| n.unwrap().into_owned())
+            .collect();
+        assert_eq!(names, b.entries, "{f}");
+        let kit = match format {
+            BundleFormat::Triton => "ants_bees/model_repository/ants_bees",
+            _ => "ants_bees",
+        };
+        let model = match format {
+            BundleFormat::Onnx => "model.onnx",
+            BundleFormat::Triton => "1/model.onnx",
+            BundleFormat::Pth => "model.pth",
+        };
+        for want in [
+            "ants_bees/README.txt".to_string(),
+            format!("{kit}/{model}"),
+            format!("{kit}/labels.txt"),
+            format!("{kit}/golden/manifest.json"),
+            format!("{kit}/golden/0.bin"),
+            format!("{kit}/golden/1.bin"),
+        ] {
+            assert!(names.contains(&want), "{f}: no {want} in {names:?}");
+        }
+        assert!(
+            names.iter().all(|n| n.starts_with("ants_bees/")),
+            "{names:?}"
+        );
+        // Only the zip is left where it was written: the staging folder is gone.
+        let left: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".zip"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        let unzipped = tmp.path().join(format!("unzipped-{f}"));
+        archive.extract(&unzipped).unwrap();
+        let readme = std::fs::read_to_string(unzipped.join("ants_bees/README.txt")).unwrap();
+        assert!(
+            readme.contains("[batch, 3, 224, 224] float32, NCHW, RGB")
+                && readme.contains("ants, bees")
+                && readme.contains("mean [0.485,0.456,0.406]"),
+            "{readme}"
+        );
+        let dir = unzipped.join(kit);
+        match format {
+            BundleFormat::Onnx | BundleFormat::Triton => {
+                let indented: String = CHECK_ONNX_PY
+                    .lines()
+                    .map(|l| format!("    {l}\n"))
+                    .collect();
+                assert!(
+                    readme.contains(&indented),
+                    "{f}: README lacks the check:\n{readme}"
+                );
+                let stdout = ok(verify(&zip_path, "tract"), "verify zip");
+                assert!(
+                    stdout.contains(&format!(
+                        "ants_bees-{f}.zip/{kit}/{model} on tract: 2 inputs"
+                    )) && stdout.trim_end().ends_with("ok"),
+                    "{stdout}"
+                );
+                let py = ok(
+                    python_check("python3", CHECK_ONNX_PY, &dir),
+                    "README's ONNX check",
+                );
+                assert!(py.starts_with("largest difference"), "{py}");
+            }
+            BundleFormat::Pth => {
+                assert!(
+                    readme.contains("torchvision.models.resnet18(num_classes=2)"),
+                    "{readme}"
+                );
+                let e = fails(verify(&zip_path, "tract"), "verify of a .pth bundle");
+                assert!(
+                    e.contains("PyTorch state dict") && e.contains("README.txt"),
+                    "{e}"
+                );
+                let py = ok(
+                    python_check("/usr/bin/python3", CHECK_PTH_PY, &dir),
+                    "README's PyTorch check (Debian python3-torch, python3-torchvision)",
+                );
+                assert!(py.starts_with("largest difference"), "{py}");
+            }
+        }
+    }
+    // docs/deploy.md shows the same check.
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/deploy.md");
+    assert!(
+        std::fs::read_to_string(docs)
+            .unwrap()
+            .contains(CHECK_ONNX_PY)
+    );
+    // The README's ONNX check fails on a graph whose classifier weight moved.
+    let dir = tmp.path().join("unzipped-onnx/ants_bees");
+    alter_one_weight(&dir.join("model.onnx"), 0.5);
+    let out = python_check("python3", CHECK_ONNX_PY, &dir);
+    assert!(!out.status.success(), "the check passed an altered graph");
+    // A zip without a kit is refused by name.
+    let empty = tmp.path().join("empty.zip");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&empty).unwrap());
+    w.start_file(
+        "a.txt",
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored),
+    )
+    .unwrap();
+    w.finish().unwrap();
+    let e = fails(verify(&empty, "tract"), "verify of a zip without a kit");
+    assert!(e.contains("empty.zip: no parity kit"), "{e}");
+}
+
+/// Stops the Triton server with SIGTERM (PyTriton then stops its tritonserver child) and waits.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Triton Inference Server, tritonserver 2.51 as PyPI `nvidia-pytriton==0.7.0` bundles it
+/// (CPU; its one backend, `python`, runs the exported `1/model.onnx` in onnxruntime with the
+/// names and shapes of the exported `config.pbtxt`; scripts/triton_serve.py), serves two Triton
+/// exports of one run, one with a weight altered. `nanoclass verify --runtime triton-url` passes
+/// on the faithful one over Triton's HTTP API and fails on the altered one; a URL where no server
+/// listens is an error naming it.
+///
+/// Needs the PyTriton venv at `$NANOCLASS_PYTRITON_PYTHON` (default
+/// `/opt/nanoclass-pytriton/bin/python`; `.ci/run` makes it).
+#[test]
+fn a_triton_server_serves_the_export_and_verify_checks_its_answers() {
+    let python = std::env::var("NANOCLASS_PYTRITON_PYTHON")
+        .unwrap_or_else(|_| "/opt/nanoclass-pytriton/bin/python".to_string());
+    assert!(
+        Path::new(&python).is_file(),
+        "no PyTriton venv at {python}: make it with `/usr/bin/python3 -m venv \
+         /opt/nanoclass-pytriton && /opt/nanoclass-pytriton/bin/pip install \
+         nvidia-pytriton==0.7.0 onnxruntime==1.31.1 'numpy<2'` (.ci/run does), or set \
+         NANOCLASS_PYTRITON_PYTHON"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let run = train(tmp.path());
+    let repo = tmp.path().join("repo");
+    for name in ["faithful", "altered"] {
+        ok(
+            bin()
+                .arg("export")
+                .arg(&run)
+                .args(["--format", "triton", "--cpu", "--name", name, "--out"])
+                .arg(&repo)
+                .output()
+                .unwrap(),
+            "export triton",
+        );
+    }
+    alter_one_weight(&repo.join("altered/1/model.onnx"), 0.5);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/triton_serve.py");
+    let log = std::fs::File::create(tmp.path().join("triton.log")).unwrap();
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .args(["--http-port", &port.to_string()])
+        .arg(repo.join("faithful"))
+        .arg(repo.join("altered"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let ready = rx.recv_timeout(std::time::Duration::from_secs(120));
+    assert_eq!(
+        ready.as_deref().ok(),
+        Some("ready"),
+        "Triton did not start: {}",
+        std::fs::read_to_string(tmp.path().join("triton.log")).unwrap_or_default()
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let verify_at = |name: &str, url: &str| {
+        bin()
+            .arg("verify")
+            .arg(repo.join(name))
+            .args(["--runtime", "triton-url", url])
+            .output()
+            .unwrap()
+    };
+    let out = ok(verify_at("faithful", &url), "verify on Triton");
+    assert!(
+        out.contains("faithful/1/model.onnx on triton: 2 inputs") && out.trim_end().ends_with("ok"),
+        "{out}"
+    );
+    assert!(largest_difference(&out) <= 1e-4, "{out}");
+    let altered = verify_at("altered", &url);
+    let stdout = String::from_utf8_lossy(&altered.stdout).to_string();
+    let e = fails(altered, "verify of an altered graph on Triton");
+    assert!(
+        e.contains("does not reproduce nanoclass's outputs on triton"),
+        "{e}"
+    );
+    assert!(largest_difference(&stdout) > 1e-3, "{stdout}");
+    drop(server);
+    // The server is gone: the error names the URL.
+    let e = fails(verify_at("faithful", &url), "verify with no server");
+    assert!(
+        e.contains(&format!("Triton at {url}/v2/models/faithful/infer")),
+        "{e}"
+    );
+}

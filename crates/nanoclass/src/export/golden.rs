@@ -43,6 +43,10 @@ pub type ModelInput<'a> = &'a dyn Fn(&image::RgbImage) -> Vec<f32>;
 pub struct Manifest {
     /// The model file, relative to the export folder (the folder holding `golden/`).
     pub model: String,
+    /// The run's architecture (`resnet18`, `efficientnet_lite0`, ...): what a `.pth` kit's
+    /// state dict loads into. Empty in kits of earlier versions.
+    #[serde(default)]
+    pub arch: String,
     /// The ONNX input name (`input_0`).
     pub input_name: String,
     /// The ONNX output name (`output_0`).
@@ -183,6 +187,7 @@ pub fn write_golden(
     }
     let manifest = Manifest {
         model: model_rel.to_string(),
+        arch: run.config.arch.name().to_string(),
         input_name: super::onnx::INPUT_NAME.into(),
         output_name: super::onnx::OUTPUT_NAME.into(),
         input_shape: [1, 3, size, size],

@@ -20,12 +20,14 @@
 //! For deployment past one machine ([`deploy`]): a Triton Inference Server model repository
 //! ([`triton`], [`export_triton`]) and a DeepStream `nvinfer` configuration ([`deepstream`],
 //! [`export_deepstream`]). Every ONNX export carries a parity kit, `golden/` ([`golden`]), that
-//! [`verify`] runs in ONNX Runtime or tract.
+//! [`verify`] runs in ONNX Runtime, tract or a Triton server. [`bundle`] puts an export, its kit
+//! and a README in one zip (the studio's download).
 //!
 //! Every exported tensor is checked to be finite first: a model holding NaN or infinity is
 //! refused, never exported.
 
 mod artifact;
+pub mod bundle;
 pub mod deepstream;
 mod deploy;
 pub mod golden;
