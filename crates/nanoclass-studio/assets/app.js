@@ -11,7 +11,7 @@
 import { api } from "./js/api.js";
 import { refreshSource, setDeviceSource, useSource } from "./js/camera.js";
 import { addCategory, captureOnce, closeEditor, editorClick, editorKey, importFolder, loadTask, savePointClick, scheduleThumbs, stageKey, startHold, stopHold, uploadFiles } from "./js/collect.js";
-import { checkModel, clearBars, drawOverlay, loadRuns, scheduleInstant, startLive, stopLive } from "./js/live.js";
+import { checkModel, clearBars, drawOverlay, loadRuns, scheduleInstant, startLive, stopLive, updateDownload } from "./js/live.js";
 import { $, S, events, show, taskUrl } from "./js/state.js";
 import { followTraining, modeChanged, startTraining, stopTraining } from "./js/train.js";
 
@@ -96,6 +96,7 @@ async function init() {
   $("train-stop").onclick = stopTraining;
 
   $("live-model").onchange = () => { stopLive(); clearBars(); checkModel(); };
+  $("export-format").onchange = updateDownload;
   $("live-start").onclick = () => { if (S.live) { S.userStopped = true; stopLive(); } else { S.userStopped = false; startLive(); } };
   for (const id of ["live-smoothing", "live-threshold"]) {
     $(id).oninput = () => { $(id + "-v").textContent = $(id).value; };

@@ -215,6 +215,7 @@ fn routes() -> Vec<(String, MethodRouter<AppState>)> {
         (run.into(), get(get_run)),
         (format!("{run}/predict"), post(predict)),
         (format!("{run}/live"), get(live_stream)),
+        (format!("{run}/export"), get(export_run)),
         (format!("{task}/instant"), get(instant_status)),
         (format!("{task}/instant/predict"), post(instant_predict)),
         (format!("{task}/instant/live"), get(instant_live)),

@@ -9,6 +9,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{Request, StatusCode, header};
 use futures_util::StreamExt;
+use nanoclass::export::verify::{DEFAULT_TOLERANCE, Runtime, verify};
 use nanoclass_studio::{AppState, StudioConfig, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -1233,6 +1234,70 @@ async fn training_streams_held_out_progress_and_live_scores_follow_the_categorie
         "{}",
         r.error()
     );
+
+    // The run's export bundles: zips that `verify` takes as they are (ONNX, Triton); the .pth
+    // bundle's kit is checked in PyTorch, which verify says. Unknown formats and runs are named.
+    for format in ["onnx", "triton", "pth"] {
+        let r = call(
+            &app,
+            "GET",
+            &format!("/api/tasks/hym/runs/1/export?format={format}"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "{format}: {:?}",
+            String::from_utf8_lossy(&r.body[..r.body.len().min(300)])
+        );
+        assert_eq!(r.headers[header::CONTENT_TYPE], "application/zip");
+        assert_eq!(
+            r.headers[header::CONTENT_DISPOSITION],
+            format!("attachment; filename=\"hym-run1-{format}.zip\"")
+        );
+        assert_eq!(&r.body[..4], b"PK\x03\x04");
+        let zip = tmp.path().join(format!("download-{format}.zip"));
+        std::fs::write(&zip, &r.body).unwrap();
+        let checked = verify(&zip, Runtime::Tract, DEFAULT_TOLERANCE);
+        if format == "pth" {
+            let e = checked.unwrap_err().to_string();
+            assert!(e.contains("PyTorch state dict"), "{e}");
+        } else {
+            let report = checked.unwrap();
+            assert!(
+                report.passed() && report.samples >= 2,
+                "{format}: {report:?}"
+            );
+        }
+        // The bundle is also kept in the run's export folder.
+        assert!(
+            tmp.path()
+                .join(format!("studio/hym/runs/1/export/hym-run1-{format}.zip"))
+                .is_file()
+        );
+    }
+    // The default format is ONNX.
+    let r = call(&app, "GET", "/api/tasks/hym/runs/1/export", None).await;
+    assert_eq!(
+        r.headers[header::CONTENT_DISPOSITION],
+        "attachment; filename=\"hym-run1-onnx.zip\""
+    );
+    let r = call(
+        &app,
+        "GET",
+        "/api/tasks/hym/runs/1/export?format=tflite",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error().contains("\"tflite\"") && r.error().contains("onnx, triton, pth"),
+        "{}",
+        r.error()
+    );
+    let r = call(&app, "GET", "/api/tasks/hym/runs/9/export", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.error());
 
     // A second category set: deleting "bees" makes run 1 stale; it is never used again.
     let r = call(&app, "DELETE", "/api/tasks/hym/categories/bees", None).await;

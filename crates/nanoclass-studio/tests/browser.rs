@@ -218,7 +218,15 @@ async fn browser(out: &Path, extra: &[String]) -> (Driver, Client) {
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
-        json!({ "binary": chromium, "args": args }),
+        json!({
+            "binary": chromium,
+            "args": args,
+            // The Download link's zip lands in OUT/downloads without a prompt.
+            "prefs": {
+                "download.default_directory": out.join("downloads"),
+                "download.prompt_for_download": false,
+            },
+        }),
     );
     let wd = format!("http://127.0.0.1:{wd_port}");
     let start = Instant::now();
@@ -859,6 +867,50 @@ async fn studio_in_headless_chromium() {
             .unwrap(),
         "no preview scores are left under the trained model's name"
     );
+    // The Download link of the selected run gives its export bundle, a zip that `nanoclass
+    // verify` takes as it is.
+    let downloads = out.join("downloads");
+    assert!(
+        page.js("return !document.getElementById('export-row').hidden && document.getElementById('export-download').getAttribute('href').endsWith('/runs/1/export?format=onnx');")
+            .await
+            .as_bool()
+            .unwrap(),
+        "the Download link of run 1"
+    );
+    page.click("#export-download").await;
+    let start = Instant::now();
+    let zip = loop {
+        let done: Vec<PathBuf> = std::fs::read_dir(&downloads)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        if let Some(z) = done
+            .iter()
+            .find(|p| p.extension().is_some_and(|e| e == "zip"))
+        {
+            break z.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no zip in {} after clicking Download: {done:?}",
+            downloads.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        zip.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("-run1-onnx.zip"),
+        "{}",
+        zip.display()
+    );
+    let report = nanoclass::export::verify::verify(
+        &zip,
+        nanoclass::export::verify::Runtime::Tract,
+        nanoclass::export::verify::DEFAULT_TOLERANCE,
+    )
+    .unwrap();
+    assert!(report.passed() && report.samples >= 2, "{report:?}");
     page.use_device_source(&uri(&one_ant, 30)).await;
     page.click("#live-start").await;
     page.wait(

@@ -37,7 +37,20 @@ function selectedRun() {
   return S.runs.find((r) => r.id === id);
 }
 
+// The Download link of the selected trained run: its export bundle in the chosen format.
+export function updateDownload() {
+  const r = selectedRun();
+  const a = $("export-download");
+  const trained = !!(r && !r.instant && r.ready);
+  $("export-row").hidden = !trained;
+  if (!trained) { a.removeAttribute("href"); return; }
+  const fmt = $("export-format").value;
+  a.href = `${taskUrl()}/runs/${r.id}/export?format=${encodeURIComponent(fmt)}`;
+  a.setAttribute("aria-label", `Download run ${r.id} as ${$("export-format").selectedOptions[0].textContent}`);
+}
+
 export function checkModel() {
+  updateDownload();
   const r = selectedRun();
   const m = $("live-msg");
   if (r && r.instant) {

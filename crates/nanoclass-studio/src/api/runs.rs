@@ -168,3 +168,46 @@ pub async fn live_stream(
     });
     Ok(Sse::new(s).keep_alive(KeepAlive::default()))
 }
+
+/// The query of [`export_run`].
+#[derive(Debug, Deserialize)]
+pub struct ExportQuery {
+    /// `onnx` (the default), `triton` or `pth`.
+    pub format: Option<String>,
+}
+
+/// `GET /api/tasks/{task}/runs/{run}/export?format=onnx|triton|pth`: the run's export bundle, a
+/// zip (`application/zip`, `<task>-run<N>-<format>.zip`) holding the model, labels.txt, the
+/// parity kit and a README.txt (see [`nanoclass::export::bundle`]); also kept in the run's
+/// `export/` folder. 400 for another format, 409 when the run has no model yet.
+pub async fn export_run(
+    State(st): State<AppState>,
+    UrlPath((task, run)): UrlPath<(String, u32)>,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<Response> {
+    use nanoclass::export::bundle::{BundleFormat, write_bundle};
+    let format = BundleFormat::parse(q.format.as_deref().unwrap_or("onnx"))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let store = st.inner.store.clone();
+    let (file_name, bytes) = blocking(move || {
+        let dir = store.run_dir(&task, run)?;
+        let name = nanoclass::export::triton::sanitize_name(&format!("{task}-run{run}"));
+        let file_name = format!("{name}-{}.zip", format.name());
+        let zip = dir.join("export").join(&file_name);
+        write_bundle(&dir, format, &name, &zip)?;
+        let bytes = std::fs::read(&zip).map_err(|e| nanoclass::Error::io(&zip, e))?;
+        Ok((file_name, bytes))
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
