@@ -5,6 +5,10 @@
 //! on a GPU through wgpu (Vulkan, Metal or DirectX 12), and one with `cuda` through CUDA; one
 //! binary then trains on `cpu` or on the GPU, as `--device` (or `$NANOCLASS_DEVICE`) says. The
 //! CPU is the default everywhere.
+//!
+//! The GPU backends choose among several kernels for each operation by timing them on the
+//! device (cubecl's autotune); the choices are kept in [`gpu_cache_dir`], so only a machine's
+//! first run pays the tuning. The kernels themselves are compiled at each start.
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -28,6 +32,9 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
+    /// Every device, the CPU first.
+    pub const ALL: [DeviceChoice; 3] = [DeviceChoice::Cpu, DeviceChoice::Wgpu, DeviceChoice::Cuda];
+
     /// `cpu`, `wgpu` or `cuda`.
     pub fn name(self) -> &'static str {
         match self {
@@ -83,6 +90,10 @@ impl DeviceChoice {
                 self.name()
             )));
         }
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
+        if self.is_gpu() {
+            configure_gpu_cache();
+        }
         match self {
             DeviceChoice::Cpu => Ok(Device::flex()),
             #[cfg(feature = "wgpu")]
@@ -108,6 +119,53 @@ impl std::str::FromStr for DeviceChoice {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         DeviceChoice::parse(s).ok_or_else(|| format!("unknown device {s:?}: cpu, wgpu or cuda"))
     }
+}
+
+/// Where the GPU backends keep their tuned kernel choices: `$NANOCLASS_GPU_CACHE` when set,
+/// else `<platform cache>/nanoclass/gpu-kernels` (`~/.cache/nanoclass/gpu-kernels` on Linux). A
+/// `cubecl.toml` (or `burn.toml`) in the working folder that sets `environment.path` wins.
+pub fn gpu_cache_dir() -> std::path::PathBuf {
+    match std::env::var_os("NANOCLASS_GPU_CACHE").filter(|v| !v.is_empty()) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => dirs::cache_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("nanoclass")
+            .join("gpu-kernels"),
+    }
+}
+
+/// The file in [`gpu_cache_dir`] that holds the tuned choices (cubecl's environment database,
+/// `<name>.db`, `default` unless `$CUBECL_ENVIRONMENT` names another).
+pub fn gpu_cache_file() -> std::path::PathBuf {
+    let name = std::env::var("CUBECL_ENVIRONMENT")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
+    gpu_cache_dir().join(format!("{name}.db"))
+}
+
+/// Whether an earlier GPU run on this machine left its tuned kernel choices ([`gpu_cache_file`]).
+pub fn gpu_cache_warm() -> bool {
+    gpu_cache_file().is_file()
+}
+
+/// Points the GPU backends' tuning cache at [`gpu_cache_dir`], once, before the first GPU
+/// device exists (cubecl reads its settings then). Settings from a `cubecl.toml` and the
+/// `CUBECL_*` variables are kept; only the default location (cubecl's `target/` beside the
+/// nearest `Cargo.toml`, or its own `~/.cache/cubecl`) is replaced.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn configure_gpu_cache() {
+    use burn::cubecl::config::cache::CacheConfig;
+    use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if matches!(config.environment.path, CacheConfig::Target) {
+            config.environment.path = CacheConfig::Directory(gpu_cache_dir());
+        }
+        // False when a GPU device was made before (its settings then stay as they were).
+        let _ = CubeClRuntimeConfig::try_set(config);
+    });
 }
 
 /// The device of forward-only work and of everything that does not choose one: burn's Flex
@@ -155,7 +213,7 @@ mod tests {
 
     #[test]
     fn device_names_round_trip_and_a_missing_backend_names_its_feature() {
-        for d in [DeviceChoice::Cpu, DeviceChoice::Wgpu, DeviceChoice::Cuda] {
+        for d in DeviceChoice::ALL {
             assert_eq!(d.name().parse::<DeviceChoice>(), Ok(d));
         }
         assert!(DeviceChoice::Cpu.device().is_ok());

@@ -152,14 +152,25 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let h = &opts.hyper;
     let data = prepare_data(opts, on_event)?;
     let n_classes = data.labels.len();
-    let device = opts.device.device()?;
-    let ad = device.clone().autodiff();
     if opts.device.is_gpu() {
+        use crate::infer::device::{gpu_cache_file, gpu_cache_warm};
+        // Said before the device is made: a cold start spends its first minute tuning.
+        let tuning = if gpu_cache_warm() {
+            format!("tuned kernels from {}", gpu_cache_file().display())
+        } else {
+            format!(
+                "the first run on this machine times its kernel choices, once (kept in {}); \
+                 the first epoch is slow",
+                gpu_cache_file().display()
+            )
+        };
         on_event(Event::Info(format!(
-            "training on the GPU ({}); the first run on a machine compiles its kernels, once",
+            "training on the GPU ({}): {tuning}; kernels compile at each start",
             opts.device
         )));
     }
+    let device = opts.device.device()?;
+    let ad = device.clone().autodiff();
     // The fresh head's initial weights come from the backend's generator.
     device.seed(h.seed);
     ad.seed(h.seed);
