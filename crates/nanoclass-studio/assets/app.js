@@ -45,6 +45,11 @@ async function init() {
   const arch = $("train-arch");
   for (const a of info.backbones) { const o = document.createElement("option"); o.value = o.textContent = a; arch.appendChild(o); }
   arch.value = "efficientnet_lite0";
+  // The device choice appears only in a build that can train on a GPU.
+  const dev = $("train-device");
+  for (const d of info.devices) { const o = document.createElement("option"); o.value = o.textContent = d; dev.appendChild(o); }
+  dev.value = info.default_device;
+  $("train-device-label").hidden = info.devices.length < 2;
   $("train-mode").onchange = modeChanged;
 
   $("task-create").onclick = async () => {

@@ -306,6 +306,21 @@ async fn page_and_assets_are_served() {
             .contains(&json!("efficientnet_lite0"))
     );
     assert_eq!(info["source"]["uri"], Value::Null);
+    // The devices are those this build trains on: the CPU always, a GPU with its feature.
+    let devices: Vec<&str> = info["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    use nanoclass::infer::device::DeviceChoice;
+    let want: Vec<&str> = [DeviceChoice::Cpu, DeviceChoice::Wgpu, DeviceChoice::Cuda]
+        .into_iter()
+        .filter(|d| *d == DeviceChoice::Cpu || d.compiled())
+        .map(DeviceChoice::name)
+        .collect();
+    assert_eq!(devices, want);
+    assert_eq!(info["default_device"], "cpu");
     let r = call(&app, "GET", "/api/nothing-here", None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.error().contains("no such"));

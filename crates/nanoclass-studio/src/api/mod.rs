@@ -50,7 +50,9 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))?
 }
 
-/// `GET /api/info`. `backbones` lists the backbones whose pretrained weights are on the device
+/// `GET /api/info`. `devices` lists where this build can train (`cpu`, and `wgpu` / `cuda` in
+/// builds with those features), `default_device` the one `$NANOCLASS_DEVICE` names (else `cpu`).
+/// `backbones` lists the backbones whose pretrained weights are on the device
 /// (what the page offers); `unavailable_backbones` the others, each with the one command that
 /// gets its weights (`get`) and why it cannot train now (`reason`).
 pub async fn info(State(st): State<AppState>) -> ApiResult<Json<Value>> {
@@ -62,6 +64,13 @@ pub async fn info(State(st): State<AppState>) -> ApiResult<Json<Value>> {
         "backbones": ready,
         "unavailable_backbones": unavailable,
         "modes": ["frozen", "full", "finetune", "instant", "partial"],
+        // The devices this build trains on (the train form's choice), and the default.
+        "devices": nanoclass::infer::device::DeviceChoice::ALL
+            .into_iter()
+            .filter(|d| d.compiled())
+            .map(|d| d.name())
+            .collect::<Vec<_>>(),
+        "default_device": nanoclass::infer::device::DeviceChoice::from_env().name(),
         "task_kinds": ["classification", "regression"],
         "max_upload_bytes": st.inner.max_upload,
     })))
