@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
+use nanoclass::data::groups::near_copy_warning;
 use nanoclass::eval::heldout::EvalSplit;
 use nanoclass::eval::regression::write_points_png;
 use nanoclass::infer::engine::EngineChoice;
@@ -79,6 +80,12 @@ pub fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
         samples.len(),
         data.display()
     );
+    if !matches!(a.split, SplitArg::All)
+        && let Ok(train) = predictor.training_images()
+        && let Some(w) = near_copy_warning(&data, &train, &samples, "held-out")
+    {
+        eprintln!("warning: {w}");
+    }
     if predictor.task() == Task::Regression {
         return eval_regression(&predictor, &samples, &a);
     }

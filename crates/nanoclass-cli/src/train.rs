@@ -14,6 +14,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use nanoclass::data::presets::Augmentation;
+use nanoclass::eval::metrics::{too_few_to_tell, top1_text, wilson_interval};
 use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::engine::EngineChoice;
 use nanoclass::instant::HeadChoice;
@@ -140,7 +141,8 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     flip: Option<FlipArg>,
     /// Early stopping: stop after N epochs without a lower held-out loss, keeping the best
-    /// model (default: 2 in partial, off otherwise).
+    /// model (default: 2 in partial, 30 in frozen regression, 3 in other regression modes,
+    /// off otherwise).
     #[arg(long, value_name = "N")]
     patience: Option<usize>,
     /// --mode instant: auto (the leave-out check chooses, from 3 images per class), prototypes
@@ -157,7 +159,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = DeviceChoice::from_env())]
     device: DeviceChoice,
     /// Epochs (finetune: full-network epochs after the head epochs). Default: 30 frozen, 10
-    /// full, 5 finetune, 6 partial (early stopping usually ends it sooner).
+    /// full, 5 finetune, 6 partial (early stopping usually ends it sooner); regression: 300
+    /// frozen, every mode stopping early on the held-out point error.
     #[arg(long)]
     epochs: Option<usize>,
     /// Head-only epochs before the full phase in finetune mode.
@@ -257,7 +260,11 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
         OptimizerArg::Adam => OptimizerKind::Adam,
         OptimizerArg::Sgd => OptimizerKind::Sgd,
     };
-    let defaults = Hyperparams::for_mode(mode);
+    let task = match a.task {
+        TaskArg::Classification => Task::Classification,
+        TaskArg::Regression => Task::Regression,
+    };
+    let defaults = Hyperparams::for_task(task, mode);
     let hyper = Hyperparams {
         epochs: a.epochs.unwrap_or(defaults.epochs),
         head_epochs: a.head_epochs,
@@ -304,10 +311,7 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
         .out
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{arch}-{mode}")));
     let mut opts = TrainOptions::new(data, out);
-    opts.task = match a.task {
-        TaskArg::Classification => Task::Classification,
-        TaskArg::Regression => Task::Regression,
-    };
+    opts.task = task;
     opts.arch = arch;
     opts.weights = a.weights.unwrap_or_else(|| arch.name().to_string());
     opts.hyper = hyper;
@@ -529,11 +533,21 @@ fn print_summary(opts: &TrainOptions, summary: &TrainSummary) -> Result<ExitCode
         )?;
     } else {
         match summary.best_val_top1 {
-            Some(t) => writeln!(
-                out,
-                "best held-out top-1 {:.4} at epoch {} ({} held-out images); run {} ({:.1} s)",
-                t, summary.best_epoch, summary.val_images, run, summary.seconds
-            )?,
+            Some(t) => {
+                writeln!(
+                    out,
+                    "best held-out top-1 {} at epoch {}; run {} ({:.1} s)",
+                    top1_text(t, summary.val_images),
+                    summary.best_epoch,
+                    run,
+                    summary.seconds
+                )?;
+                let k = (t * summary.val_images as f64).round() as u64;
+                let interval = wilson_interval(k, summary.val_images as u64).map(|(l, h)| [l, h]);
+                if let Some(w) = too_few_to_tell(summary.val_images, interval) {
+                    writeln!(out, "warning: {w}")?;
+                }
+            }
             None => writeln!(
                 out,
                 "trained without a held-out set; run {} ({:.1} s)",

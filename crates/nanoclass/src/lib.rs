@@ -32,6 +32,7 @@ pub mod fs;
 pub mod infer;
 pub mod instant;
 pub mod live;
+pub mod memory;
 pub mod model;
 pub mod run;
 pub mod train;

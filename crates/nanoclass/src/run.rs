@@ -83,7 +83,8 @@ impl std::fmt::Display for Task {
 pub enum SplitRecord {
     /// The dataset has a `val/` folder.
     Folder,
-    /// Stratified, seeded split of the training images; `val_files` are relative to the
+    /// Stratified, seeded split of the training images that keeps capture groups (bursts,
+    /// near-copies: [`crate::data::groups`]) on one side; `val_files` are relative to the
     /// dataset root, so `eval` uses exactly these.
     Generated {
         /// Fraction of each class held out.
@@ -92,6 +93,12 @@ pub enum SplitRecord {
         seed: u64,
         /// Held-out files, relative to the dataset root.
         val_files: Vec<PathBuf>,
+        /// Capture groups the images formed (absent in runs made before groups were kept).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        groups: Option<usize>,
+        /// Classes whose images were one group, split image by image.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unsplittable: Vec<String>,
     },
     /// No held-out images: no validation figure is reported.
     NoValidation,

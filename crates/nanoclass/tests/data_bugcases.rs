@@ -818,3 +818,131 @@ fn labels_write_is_atomic_over_an_existing_file() {
     write_labels(&path, &["cat".to_owned(), "dog".to_owned()]).expect("write");
     assert_eq!(std::fs::read_to_string(&path).expect("read"), "cat\ndog\n");
 }
+
+/// Held-out that holds: a folder of real photos, each saved three times (the original JPEG, a
+/// re-encoded copy a little brighter, a copy resized to 90%) under unrelated names, forms one
+/// capture group per photo, and the generated split never puts copies of one photo on both
+/// sides. A `val/` folder holding such a copy is reported by name.
+#[test]
+fn near_copies_form_groups_that_the_split_keeps_whole() {
+    use nanoclass::data::groups::{GroupRules, capture_groups, fingerprints, near_copy_warning};
+    use nanoclass::data::split::grouped_split;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("set");
+    let mut photo_of = std::collections::HashMap::new();
+    for class in ["ants", "bees"] {
+        let photos: Vec<PathBuf> = {
+            let mut v: Vec<PathBuf> =
+                std::fs::read_dir(shared_data().join("hymenoptera/train").join(class))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .collect();
+            v.sort();
+            v.truncate(6);
+            v
+        };
+        for (i, p) in photos.iter().enumerate() {
+            let img = decode_file(p, &FULL).unwrap();
+            let brighter = RgbImage::from_fn(img.width(), img.height(), |x, y| {
+                let q = img.get_pixel(x, y).0;
+                Rgb(q.map(|c| c.saturating_add(3)))
+            });
+            let smaller = image::imageops::resize(
+                &img,
+                img.width() * 9 / 10,
+                img.height() * 9 / 10,
+                image::imageops::FilterType::Triangle,
+            );
+            let names = [
+                format!("p{i}.jpg"),
+                format!("z{}-copy.jpg", 5 - i),
+                format!("m{i}x.jpg"),
+            ];
+            write(
+                &root.join(class).join(&names[0]),
+                &std::fs::read(p).unwrap(),
+            );
+            write(
+                &root.join(class).join(&names[1]),
+                &jpeg_bytes(&brighter, 85),
+            );
+            write(&root.join(class).join(&names[2]), &jpeg_bytes(&smaller, 90));
+            for n in names {
+                photo_of.insert(root.join(class).join(n), format!("{class}{i}"));
+            }
+        }
+    }
+    let ds = scan_image_folder(&root).unwrap();
+    assert_eq!(ds.train.len(), 36);
+    let prints = fingerprints(&ds.train);
+    let groups = capture_groups(&ds.train, &prints, &GroupRules::default());
+    for (i, s) in ds.train.iter().enumerate() {
+        for (j, t) in ds.train.iter().enumerate() {
+            assert_eq!(
+                groups[i] == groups[j],
+                photo_of[&s.path] == photo_of[&t.path],
+                "{} and {}",
+                s.path.display(),
+                t.path.display()
+            );
+        }
+    }
+    for seed in 0..8 {
+        let split = grouped_split(&ds.train, &groups, 2, 0.2, seed);
+        assert!(split.unsplittable.is_empty());
+        // round(0.2 * 18) = 4 places per class: one photo's 3 copies fit, two do not.
+        assert_eq!(split.val.len(), 6, "seed {seed}");
+        for v in &split.val {
+            assert!(
+                split
+                    .train
+                    .iter()
+                    .all(|t| photo_of[&t.path] != photo_of[&v.path]),
+                "seed {seed}: a copy of {} is in training",
+                v.path.display()
+            );
+        }
+    }
+
+    // An ImageFolder with a val/ folder: a copy in val/ is named, other photos are not.
+    let tv = dir.path().join("tv");
+    let ants = shared_data().join("hymenoptera/train/ants");
+    let mut a: Vec<PathBuf> = std::fs::read_dir(&ants)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    a.sort();
+    for p in &a[..4] {
+        write(
+            &tv.join("train/ants").join(p.file_name().unwrap()),
+            &std::fs::read(p).unwrap(),
+        );
+    }
+    let bee = shared_data().join("hymenoptera/train/bees");
+    let b: PathBuf = std::fs::read_dir(&bee)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    write(&tv.join("train/bees/b.jpg"), &std::fs::read(&b).unwrap());
+    write(
+        &tv.join("val/ants/other.jpg"),
+        &std::fs::read(&a[10]).unwrap(),
+    );
+    let ds = scan_image_folder(&tv).unwrap();
+    let val = ds.val.clone().unwrap();
+    assert_eq!(near_copy_warning(&ds.root, &ds.train, &val, "val/"), None);
+    let img = decode_file(&a[2], &FULL).unwrap();
+    write(&tv.join("val/ants/again.jpg"), &jpeg_bytes(&img, 80));
+    let ds = scan_image_folder(&tv).unwrap();
+    let val = ds.val.clone().unwrap();
+    let w = near_copy_warning(&ds.root, &ds.train, &val, "val/").expect("the copy is found");
+    let original = format!("train/ants/{}", a[2].file_name().unwrap().to_string_lossy());
+    assert!(
+        w.starts_with("1 of 2 val/ images")
+            && w.contains("val/ants/again.jpg")
+            && w.contains(&original),
+        "{w}"
+    );
+}

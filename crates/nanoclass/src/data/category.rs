@@ -26,12 +26,23 @@ pub const MAX_CATEGORY_NAME_BYTES: usize = 255;
 /// # Errors
 /// [`Error::Other`] naming the category and the reason.
 pub fn validate_category_name(name: &str) -> Result<()> {
-    let fail = |reason: &str| Err(Error::Other(format!("category name {name:?}: {reason}")));
+    validate_folder_name("category", name)
+}
+
+/// Checks a name that becomes one folder name (a category, a studio task) with the rules of
+/// [`validate_category_name`]; errors speak of `what` (`"task"`, `"category"`).
+///
+/// # Errors
+/// [`Error::Other`] naming `what`, the name and the rule it breaks.
+pub fn validate_folder_name(what: &str, name: &str) -> Result<()> {
+    let fail = |reason: &str| Err(Error::Other(format!("{what} name {name:?}: {reason}")));
     if name.trim().is_empty() {
         return fail("is empty");
     }
     if name.contains('/') || name.contains('\\') {
-        return fail("contains a path separator ('/' or '\\'); a category is one folder name");
+        return fail(&format!(
+            "contains a path separator ('/' or '\\'); a {what} is one folder name"
+        ));
     }
     if name.chars().all(|c| c == '.') {
         return fail("is only dots ('.' and '..' name the current and parent folders)");

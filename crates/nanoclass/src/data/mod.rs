@@ -3,6 +3,7 @@
 pub mod category;
 pub mod decode;
 pub mod folder;
+pub mod groups;
 pub mod labels;
 pub mod loader;
 pub mod markers;

@@ -27,7 +27,8 @@ pub fn val_count(n: usize, val_fraction: f32) -> usize {
 /// Splits `samples` into `(train, val)` class by class: per class, the samples (in their input
 /// order) are shuffled with the seeded generator described in the module documentation, and the
 /// first [`val_count`]`(n_c, val_fraction)` of them move to `val`. Both outputs keep the input
-/// order. The same inputs and seed always give the same split.
+/// order. The same inputs and seed always give the same split. Equal to [`grouped_split`] with
+/// every sample in a group of its own.
 ///
 /// Samples whose `label >= n_classes` stay in `train`.
 pub fn stratified_split(
@@ -36,6 +37,41 @@ pub fn stratified_split(
     val_fraction: f32,
     seed: u64,
 ) -> (Vec<Sample>, Vec<Sample>) {
+    let own: Vec<usize> = (0..samples.len()).collect();
+    let split = grouped_split(samples, &own, n_classes, val_fraction, seed);
+    (split.train, split.val)
+}
+
+/// A split that kept capture groups whole ([`grouped_split`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupedSplit {
+    /// Training samples, in input order.
+    pub train: Vec<Sample>,
+    /// Held-out samples, in input order.
+    pub val: Vec<Sample>,
+    /// Classes (indices) whose images form a single capture group: their held-out images
+    /// were drawn from inside that group, so they have near-copies in training.
+    pub unsplittable: Vec<usize>,
+}
+
+/// Splits `samples` into train and held-out class by class, keeping each capture group
+/// (`groups[i]`, see [`crate::data::groups::capture_groups`]) on one side: per class the groups
+/// (in order of their first sample) are shuffled with the seeded generator of the module
+/// documentation, and each group that still fits into the class's
+/// [`val_count`]`(n_c, val_fraction)` held-out places moves to `val`, in that order; when no
+/// group fits (every group is larger), the first smallest group moves, provided the class keeps
+/// a training image. With every sample in its own group this is exactly [`stratified_split`]. A class whose images all form one group is split image by image as
+/// [`stratified_split`] would, and listed in [`GroupedSplit::unsplittable`].
+///
+/// Samples whose `label >= n_classes` stay in `train`.
+pub fn grouped_split(
+    samples: &[Sample],
+    groups: &[usize],
+    n_classes: usize,
+    val_fraction: f32,
+    seed: u64,
+) -> GroupedSplit {
+    assert_eq!(samples.len(), groups.len(), "one group per sample");
     let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); n_classes];
     for (i, sample) in samples.iter().enumerate() {
         if let Some(members) = by_class.get_mut(sample.label) {
@@ -43,16 +79,53 @@ pub fn stratified_split(
         }
     }
     let mut to_val = vec![false; samples.len()];
-    for (class, mut members) in by_class.into_iter().enumerate() {
-        let k = val_count(members.len(), val_fraction);
+    let mut unsplittable = Vec::new();
+    for (class, members) in by_class.into_iter().enumerate() {
+        let n = members.len();
+        let k = val_count(n, val_fraction);
         if k == 0 {
             continue;
         }
+        // The class's groups in order of their first member.
+        let mut class_groups: Vec<Vec<usize>> = Vec::new();
+        let mut slot = std::collections::HashMap::new();
+        for &i in &members {
+            let g = *slot.entry(groups[i]).or_insert_with(|| {
+                class_groups.push(Vec::new());
+                class_groups.len() - 1
+            });
+            class_groups[g].push(i);
+        }
+        if class_groups.len() == 1 {
+            unsplittable.push(class);
+            class_groups = members.iter().map(|&i| vec![i]).collect();
+        }
         let mut rng = ChaCha12Rng::seed_from_u64(seed);
         rng.set_stream(class as u64);
-        members.shuffle(&mut rng);
-        for &i in &members[..k] {
-            to_val[i] = true;
+        class_groups.shuffle(&mut rng);
+        // Whole groups that fit into the k held-out places, in shuffled order; when none fits
+        // (every group is larger than k) the first smallest group that leaves training images.
+        let mut held = 0;
+        for g in &class_groups {
+            if held + g.len() <= k {
+                for &i in g {
+                    to_val[i] = true;
+                }
+                held += g.len();
+            }
+            if held == k {
+                break;
+            }
+        }
+        if held == 0
+            && let Some(g) = class_groups
+                .iter()
+                .filter(|g| g.len() < n)
+                .min_by_key(|g| g.len())
+        {
+            for &i in g {
+                to_val[i] = true;
+            }
         }
     }
     let mut train = Vec::with_capacity(samples.len());
@@ -64,7 +137,11 @@ pub fn stratified_split(
             train.push(sample.clone());
         }
     }
-    (train, val)
+    GroupedSplit {
+        train,
+        val,
+        unsplittable,
+    }
 }
 
 #[cfg(test)]
@@ -140,5 +217,72 @@ mod tests {
             v.into_iter().filter(|s| s.label == 0).collect::<Vec<_>>()
         };
         assert_eq!(val_of_class0(&before), val_of_class0(&after));
+    }
+
+    #[test]
+    fn groups_stay_on_one_side() {
+        // Class 0: bursts of 4, 3, 1, 1, 1 images (10); class 1: one burst of 5.
+        let all = samples(&[10, 5]);
+        let groups = [0, 0, 0, 0, 4, 4, 4, 7, 8, 9, 10, 10, 10, 10, 10];
+        for seed in 0..20 {
+            let split = grouped_split(&all, &groups, 2, 0.3, seed);
+            let side = |i: usize| split.val.contains(&all[i]);
+            for (i, &g) in groups.iter().enumerate() {
+                if g != 10 {
+                    assert_eq!(
+                        side(i),
+                        side(g),
+                        "seed {seed}: sample {i} left its group {g}"
+                    );
+                }
+            }
+            let val0 = split.val.iter().filter(|s| s.label == 0).count();
+            // round(0.3 * 10) = 3 held out, whole groups only (the 4-image burst never fits).
+            assert_eq!(val0, 3, "seed {seed}");
+            assert!(
+                !side(0),
+                "seed {seed}: the 4-image burst does not fit into 3 places"
+            );
+            // Class 1 is one group: split image by image and reported.
+            assert_eq!(split.unsplittable, [1]);
+            assert_eq!(split.val.iter().filter(|s| s.label == 1).count(), 2);
+        }
+        // The 3-image burst goes to val with some seeds and to train with others.
+        let burst_held = |seed| {
+            grouped_split(&all, &groups, 2, 0.3, seed)
+                .val
+                .contains(&all[4])
+        };
+        assert!((0..20).any(burst_held) && !(0..20).all(burst_held));
+        // Every group larger than the 2 places of a 7-image class: the smallest goes.
+        let seven = samples(&[7]);
+        let split = grouped_split(&seven, &[0, 0, 0, 0, 4, 4, 4], 1, 0.3, 3);
+        assert_eq!(split.val, seven[4..].to_vec());
+    }
+
+    #[test]
+    fn singleton_groups_split_like_a_shuffle_of_the_images() {
+        // The split before capture groups existed: shuffle each class's images, hold out the
+        // first k. Runs and figures made with it are reproduced.
+        let all = samples(&[10, 5, 2, 1]);
+        let mut expected_val = Vec::new();
+        for class in 0..4 {
+            let mut members: Vec<usize> =
+                (0..all.len()).filter(|&i| all[i].label == class).collect();
+            let mut rng = ChaCha12Rng::seed_from_u64(42);
+            rng.set_stream(class as u64);
+            members.shuffle(&mut rng);
+            expected_val.extend_from_slice(&members[..val_count(members.len(), 0.2)]);
+        }
+        expected_val.sort();
+        let own: Vec<usize> = (0..all.len()).collect();
+        let g = grouped_split(&all, &own, 4, 0.2, 42);
+        let val: Vec<usize> = g
+            .val
+            .iter()
+            .map(|s| all.iter().position(|a| a == s).unwrap())
+            .collect();
+        assert_eq!(val, expected_val);
+        assert!(g.unsplittable.is_empty());
     }
 }

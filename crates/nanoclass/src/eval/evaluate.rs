@@ -96,13 +96,7 @@ impl Predictor {
             loss += cross_entropy(&r.logits, truth);
         }
         let n = rows.len();
-        let report = EvalReport {
-            top1: cm.top1(),
-            n,
-            per_class: cm.per_class(),
-            loss: (n > 0).then(|| loss / n as f64),
-            confusion: cm,
-        };
+        let report = EvalReport::new(cm, (n > 0).then(|| loss / n as f64));
         Ok((report, skipped))
     }
 }

@@ -50,6 +50,20 @@ pub fn output_points(row: &[f32]) -> Vec<[f32; 2]> {
     row.chunks_exact(2).map(|p| [p[0], p[1]]).collect()
 }
 
+/// The part of a `width x height` image that a point model sees, in that image's pixels: its
+/// centre square (the regression eval preset, [`crate::data::presets::regression_presets`],
+/// resizes the shorter side to the input size and keeps the centre square). A point outside
+/// it can be neither learned nor predicted: the studio refuses such clicks and marks the view.
+pub fn view_box(width: u32, height: u32) -> crate::data::presets::Crop {
+    let side = width.min(height).max(1);
+    crate::data::presets::EvalPreset {
+        resize: side,
+        crop: side,
+        norm: crate::data::presets::Normalization::IMAGENET,
+    }
+    .crop_box(width, height)
+}
+
 /// True when a point of a `size x size` view lies inside it (`0 <= x, y <= size`).
 pub fn in_view(p: [f32; 2], size: u32) -> bool {
     let s = size as f32;

@@ -8,9 +8,10 @@ use rayon::prelude::*;
 
 use crate::data::decode::DecodeOptions;
 use crate::data::folder::{Sample, scan_image_folder, scan_regression_folder};
+use crate::data::groups::{GroupRules, capture_groups, fingerprints, near_copy_warning};
 use crate::data::loader::{Skipped, decode_samples};
 use crate::data::presets::EvalPreset;
-use crate::data::split::stratified_split;
+use crate::data::split::grouped_split;
 use crate::eval::regression::normalise;
 use crate::run::{SplitRecord, Task};
 use crate::train::loss::Target;
@@ -51,9 +52,35 @@ pub(crate) fn prepare_data(opts: &TrainOptions, on_event: &mut dyn FnMut(Event))
         }
         None if opts.hyper.val_fraction <= 0.0 => (ds.train, vec![], SplitRecord::NoValidation),
         None => {
-            let (train, val) =
-                stratified_split(&ds.train, n, opts.hyper.val_fraction, opts.hyper.seed);
-            let val_files = val
+            let prints = fingerprints(&ds.train);
+            let groups = capture_groups(&ds.train, &prints, &GroupRules::default());
+            let split = grouped_split(
+                &ds.train,
+                &groups,
+                n,
+                opts.hyper.val_fraction,
+                opts.hyper.seed,
+            );
+            let group_count = groups.iter().enumerate().filter(|&(i, &g)| i == g).count();
+            if group_count < ds.train.len() {
+                on_event(Event::Info(format!(
+                    "{} images form {group_count} capture groups (bursts and near-copies); each group is kept whole on one side of the held-out split",
+                    ds.train.len()
+                )));
+            }
+            let unsplittable: Vec<String> = split
+                .unsplittable
+                .iter()
+                .map(|&c| ds.classes[c].clone())
+                .collect();
+            if !unsplittable.is_empty() {
+                on_event(Event::Warn(format!(
+                    "the images of {} are each one burst of near-copies: their held-out images have near-copies in training, so the held-out figure overstates how well new captures of them are recognised; capture them in several sessions (other positions, light, backgrounds)",
+                    unsplittable.join(", ")
+                )));
+            }
+            let val_files = split
+                .val
                 .iter()
                 .map(|s| {
                     s.path
@@ -63,16 +90,28 @@ pub(crate) fn prepare_data(opts: &TrainOptions, on_event: &mut dyn FnMut(Event))
                 })
                 .collect();
             (
-                train,
-                val,
+                split.train,
+                split.val,
                 SplitRecord::Generated {
                     val_fraction: opts.hyper.val_fraction,
                     seed: opts.hyper.seed,
                     val_files,
+                    groups: Some(group_count),
+                    unsplittable,
                 },
             )
         }
     };
+    if matches!(split, SplitRecord::Folder)
+        && let Some(w) = near_copy_warning(&ds.root, &train, &val, "val/")
+    {
+        on_event(Event::Warn(w));
+    }
+    if let Some(test) = ds.test.as_ref()
+        && let Some(w) = near_copy_warning(&ds.root, &train, test, "test/")
+    {
+        on_event(Event::Warn(w));
+    }
     if train.len() < 2 {
         return Err(Error::Dataset {
             path: opts.data.clone(),

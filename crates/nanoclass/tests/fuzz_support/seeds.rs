@@ -369,6 +369,8 @@ pub fn config_seeds() -> Vec<(Seed, String)> {
                 val_fraction: 0.2,
                 seed: 7,
                 val_files: vec!["ants/1.jpg".into(), "bees/2.jpg".into()],
+                groups: Some(9),
+                unsplittable: vec!["bees".into()],
             },
             device: Default::default(),
         }

@@ -299,6 +299,10 @@ pub struct EvalReport {
     pub top1: Option<f64>,
     /// Number of evaluated samples.
     pub n: usize,
+    /// 95% Wilson score interval of `top1` (`[low, high]` in `[0, 1]`), `None` for an empty
+    /// set ([`wilson_interval`]).
+    #[serde(default)]
+    pub top1_interval: Option<[f64; 2]>,
     /// Per-class precision / recall / F1 in class-index order.
     pub per_class: Vec<ClassMetrics>,
     /// The confusion matrix the figures above were computed from.
@@ -311,9 +315,14 @@ impl EvalReport {
     /// Computes every figure from `confusion`; `loss` is the mean per-sample cross-entropy when
     /// the caller measured it.
     pub fn new(confusion: ConfusionMatrix, loss: Option<f64>) -> Self {
+        let n = to_usize(confusion.total());
+        let correct = (0..confusion.num_classes())
+            .map(|c| confusion.counts[c][c])
+            .sum::<u64>();
         Self {
             top1: confusion.top1(),
-            n: to_usize(confusion.total()),
+            top1_interval: wilson_interval(correct, n as u64).map(|(lo, hi)| [lo, hi]),
+            n,
             per_class: confusion.per_class(),
             confusion,
             loss,
@@ -329,12 +338,19 @@ impl EvalReport {
     /// table (class, support, precision, recall, F1 as percentages, `-` where undefined) and the
     /// confusion matrix of [`ConfusionMatrix::to_text`].
     pub fn to_text(&self) -> String {
+        let interval = self
+            .top1_interval
+            .map(|[lo, hi]| format!(" (95% interval {:.1}-{:.1}%)", lo * 100.0, hi * 100.0))
+            .unwrap_or_default();
         let mut out = format!(
-            "{} samples, top-1 {}, macro F1 {}",
+            "{} samples, top-1 {}{interval}, macro F1 {}",
             self.n,
             fmt_pct(self.top1),
             fmt_pct(self.macro_f1())
         );
+        if let Some(warning) = too_few_to_tell(self.n, self.top1_interval) {
+            out.push_str(&format!("\nwarning: {warning}"));
+        }
         if let Some(loss) = self.loss {
             out.push_str(&format!(", loss {loss:.4}"));
         }
@@ -420,6 +436,50 @@ fn to_usize(v: u64) -> usize {
 }
 
 /// `Some(0.8333)` -> `"83.3%"`, `None` -> `"-"`.
+/// The 95% Wilson score interval of a proportion: `successes` of `n` trials (z = 1.959964, the
+/// normal distribution's 97.5% quantile; E. B. Wilson, "Probable inference, the law of
+/// succession, and statistical inference", JASA 22, 1927). Unlike `p ± z·sqrt(p(1-p)/n)` it stays
+/// inside `[0, 1]` and is not zero-width at 0 or n successes: 6 of 6 correct gives
+/// `(0.610, 1.0)`. `None` when `n == 0`.
+pub fn wilson_interval(successes: u64, n: u64) -> Option<(f64, f64)> {
+    if n == 0 {
+        return None;
+    }
+    let z = 1.959_963_984_540_054_f64;
+    let (k, n) = (successes.min(n) as f64, n as f64);
+    let p = k / n;
+    let z2 = z * z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = z / (1.0 + z2 / n) * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
+/// Half-width of the 95% interval above which a held-out figure is flagged as resting on too
+/// few images (10 points either way).
+pub const TOO_WIDE: f64 = 0.10;
+
+/// The warning to print with a top-1 figure whose 95% interval is wider than ±[`TOO_WIDE`]:
+/// `None` when the figure is precise enough.
+pub fn too_few_to_tell(n: usize, interval: Option<[f64; 2]>) -> Option<String> {
+    let [lo, hi] = interval?;
+    ((hi - lo) / 2.0 > TOO_WIDE).then(|| {
+        format!(
+            "{n} held-out images are too few to tell: the true top-1 could be anywhere from {:.0}% to {:.0}% (95% interval); hold out more images (or capture more) before trusting it",
+            lo * 100.0,
+            hi * 100.0
+        )
+    })
+}
+
+/// `top-1 0.9583 (115/120, 95% interval 0.906-0.982)`-style text of a held-out figure.
+pub fn top1_text(top1: f64, n: usize) -> String {
+    let k = (top1 * n as f64).round() as u64;
+    match wilson_interval(k, n as u64) {
+        Some((lo, hi)) => format!("{top1:.4} ({k}/{n}, 95% interval {lo:.3}-{hi:.3})"),
+        None => format!("{top1:.4}"),
+    }
+}
+
 fn fmt_pct(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0))
 }
@@ -469,5 +529,55 @@ mod tests {
         assert_eq!(pad_right("猫", 4), "猫  ");
         assert_eq!(pad_right("red", 4), "red ");
         assert_eq!(pad_right("toolong", 3), "toolong");
+    }
+
+    #[test]
+    fn wilson_intervals_match_the_closed_form() {
+        // (k + z²/2 ± z·sqrt(k(n-k)/n + z²/4)) / (n + z²), computed independently.
+        let cases = [
+            (6, 6, 0.609_665_712_097_834_6, 1.0),
+            (115, 120, 0.906_159_147_662_964_6, 0.982_073_283_119_890_5),
+            (0, 10, 0.0, 0.277_532_799_862_889_2),
+            (41, 50, 0.692_039_463_256_992_2, 0.902_298_073_297_658_2),
+        ];
+        for (k, n, lo, hi) in cases {
+            let (l, h) = wilson_interval(k, n).unwrap();
+            assert!(
+                (l - lo).abs() < 1e-12 && (h - hi).abs() < 1e-12,
+                "{k}/{n}: {l} {h}"
+            );
+        }
+        assert_eq!(wilson_interval(0, 0), None);
+        assert_eq!(
+            top1_text(115.0 / 120.0, 120),
+            "0.9583 (115/120, 95% interval 0.906-0.982)"
+        );
+    }
+
+    #[test]
+    fn small_held_out_sets_are_flagged() {
+        // 6 of 6: 61-100%, far too wide; 115 of 120: ±3.8 points, fine.
+        let six = wilson_interval(6, 6).map(|(l, h)| [l, h]);
+        let w = too_few_to_tell(6, six).expect("6 images are too few");
+        assert!(
+            w.contains("6 held-out images") && w.contains("61% to 100%"),
+            "{w}"
+        );
+        let many = wilson_interval(115, 120).map(|(l, h)| [l, h]);
+        assert_eq!(too_few_to_tell(120, many), None);
+        // The report carries the interval and prints the warning.
+        let mut cm = ConfusionMatrix::new(vec!["a".into(), "b".into()]);
+        for _ in 0..3 {
+            cm.add(0, 0);
+            cm.add(1, 1);
+        }
+        let r = EvalReport::new(cm, None);
+        assert_eq!(r.top1_interval, six);
+        assert!(
+            r.to_text().contains("95% interval 61.0-100.0%"),
+            "{}",
+            r.to_text()
+        );
+        assert!(r.to_text().contains("too few to tell"));
     }
 }
