@@ -13,7 +13,7 @@ import { refreshSource, setDeviceSource, useSource } from "./js/camera.js";
 import { addCategory, captureOnce, closeEditor, editorClick, editorKey, importFolder, loadTask, savePointClick, scheduleThumbs, stageKey, startHold, stopHold, uploadFiles } from "./js/collect.js";
 import { checkModel, clearBars, drawOverlay, loadRuns, scheduleInstant, startLive, stopLive, updateDownload } from "./js/live.js";
 import { $, S, events, show, taskUrl } from "./js/state.js";
-import { followTraining, modeChanged, startTraining, stopTraining } from "./js/train.js";
+import { followTraining, modeChanged, resetTrainForm, startTraining, stopTraining } from "./js/train.js";
 
 async function loadTasks(select) {
   const tasks = await api("GET", "/api/tasks");
@@ -31,10 +31,16 @@ async function loadTasks(select) {
 
 async function selectTask(name) {
   stopLive();
+  // Nothing of the task left behind stays on screen: its messages (which may name server
+  // paths), its live model choice (run numbers are per task), its training settings.
+  show("");
+  $("live-model").innerHTML = "";
+  $("live-msg").hidden = true; delete $("live-msg").dataset.switched;
   S.task = name; S.category = "";
   S.instant = null; S.instantStarted = false; S.userStopped = false;
   localStorage.setItem("nanoclass.task", name);
   await loadTask();
+  resetTrainForm(); // after loadTask: the defaults depend on the task's kind
   await loadRuns();
   await followTraining(false);
   scheduleInstant(0);
@@ -54,9 +60,9 @@ async function init() {
 
   $("task-create").onclick = async () => {
     const name = $("task-name").value.trim();
-    if (!name) return;
+    if (!name) { show("type the new task's name first", "error"); $("task-name").focus(); return; }
     const kind = $("task-kind").value;
-    try { await api("POST", "/api/tasks", { name, kind }); $("task-name").value = ""; show(`created ${kind} task "${name}"`); await loadTasks(name); }
+    try { await api("POST", "/api/tasks", { name, kind }); $("task-name").value = ""; await loadTasks(name); show(`created ${kind} task "${name}"`); }
     catch (e) { show(e.message, "error"); }
   };
   $("task-select").onchange = (e) => selectTask(e.target.value);
@@ -88,6 +94,9 @@ async function init() {
   $("editor-stage").addEventListener("keydown", editorKey);
   $("editor-close").onclick = closeEditor;
   window.addEventListener("resize", drawOverlay);
+  // The marked view follows the frame's size.
+  $("device-img").addEventListener("load", drawOverlay);
+  for (const ev of ["loadedmetadata", "resize"]) $("video").addEventListener(ev, drawOverlay);
   events.addEventListener("images", scheduleThumbs);
 
   const drop = $("drop");

@@ -11,8 +11,11 @@
 //!   `val_*` are held-out figures (None without a held-out set; `val_top1` for classification,
 //!   `val_error_px` for regression: the mean point error in pixels of the model input),
 //!   training accuracy is not sent;
-//! - `done`: `{run, task, best_val_top1, best_val_error_px, best_epoch, train_images,
-//!   val_images, seconds, eval}`, with `eval` the held-out confusion matrix and per-class
+//! - `done`: `{run, task, best_val_top1, best_val_top1_interval, held_out_warning,
+//!   best_val_error_px, best_epoch, train_images, val_images, seconds, eval}`, with
+//!   `best_val_top1_interval` the 95% Wilson interval `[low, high]` of the top-1,
+//!   `held_out_warning` the text shown when that interval is wider than ±10 points (too few
+//!   held-out images to tell), and `eval` the held-out confusion matrix and per-class
 //!   figures (classification) or the point errors per category (regression);
 //! - `stopped`: `{run, message, kept}` (`kept`: a model of the completed epochs exists);
 //! - `error`: `{message}`.
@@ -25,6 +28,7 @@ use std::time::Instant;
 
 use nanoclass::data::presets::Augmentation;
 use nanoclass::eval::heldout::EvalSplit;
+use nanoclass::eval::metrics::{too_few_to_tell, wilson_interval};
 use nanoclass::fs::write_atomic;
 use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::predictor::Predictor;
@@ -235,7 +239,7 @@ pub fn options(
         ))
     })?;
     let mode = parse_mode(req.mode.as_deref().unwrap_or("frozen"))?;
-    let defaults = Hyperparams::for_mode(mode);
+    let defaults = Hyperparams::for_task(kind.run_task(), mode);
     let hyper = Hyperparams {
         epochs: req.epochs.unwrap_or(defaults.epochs),
         head_epochs: req.head_epochs.unwrap_or(10),
@@ -383,7 +387,12 @@ impl Trainer {
         let j = job.clone();
         std::thread::Builder::new()
             .name(format!("studio-train-{run}"))
-            .spawn(move || run_job(&j, &opts))
+            .spawn(move || {
+                run_job(&j, &opts);
+                // The training's tensors are freed by now: hand their pages back to the
+                // system, so the studio returns near its idle memory between trainings.
+                nanoclass::memory::return_freed_heap();
+            })
             .map_err(|e| ApiError::internal(format!("cannot start the training thread: {e}")))?;
         jobs.insert(task.to_string(), job.clone());
         Ok(job)
@@ -426,10 +435,19 @@ fn run_job(job: &Job, opts: &TrainOptions) {
                     None
                 }
             };
+            // The held-out figure's 95% interval, and the warning when it rests on too few
+            // images ([`nanoclass::eval::metrics::too_few_to_tell`]).
+            let interval = summary.best_val_top1.and_then(|t| {
+                let n = summary.val_images as u64;
+                wilson_interval((t * n as f64).round() as u64, n).map(|(l, h)| [l, h])
+            });
+            let held_out_warning = too_few_to_tell(summary.val_images, interval);
             job.finish(
                 JobState::Done,
                 json!({
                     "type": "done",
+                    "best_val_top1_interval": interval,
+                    "held_out_warning": held_out_warning,
                     "run": job.run,
                     "task": opts.task.name(),
                     "best_val_top1": summary.best_val_top1,

@@ -366,6 +366,8 @@ async fn tasks_are_created_listed_and_moved_to_the_trash() {
         let r = call(&app, "POST", "/api/tasks", Some(json!({ "name": bad }))).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad:?}");
         assert!(r.error().starts_with("task name"), "{bad:?}: {}", r.error());
+        // A task's error speaks of the task, never of a category.
+        assert!(!r.error().contains("categor"), "{bad:?}: {}", r.error());
     }
     // Nothing was created outside the data folder, and only the one task inside it.
     assert_eq!(listing(tmp.path()), vec!["studio"]);
@@ -1507,6 +1509,13 @@ async fn regression_tasks_save_clicked_points_and_refuse_bad_ones() {
             frame.clone(),
             "x must be in 0..=63, y in 0..=47",
         ),
+        // Inside the 64x48 frame but beside its centre square (x 8..56), which the model sees.
+        (
+            "x=3&y=20",
+            frame.clone(),
+            "point (3, 20) lies outside the model's view, the centre square of the 64x48 image (x in 8..56, y in 0..48)",
+        ),
+        ("x=57&y=20", frame.clone(), "outside the model's view"),
         (
             "x=-1&y=3",
             frame.clone(),
@@ -1559,7 +1568,7 @@ async fn regression_tasks_save_clicked_points_and_refuse_bad_ones() {
         "{}",
         r.error()
     );
-    let (ct, body) = multipart(&[("3_4_a.jpg", &frame), ("99_4_b.jpg", &frame)]);
+    let (ct, body) = multipart(&[("13_4_a.jpg", &frame), ("99_4_b.jpg", &frame)]);
     let r = raw(&app, "/api/tasks/nose/categories/nose/images", body, &ct).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert!(
@@ -1570,11 +1579,19 @@ async fn regression_tasks_save_clicked_points_and_refuse_bad_ones() {
     assert_eq!(listing(&dir).len(), 1, "one bad file saves nothing");
     let (ct, body) = multipart(&[("3_4_a.jpg", &frame)]);
     let r = raw(&app, "/api/tasks/nose/categories/nose/images", body, &ct).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error().contains("outside the model's view"),
+        "{}",
+        r.error()
+    );
+    let (ct, body) = multipart(&[("13_4_a.jpg", &frame)]);
+    let r = raw(&app, "/api/tasks/nose/categories/nose/images", body, &ct).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.error());
     assert_eq!(r.json()["count"], 2);
     assert_eq!(
         point_and_uuid(r.json()["saved"][0].as_str().unwrap()).0,
-        [3, 4]
+        [13, 4]
     );
     // The listing carries each point and the image size.
     let imgs = call(&app, "GET", "/api/tasks/nose/categories/nose/images", None)
@@ -1583,7 +1600,7 @@ async fn regression_tasks_save_clicked_points_and_refuse_bad_ones() {
     assert_eq!(imgs[0]["name"], name.as_str());
     assert_eq!(imgs[0]["point"], json!([10, 47]));
     assert_eq!(imgs[0]["size"], json!([64, 48]));
-    assert_eq!(imgs[1]["point"], json!([3, 4]));
+    assert_eq!(imgs[1]["point"], json!([13, 4]));
 }
 
 #[tokio::test]
@@ -1608,7 +1625,7 @@ async fn a_corrected_point_renames_the_file() {
     let frame = jpeg(64, 48);
     let r = raw(
         &app,
-        "/api/tasks/r/categories/eye/points?x=5&y=6",
+        "/api/tasks/r/categories/eye/points?x=15&y=6",
         frame.clone(),
         "image/jpeg",
     )
@@ -1621,23 +1638,37 @@ async fn a_corrected_point_renames_the_file() {
         &app,
         "PUT",
         &format!("/api/tasks/r/categories/eye/images/{old}/point"),
-        Some(json!({"x": 63, "y": 0})),
+        Some(json!({"x": 55, "y": 0})),
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.error());
     let v = r.json();
-    let new = format!("63_0_{uuid}.jpg");
+    let new = format!("55_0_{uuid}.jpg");
     assert_eq!(v["name"], new.as_str());
-    assert_eq!(v["point"], json!([63, 0]));
+    assert_eq!(v["point"], json!([55, 0]));
     assert_eq!(v["count"], 1);
     assert_eq!(listing(&dir), vec![new.clone()], "renamed, not copied");
     assert_eq!(std::fs::read(dir.join(&new)).unwrap(), frame);
     let imgs = call(&app, "GET", "/api/tasks/r/categories/eye/images", None)
         .await
         .json();
-    assert_eq!(imgs[0]["point"], json!([63, 0]));
+    assert_eq!(imgs[0]["point"], json!([55, 0]));
 
-    // Outside the image, a missing image, a bad body: refused, the file stays.
+    // Outside the model's view, outside the image, a missing image, a bad body: refused, the
+    // file stays.
+    let r = call(
+        &app,
+        "PUT",
+        &format!("/api/tasks/r/categories/eye/images/{new}/point"),
+        Some(json!({"x": 60, "y": 0})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        r.error().contains("outside the model's view"),
+        "{}",
+        r.error()
+    );
     let r = call(
         &app,
         "PUT",
@@ -1673,7 +1704,7 @@ async fn a_corrected_point_renames_the_file() {
         &app,
         "PUT",
         &format!("/api/tasks/r/categories/eye/images/{new}/point"),
-        Some(json!({"x": 63, "y": 0})),
+        Some(json!({"x": 55, "y": 0})),
     )
     .await;
     assert_eq!(r.json()["name"], new.as_str());
@@ -2436,4 +2467,79 @@ async fn every_error_answer_is_json_with_an_error_field() {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{uri}");
         assert_json_error(&r, &uri);
     }
+}
+
+/// After a full training the studio's memory returns near its idle figure: the training's
+/// freed pages go back to the system (a Jetson Nano has 4 GB for everything).
+#[tokio::test]
+async fn memory_returns_near_idle_after_a_full_training() {
+    use nanoclass::memory::resident_bytes;
+    let Some(_) = resident_bytes() else {
+        return; // no /proc/self/statm: nothing to measure here
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let app = router(config(tmp.path()));
+    task_with(&app, "m", &["ants", "bees"]).await;
+    for class in ["ants", "bees"] {
+        let r = call(
+            &app,
+            "POST",
+            &format!("/api/tasks/m/categories/{class}/import"),
+            Some(json!({"path": shared_data().join("hymenoptera/val").join(class)})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    }
+    nanoclass::memory::return_freed_heap();
+    let idle = resident_bytes().unwrap();
+    // A sampler records the peak while the training runs.
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(r) = resident_bytes() {
+                    peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let events = train_and_wait(
+        &app,
+        "m",
+        json!({"arch": "resnet18", "weights": "none", "mode": "full", "epochs": 1, "batch_size": 32}),
+    )
+    .await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    assert_eq!(events.last().unwrap()["type"], "done", "{events:?}");
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    // The trim follows the job's last event: wait for it, a few seconds at most.
+    let mut after = resident_bytes().unwrap();
+    for _ in 0..50 {
+        if after < idle + 200 * 1024 * 1024 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = resident_bytes().unwrap();
+    }
+    eprintln!(
+        "studio RSS: idle {} MiB, training peak {} MiB, after {} MiB",
+        idle >> 20,
+        peak >> 20,
+        after >> 20
+    );
+    assert!(
+        peak > idle + 300 * 1024 * 1024,
+        "the training should have held memory: idle {idle}, peak {peak}"
+    );
+    assert!(
+        after < idle + 200 * 1024 * 1024,
+        "RSS {} MiB after the training, idle {} MiB (peak {} MiB)",
+        after >> 20,
+        idle >> 20,
+        peak >> 20
+    );
 }

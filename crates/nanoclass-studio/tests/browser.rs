@@ -300,6 +300,14 @@ impl Page {
                 .find(Locator::Css(css))
                 .await
                 .unwrap_or_else(|e| panic!("{css}: {e}"));
+            // Centred in the window, so the sticky header never covers it.
+            let _ = self
+                .c
+                .execute(
+                    "arguments[0].scrollIntoView({block: 'center', inline: 'nearest'});",
+                    vec![serde_json::to_value(&el).unwrap()],
+                )
+                .await;
             match el.click().await {
                 Ok(_) => return,
                 Err(e) if attempt < 5 && e.to_string().contains("stale element") => {
@@ -481,8 +489,18 @@ impl Page {
     }
 
     /// Captures into `category` until it holds at least [`FRAMES_PER_CATEGORY`] images: one
-    /// click (one frame), then holds.
-    async fn capture_category(&mut self, category: &str) {
+    /// click (one frame), then holds. Returns the file names each hold saved (its burst).
+    async fn capture_category(&mut self, category: &str, dir: &Path) -> Vec<Vec<String>> {
+        let names = || -> std::collections::BTreeSet<String> {
+            std::fs::read_dir(dir.join(category))
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut bursts = Vec::new();
         self.click(&format!("li.category[data-name=\"{category}\"] .name"))
             .await;
         self.wait(
@@ -510,11 +528,14 @@ impl Page {
             if self.count(category).await >= FRAMES_PER_CATEGORY {
                 break;
             }
+            let before = names();
             self.hold_capture(3000).await;
             tokio::time::sleep(Duration::from_millis(800)).await;
+            bursts.push(names().difference(&before).cloned().collect());
         }
         let n = self.count(category).await;
         assert!(n >= FRAMES_PER_CATEGORY, "{category}: {n} frames captured");
+        bursts
     }
 }
 
@@ -530,6 +551,11 @@ async fn studio_in_headless_chromium() {
     let cam = out.join("camera");
     let ants = folder_of(&cam.join("ants"), &photos("train", "ants")[..30]);
     let bees = folder_of(&cam.join("bees"), &photos("train", "bees")[..30]);
+    // The bulk captures come from other photos (90 per class, a 9 s loop at 10 fps), so no
+    // photo is captured twice: copies of one photo are one capture group, and the check that
+    // no burst is split needs classes with more than one group.
+    let more_ants = folder_of(&cam.join("more-ants"), &photos("train", "ants")[30..120]);
+    let more_bees = folder_of(&cam.join("more-bees"), &photos("train", "bees")[30..120]);
     // Held-out photos a model trained on these few frames gets right whatever frames it drew:
     // frozen EfficientNet-Lite0 heads on 20 of the 30 photos per class (six draws) gave the two
     // below at least 0.95, also as 640x480 crops, and prototypes on 5 per class (eight draws)
@@ -625,6 +651,14 @@ async fn studio_in_headless_chromium() {
         "the task",
     )
     .await;
+    // Add with no name typed: the page says what is missing.
+    page.click("#cat-add").await;
+    page.wait(
+        "document.getElementById('msg').textContent.includes(\"type the new category's name\")",
+        Duration::from_secs(5),
+        "feedback on an empty category name",
+    )
+    .await;
     for c in ["ants", "bees"] {
         page.type_into("#cat-name", c).await;
         page.click("#cat-add").await;
@@ -635,6 +669,13 @@ async fn studio_in_headless_chromium() {
         )
         .await;
     }
+    // Two empty categories: the preview asks for images, not for a second category.
+    page.wait(
+        "window.studio.instant && (window.studio.instant.note || '').startsWith('capture an image of')",
+        Duration::from_secs(10),
+        "the preview's note once two categories exist",
+    )
+    .await;
     page.shot("02-task", "task with categories ants and bees")
         .await;
 
@@ -735,10 +776,11 @@ async fn studio_in_headless_chromium() {
         "the preview to stop",
     )
     .await;
-    page.use_device_source(&uri(&ants, 10)).await;
+    page.use_device_source(&uri(&more_ants, 10)).await;
 
     // Capture from the device source: ant photos into "ants", then bee photos into "bees".
-    page.capture_category("ants").await;
+    let task_data = out.join("studio-data/hymenoptera/data");
+    let mut bursts = page.capture_category("ants", &task_data).await;
     page.wait(
         "document.querySelectorAll('#thumbs img').length >= 20",
         Duration::from_secs(10),
@@ -747,8 +789,8 @@ async fn studio_in_headless_chromium() {
     .await;
     page.shot("03-captured-ants", "ants captured from the device source")
         .await;
-    page.use_device_source(&uri(&bees, 10)).await;
-    page.capture_category("bees").await;
+    page.use_device_source(&uri(&more_bees, 10)).await;
+    bursts.extend(page.capture_category("bees", &task_data).await);
     page.wait(
         "document.querySelectorAll('#thumbs img').length >= 20",
         Duration::from_secs(10),
@@ -772,7 +814,15 @@ async fn studio_in_headless_chromium() {
         "the page's counts are the files on disk"
     );
 
-    // 4. Train a frozen EfficientNet-Lite0.
+    // 4. Train a frozen EfficientNet-Lite0, with the instant preview running live (as it
+    //    does by default) so the live view must move to the trained model when it is done.
+    page.click("#live-start").await;
+    page.wait(
+        "window.studio.live !== null && window.studio.live.instant",
+        Duration::from_secs(10),
+        "the preview running live",
+    )
+    .await;
     page.set_value("#train-arch", "efficientnet_lite0").await;
     page.set_value("#train-mode", "frozen").await;
     page.type_into("#train-epochs", "30").await;
@@ -841,6 +891,41 @@ async fn studio_in_headless_chromium() {
             .starts_with(alt[6].as_str().unwrap()),
         "{alt}"
     );
+    // Held-out that holds: every burst of a held capture lies wholly in training or wholly in
+    // the held-out split the run recorded, and the page gives the figure's 95% interval.
+    let config: Value = serde_json::from_slice(
+        &std::fs::read(out.join("studio-data/hymenoptera/runs/1/config.json")).unwrap(),
+    )
+    .unwrap();
+    let held: Vec<String> = config["split"]["val_files"]
+        .as_array()
+        .expect("a generated split")
+        .iter()
+        .map(|f| f.as_str().unwrap().rsplit('/').next().unwrap().to_string())
+        .collect();
+    assert!(!held.is_empty());
+    assert!(
+        config["split"]["groups"].as_u64().unwrap() > 0,
+        "{}",
+        config["split"]
+    );
+    let bursts: Vec<&Vec<String>> = bursts.iter().filter(|b| b.len() > 1).collect();
+    assert!(!bursts.is_empty(), "holds saved bursts");
+    for b in &bursts {
+        let in_val = b.iter().filter(|f| held.contains(f)).count();
+        assert!(
+            in_val == 0 || in_val == b.len(),
+            "a burst of {} frames was split: {in_val} held out ({b:?}, held out {held:?})",
+            b.len()
+        );
+    }
+    let status = page
+        .js("return document.getElementById('train-status').textContent;")
+        .await;
+    assert!(
+        status.as_str().unwrap().contains("95% interval"),
+        "{status}"
+    );
     page.shot(
         "06-trained",
         "training done: held-out chart, confusion matrix, per-class accuracy",
@@ -861,12 +946,20 @@ async fn studio_in_headless_chromium() {
         "{switched}"
     );
     assert!(
-        page.js("return document.getElementById('live-bars').children.length === 0 && document.getElementById('live-preview').hidden;")
+        page.js("return window.studio.live !== null && !window.studio.live.instant && !document.getElementById('live-msg').hidden;")
             .await
             .as_bool()
             .unwrap(),
-        "no preview scores are left under the trained model's name"
+        "live goes on with the trained model, and the message stays"
     );
+    // The user stops live; what follows starts it on chosen frames.
+    page.click("#live-start").await;
+    page.wait(
+        "window.studio.live === null",
+        Duration::from_secs(10),
+        "live to stop",
+    )
+    .await;
     // The Download link of the selected run gives its export bundle, a zip that `nanoclass
     // verify` takes as it is.
     let downloads = out.join("downloads");
@@ -1002,6 +1095,56 @@ async fn studio_in_headless_chromium() {
         .unwrap()
         - b0)
         / tb.elapsed().as_secs_f64();
+    // Each camera frame is scored once: the model's rate never exceeds the camera's (10 fps
+    // clip), and the page shows the two rates apart.
+    let seen = page
+        .js("return [window.studio.cam.fps, document.getElementById('live-fps').textContent];")
+        .await;
+    let camera_fps = seen[0].as_f64().unwrap();
+    assert!(
+        camera_fps > 5.0 && browser_fps <= camera_fps * 1.1 + 0.2,
+        "browser camera {camera_fps:.1} fps, scored {browser_fps:.1} frames/s: {seen}"
+    );
+    let rates = seen[1].as_str().unwrap();
+    assert!(
+        rates.starts_with("camera ") && rates.contains(" fps · model "),
+        "{rates}"
+    );
+
+    // 6b. A screen that fits: at 1280x800 the camera, each category's record button and the
+    //     live bars are on screen together, with no scrolling; at 1024x600 (a Jetson's small
+    //     screen) nothing needs sideways scrolling and the same controls are reached by
+    //     scrolling the page only.
+    for (w, h, name) in [
+        (1280u32, 800u32, "13-layout-1280x800"),
+        (1024, 600, "14-layout-1024x600"),
+    ] {
+        page.c.set_window_size(w, h).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        page.js("window.scrollTo(0, 0); return true;").await;
+        let fit = page
+            .js("const vis = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight; };
+                 const bars = document.getElementById('live-bars');
+                 return [innerWidth, innerHeight, document.documentElement.scrollWidth <= innerWidth,
+                         vis(document.getElementById('stage')),
+                         [...document.querySelectorAll('li.category .rec')].length > 0 && [...document.querySelectorAll('li.category .rec')].every(vis),
+                         bars.children.length > 0 && vis(bars)];")
+            .await;
+        page.shot(
+            name,
+            &format!("the studio at {w}x{h}: camera, record buttons, live bars"),
+        )
+        .await;
+        assert_eq!(fit[2], json!(true), "sideways scrolling at {w}x{h}: {fit}");
+        if w == 1280 {
+            assert_eq!(
+                (&fit[3], &fit[4], &fit[5]),
+                (&json!(true), &json!(true), &json!(true)),
+                "camera, record buttons and bars on screen together at 1280x800: {fit}"
+            );
+        }
+    }
+    page.c.set_window_size(1100, 1500).await.unwrap();
 
     // 7. Deleting a category: the live view stops and asks for a retrain.
     page.click("li.category[data-name=\"bees\"] .delete").await;
@@ -1167,6 +1310,15 @@ async fn studio_in_headless_chromium() {
     .expect("marker photos");
     let marker_dir =
         |i: usize| folder_of(&cam.join(format!("marker-{i}")), &[markers[i].path.clone()]);
+    // After a reload nothing of the last session's messages is left in the header, and the
+    // hymenoptera task offers its run 1 to live.
+    assert_eq!(
+        page.js("return [document.getElementById('msg').textContent, window.studio.task, [...document.getElementById('live-model').options].some(o => o.value === '1')];")
+            .await,
+        json!(["", "hymenoptera", true]),
+        "the header after a reload"
+    );
+    page.set_value("#train-lr", "0.005").await;
     page.set_value("#task-kind", "regression").await;
     page.type_into("#task-name", "spot").await;
     page.click("#task-create").await;
@@ -1176,6 +1328,14 @@ async fn studio_in_headless_chromium() {
         "the regression task",
     )
     .await;
+    // A new task inherits nothing: not the last task's run numbers in the live model list,
+    // not its training settings; the header says what was just done.
+    assert_eq!(
+        page.js("return [[...document.getElementById('live-model').options].map(o => o.value), document.getElementById('train-lr').value, document.getElementById('train-mode').value, document.getElementById('train-warnings').hidden, document.getElementById('msg').textContent];")
+            .await,
+        json!([[], "0.001", "frozen", true, "created regression task \"spot\""]),
+        "the new task's page"
+    );
     page.type_into("#cat-name", "marker").await;
     page.click("#cat-add").await;
     page.wait(
@@ -1191,6 +1351,61 @@ async fn studio_in_headless_chromium() {
             .unwrap(),
         "a regression task has no capture button and no instant preview, and says to click"
     );
+    // A wide frame: the stage marks the model's view (the centre square), and a click beside
+    // it is refused on the spot with the reason; nothing is saved.
+    let wide = photos("val", "ants")
+        .into_iter()
+        .find(|p| image::image_dimensions(p).is_ok_and(|(w, h)| w * 3 >= h * 4))
+        .expect("a 4:3 or wider photo");
+    let (ww, wh) = image::image_dimensions(&wide).unwrap();
+    page.use_device_source(&uri(&folder_of(&cam.join("wide"), &[wide]), 10))
+        .await;
+    page.wait(
+        &format!("window.studio.deviceShown === window.studio.deviceSource.generation && document.getElementById('device-img').naturalWidth === {ww}"),
+        Duration::from_secs(15),
+        "the wide photo on show",
+    )
+    .await;
+    let (left, top, sx, sy) = page.picture("#device-img").await;
+    let margin = f64::from((ww - wh) / 2);
+    page.click_at(left + margin / 3.0 * sx, top + f64::from(wh / 2) * sy)
+        .await;
+    page.wait(
+        "document.getElementById('msg').textContent.includes(\"outside the model's view\")",
+        Duration::from_secs(5),
+        "the refusal of a click beside the view",
+    )
+    .await;
+    // The dimmed margin is drawn over the frame, the view itself is not.
+    let dim = page
+        .c
+        .execute(
+            "const c = document.getElementById('live-overlay'), s = document.getElementById('stage').getBoundingClientRect();
+             const k = c.width / s.width, g = c.getContext('2d');
+             const a = (x, y) => g.getImageData(Math.round((x - s.left) * k), Math.round((y - s.top) * k), 1, 1).data[3];
+             return [a(arguments[0], arguments[2]), a(arguments[1], arguments[2])];",
+            vec![
+                json!(left + margin / 3.0 * sx),
+                json!(left + f64::from(ww / 2) * sx),
+                json!(top + f64::from(wh / 2) * sy),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        dim[0].as_f64().unwrap() > 0.0 && dim[1].as_f64().unwrap() == 0.0,
+        "margin dimmed, view clear: {dim}"
+    );
+    assert_eq!(
+        page.count("marker").await,
+        0,
+        "a refused click saves nothing"
+    );
+    page.shot(
+        "12b-regression-view",
+        "regression: the model's view marked on a wide frame, a click beside it refused",
+    )
+    .await;
     let mut click_dev = 0.0f64;
     let mut letterbox = 0.0f64;
     for (i, m) in markers[..POINT_FRAMES].iter().enumerate() {
@@ -1322,11 +1537,16 @@ async fn studio_in_headless_chromium() {
     );
     page.click("#editor-close").await;
 
-    // Train a frozen point model: the held-out figure is the error in pixels.
+    // Train a frozen point model with the page's default settings (up to 300 epochs, stopped
+    // by the held-out error): the held-out figure is the error in pixels.
     page.set_value("#train-arch", "efficientnet_lite0").await;
     page.set_value("#train-mode", "frozen").await;
-    page.type_into("#train-epochs", "30").await;
-    page.type_into("#train-batch", "8").await;
+    assert_eq!(
+        page.js("return [document.getElementById('train-epochs').value, document.getElementById('train-batch').value];")
+            .await,
+        json!(["300", "16"]),
+        "a regression task's defaults"
+    );
     let t_point_train = Instant::now();
     page.click("#train-start").await;
     page.wait(
@@ -1354,6 +1574,28 @@ async fn studio_in_headless_chromium() {
             "the held-out point errors",
         )
         .await;
+    // One figure for one run: the status line gives the error the table shows.
+    let status = page
+        .js("return document.getElementById('train-status').textContent;")
+        .await;
+    assert!(
+        status
+            .as_str()
+            .unwrap()
+            .contains(&format!("held-out error {}", held_out_px.as_str().unwrap())),
+        "status {status} vs table {held_out_px}"
+    );
+    // With the default settings the held-out error is at most 3 px of the 224 px input.
+    let held_out_mean: f64 = held_out_px
+        .as_str()
+        .unwrap()
+        .trim_end_matches(" px")
+        .parse()
+        .unwrap();
+    assert!(
+        held_out_mean <= 3.0,
+        "held-out mean point error {held_out_mean} px with the default settings"
+    );
     assert!(
         page.js("return document.querySelector('#confusion') === null;")
             .await
@@ -1440,6 +1682,7 @@ async fn studio_in_headless_chromium() {
         "train_to_done_wall_s": done_wall,
         "live_fps_device_folder_source": device_fps,
         "live_fps_browser_camera": browser_fps,
+        "browser_camera_fps": camera_fps,
         "live_top1_heldout_ant": top_ant,
         "live_top1_heldout_bee": top_bee,
         "after_category_delete": live_msg,
@@ -1603,6 +1846,63 @@ async fn page_modules_labels_and_keyboard() {
         "categories chosen with the keyboard",
     )
     .await;
+
+    // Two tabs on one task: the second presses Train while the first's training runs, and
+    // follows that training instead of showing a refusal; its Stop ends it with one plain
+    // message.
+    for (c, photo) in [("a", "ants"), ("b", "bees"), ("c", "ants")] {
+        for (i, p) in photos("val", photo).iter().take(2).enumerate() {
+            std::fs::copy(
+                p,
+                out.join(format!("studio-data/keys/data/{c}/photo-{i}.jpg")),
+            )
+            .unwrap();
+        }
+    }
+    let first_tab = page.c.window().await.unwrap();
+    let second_tab = page.c.new_window(true).await.unwrap().handle;
+    page.c.switch_to_window(second_tab.clone()).await.unwrap();
+    page.c.goto(&studio.url).await.unwrap();
+    page.wait(
+        "window.studio && window.studio.task === 'keys' && !document.getElementById('train-start').disabled",
+        Duration::from_secs(15),
+        "the second tab on the task",
+    )
+    .await;
+    page.c.switch_to_window(first_tab.clone()).await.unwrap();
+    page.set_value("#train-mode", "full").await;
+    page.type_into("#train-epochs", "100").await;
+    page.type_into("#train-batch", "2").await;
+    page.click("#train-start").await;
+    page.wait(
+        "!document.getElementById('train-stop').disabled",
+        Duration::from_secs(30),
+        "the first tab's training to run",
+    )
+    .await;
+    page.c.switch_to_window(second_tab.clone()).await.unwrap();
+    page.click("#train-start").await;
+    page.wait(
+        "document.getElementById('msg').textContent.includes('already training') && !document.getElementById('train-stop').disabled",
+        Duration::from_secs(15),
+        "the second tab to follow the running training",
+    )
+    .await;
+    page.click("#train-stop").await;
+    let stopped = page
+        .wait(
+            "document.getElementById('train-status').dataset.state === 'stopped' && document.getElementById('train-status').textContent",
+            Duration::from_secs(120),
+            "the training to stop",
+        )
+        .await;
+    let stopped = stopped.as_str().unwrap();
+    assert!(
+        stopped.starts_with("stopped") && stopped.matches("stop").count() == 1,
+        "one plain stop message: {stopped}"
+    );
+    page.c.close_window().await.unwrap();
+    page.c.switch_to_window(first_tab).await.unwrap();
 
     // A regression task: the point placed on the camera frame with the arrow keys.
     page.set_value("#task-kind", "regression").await;

@@ -41,6 +41,7 @@ async function startBrowserCamera() {
     const v = $("video");
     v.srcObject = S.stream; v.hidden = false;
     await v.play().catch(() => {});
+    countFrames(v, S.stream);
   } catch (e) {
     if (e && e.name === "NotAllowedError") {
       cameraMessage("Camera permission was denied. Allow the camera for this site in the browser's settings and reload — or use the device camera, file upload or folder import.");
@@ -95,7 +96,9 @@ export function cameraReady() {
 
 export function updateCaptureButton() {
   updatePointHint();
-  $("capture").disabled = !(S.task && S.category && (S.source === "device" ? S.deviceSource && S.deviceSource.uri : S.stream));
+  const ready = !!(S.task && (S.source === "device" ? S.deviceSource && S.deviceSource.uri : S.stream));
+  $("capture").disabled = !(ready && S.category);
+  for (const b of document.querySelectorAll("li.category .rec")) b.disabled = !ready;
 }
 
 // Regression: how to save a point (click, or the arrow keys and Enter on the focused stage).
@@ -120,6 +123,39 @@ export function updatePointHint() {
     h.textContent = `Click the point of "${S.category}" in the frame: that frame is saved with the point. ` +
       "Keyboard: focus the frame, place the point with the arrow keys, press Enter.";
   }
+}
+
+// The browser camera's frames as the <video> presents them (requestVideoFrameCallback):
+// S.cam.presented counts them, S.cam.fps is their rate over the last 2 s (the camera's rate,
+// shown apart from the model's).
+function countFrames(v, stream) {
+  S.cam = { presented: 0, times: [], fps: 0 };
+  if (!v.requestVideoFrameCallback) return;
+  const tick = (now, meta) => {
+    if (S.stream !== stream) return; // this camera was stopped
+    const c = S.cam;
+    c.presented = meta.presentedFrames;
+    c.times.push(now);
+    while (c.times.length && now - c.times[0] > 2000) c.times.shift();
+    if (c.times.length > 1) c.fps = (c.times.length - 1) * 1000 / (now - c.times[0]);
+    v.requestVideoFrameCallback(tick);
+  };
+  v.requestVideoFrameCallback(tick);
+}
+
+// Waits until the browser camera has presented a frame after frame number `seen`, and returns
+// the number of the frame now on show: live scoring sends each camera frame once. Without
+// requestVideoFrameCallback it waits 100 ms instead.
+export async function nextFrame(seen) {
+  if (!$("video").requestVideoFrameCallback) {
+    await new Promise((res) => setTimeout(res, 100));
+    return seen + 1;
+  }
+  const t0 = performance.now();
+  while (S.cam.presented <= seen && performance.now() - t0 < 2000) {
+    await new Promise((res) => setTimeout(res, 10));
+  }
+  return S.cam.presented;
 }
 
 // The browser camera's current frame as a JPEG.

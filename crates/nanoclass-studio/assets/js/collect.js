@@ -4,7 +4,7 @@
 import { api, postJpegJson } from "./api.js";
 import { arrowStep, clickToPixel, grabBlob, grabShown, pictureRect, shownMedia, updateCaptureButton, updatePointHint } from "./camera.js";
 import { clearBars, drawOverlay, loadRuns, scheduleInstant } from "./live.js";
-import { $, S, categoryIndex, catUrl, colourOf, enc, setCount, show, taskUrl } from "./state.js";
+import { $, S, categoryIndex, catUrl, colourOf, enc, inView, setCount, show, taskUrl, viewBox } from "./state.js";
 
 // ------------------------------------------------------------------ task and categories
 
@@ -23,6 +23,7 @@ export function setKind(kind) {
     : "Accuracy is measured on held-out images (never the training images).";
   if (!reg) S.keyPoint = null;
   updatePointHint();
+  drawOverlay(); // a regression task marks the model's view on the frame
 }
 
 // Draws the selected task's categories (buttons: Enter or a click selects one, the arrow keys
@@ -54,6 +55,23 @@ export async function loadTask() {
     const count = document.createElement("span");
     count.className = "count"; count.textContent = c.count;
     count.setAttribute("aria-label", `${c.count} images`);
+    // Each category has its own record button: hold it to capture into that category (a
+    // burst), click or Enter/Space for one frame. Classification tasks only.
+    const rec = document.createElement("button");
+    rec.type = "button"; rec.className = "rec"; rec.textContent = "● Record";
+    rec.hidden = S.kind === "regression";
+    rec.setAttribute("aria-label", `record into ${c.name}: hold for a burst, Enter or Space for one frame`);
+    rec.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0 || rec.disabled) return;
+      if (rec.setPointerCapture) rec.setPointerCapture(e.pointerId);
+      markSelected(c.name);
+      startHold();
+    });
+    for (const ev of ["pointerup", "pointercancel", "lostpointercapture"]) rec.addEventListener(ev, stopHold);
+    rec.addEventListener("keydown", (e) => {
+      if ((e.key === "Enter" || e.key === " ") && !e.repeat) { e.preventDefault(); markSelected(c.name); captureOnce(); }
+    });
+    rec.addEventListener("contextmenu", (e) => e.preventDefault());
     const ren = document.createElement("button");
     ren.textContent = "Rename"; ren.className = "rename";
     ren.setAttribute("aria-label", `rename ${c.name}`);
@@ -62,7 +80,7 @@ export async function loadTask() {
     del.textContent = "Delete"; del.className = "danger delete";
     del.setAttribute("aria-label", `delete ${c.name}`);
     del.onclick = () => deleteCategory(c.name);
-    li.append(name, count, ren, del);
+    li.append(name, count, rec, ren, del);
     ul.appendChild(li);
   }
   // A choice made from the keyboard keeps the focus on the category now selected.
@@ -77,6 +95,19 @@ export async function loadTask() {
 function selectCategory(name) {
   S.category = name;
   loadTask();
+}
+
+// Selects a category without redrawing the list (a record button being held stays).
+function markSelected(name) {
+  if (S.category === name) return;
+  S.category = name;
+  for (const li of document.querySelectorAll("li.category")) {
+    const on = li.dataset.name === name;
+    li.classList.toggle("selected", on);
+    li.querySelector(".name").setAttribute("aria-pressed", String(on));
+  }
+  updateCaptureButton();
+  scheduleThumbs();
 }
 
 // Arrow keys move the selection through the categories (wrapping), Home and End to the ends.
@@ -111,8 +142,9 @@ async function deleteCategory(name) {
 
 export async function addCategory() {
   const name = $("cat-name").value.trim();
-  if (!name || !S.task) { if (!S.task) show("create a task first", "error"); return; }
-  try { await api("POST", `${taskUrl()}/categories`, { name }); $("cat-name").value = ""; S.category = name; show(`added category "${name}"`); await loadTask(); await loadRuns(); }
+  if (!S.task) { show("create a task first", "error"); return; }
+  if (!name) { show("type the new category's name first", "error"); $("cat-name").focus(); return; }
+  try { await api("POST", `${taskUrl()}/categories`, { name }); $("cat-name").value = ""; S.category = name; show(`added category "${name}"`); await loadTask(); await loadRuns(); scheduleInstant(0); }
   catch (e) { show(e.message, "error"); }
 }
 
@@ -172,7 +204,7 @@ export function savePointClick(e) {
   const p = clickToPixel(el, e);
   if (!p) return;
   if (S.keyPoint) { S.keyPoint = null; updatePointHint(); drawOverlay(); }
-  savePoint(el, p);
+  if (!refuseOutside(el, p)) savePoint(el, p);
 }
 
 // Regression, from the keyboard on the focused stage: the arrow keys place a point on the frame
@@ -186,7 +218,8 @@ export function stageKey(e) {
     e.preventDefault();
     if (e.repeat || !S.keyPoint || !pic || pointInflight) return;
     if (!S.category) { show("add a category first, then place its point in the frame", "error"); return; }
-    savePoint(el, { x: Math.min(S.keyPoint.x, pic.width - 1), y: Math.min(S.keyPoint.y, pic.height - 1) });
+    const p = { x: Math.min(S.keyPoint.x, pic.width - 1), y: Math.min(S.keyPoint.y, pic.height - 1) };
+    if (!refuseOutside(el, p)) savePoint(el, p);
     return;
   } else {
     if (!pic || !e.key.startsWith("Arrow")) return;
@@ -197,6 +230,17 @@ export function stageKey(e) {
   }
   updatePointHint();
   drawOverlay();
+}
+
+// A point beside the model's view (the marked centre square) is refused on the spot, with the
+// reason: the model never sees it. Returns true when refused.
+function refuseOutside(el, p) {
+  const w = el.naturalWidth || el.videoWidth, h = el.naturalHeight || el.videoHeight;
+  if (!w || !h || inView(p, w, h)) return false;
+  const v = viewBox(w, h);
+  show(`point (${p.x}, ${p.y}) is outside the model's view: it sees only the centre square of the ${w}x${h} frame (x ${v.x}–${v.x + v.side}, y ${v.y}–${v.y + v.side}). Click inside the marked square.`, "error");
+  $("stage").dataset.refused = `${p.x},${p.y}`;
+  return true;
 }
 
 async function savePoint(el, p) {
@@ -357,14 +401,17 @@ async function movePoint(ed, p) {
 
 export async function uploadFiles(files) {
   if (!S.task || !S.category) { show("choose a task and a category first", "error"); return; }
-  const list = Array.from(files).filter((f) => f.size > 0);
-  if (!list.length) return;
+  const all = Array.from(files);
+  const list = all.filter((f) => f.size > 0);
+  const empty = all.filter((f) => f.size === 0).map((f) => f.name);
+  const skipped = empty.length ? ` (skipped, empty: ${empty.join(", ")})` : "";
+  if (!list.length) { show(empty.length ? `nothing added: ${empty.join(", ")} ${empty.length > 1 ? "are empty files" : "is an empty file"} (0 bytes)` : "no file chosen", "error"); return; }
   const fd = new FormData();
   for (const f of list) fd.append("file", f, f.name);
   try {
     const r = await api("POST", `${catUrl()}/images`, fd);
     setCount(S.category, r.count);
-    show(`added ${r.saved.length} image(s) to "${S.category}"`);
+    show(`added ${r.saved.length} image(s) to "${S.category}"${skipped}`, empty.length ? "warn" : undefined);
     scheduleInstant();
     await loadThumbs();
   } catch (e) { show("upload: " + e.message, "error"); }
@@ -372,7 +419,8 @@ export async function uploadFiles(files) {
 
 export async function importFolder() {
   const path = $("import-path").value.trim();
-  if (!path || !S.task || !S.category) return;
+  if (!S.task || !S.category) { show("choose a task and a category first", "error"); return; }
+  if (!path) { show("type the folder's path on the studio's machine first", "error"); $("import-path").focus(); return; }
   try {
     const r = await api("POST", `${catUrl()}/import`, { path });
     setCount(S.category, r.count);

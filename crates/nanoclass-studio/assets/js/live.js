@@ -3,8 +3,8 @@
 // preview is least sure of.
 
 import { api, postJpeg } from "./api.js";
-import { grabBlob, cameraReady, shownMedia, pictureRect } from "./camera.js";
-import { $, S, show, taskUrl, colourOf, esc, pct, pxs, setCount, notify } from "./state.js";
+import { grabBlob, cameraReady, nextFrame, shownMedia, pictureRect } from "./camera.js";
+import { $, S, show, taskUrl, colourOf, esc, inView, pct, pxs, setCount, notify, viewBox } from "./state.js";
 
 export async function loadRuns(select) {
   const sel = $("live-model");
@@ -21,7 +21,7 @@ export async function loadRuns(select) {
   for (const r of S.runs.filter((r) => r.ready)) {
     const o = document.createElement("option");
     o.value = r.id;
-    o.textContent = `run ${r.id} · ${r.arch} ${r.mode} · ${r.task === "regression" ? "held-out error " + pxs(r.best_val_error_px) : "held-out " + pct(r.best_val_top1)}` + (r.stale ? " · retrain needed" : "") + (r.task !== S.kind ? ` · ${r.task} model` : "");
+    o.textContent = `run ${r.id} · ${r.arch} ${r.mode} · ${r.task === "regression" ? "held-out error " + pxs(r.eval && r.eval.overall && r.eval.overall.mean_px != null ? r.eval.overall.mean_px : r.best_val_error_px) : "held-out " + pct(r.best_val_top1) + (r.eval && r.eval.n ? ` of ${r.eval.n}` + (Array.isArray(r.eval.top1_interval) ? ` (95% ${pct(r.eval.top1_interval[0])}–${pct(r.eval.top1_interval[1])})` : "") : "")}` + (r.stale ? " · retrain needed" : "") + (r.task !== S.kind ? ` · ${r.task} model` : "");
     sel.appendChild(o);
   }
   const first = instant ? 1 : 0; // the newest trained run
@@ -117,8 +117,11 @@ export function startLive() {
     };
   } else {
     (async () => {
+      let seen = -1;
       while (!live.stopped) {
         try {
+          seen = await nextFrame(seen);
+          if (live.stopped) break;
           const blob = await grabBlob();
           const r = await postJpeg(`${url}/predict?${liveQuery()}`, blob);
           const v = await r.json();
@@ -141,7 +144,8 @@ function renderScores(v) {
   S.liveTimes.push(now);
   while (S.liveTimes.length && now - S.liveTimes[0] > 2000) S.liveTimes.shift();
   if (S.liveTimes.length > 1) S.fps = (S.liveTimes.length - 1) * 1000 / (now - S.liveTimes[0]);
-  $("live-fps").textContent = `${S.fps.toFixed(1)} fps · ${v.ms.toFixed(0)} ms/frame`;
+  const cam = S.source === "browser" && S.cam.fps > 0 ? `camera ${S.cam.fps.toFixed(1)} fps · ` : "";
+  $("live-fps").textContent = `${cam}model ${S.fps.toFixed(1)} frames/s · ${v.ms.toFixed(0)} ms/frame`;
   const pv = $("live-preview");
   if (v.preview) {
     pv.textContent = `Preview: instant model (${v.head}) on ${v.images} images, refitted on every capture. Press Train for the full model.`;
@@ -190,7 +194,10 @@ function renderPoints(v) {
     const d = list.children[i];
     d.dataset.x = p[0].toFixed(2); d.dataset.y = p[1].toFixed(2);
     d.dataset.width = v.size[0]; d.dataset.height = v.size[1];
-    d.querySelector(".xy").textContent = `(${p[0].toFixed(0)}, ${p[1].toFixed(0)}) px`;
+    // A point predicted beside the model's view is no place the model saw: say so.
+    const out = !inView({ x: p[0] - 0.5, y: p[1] - 0.5 }, v.size[0], v.size[1]);
+    d.dataset.outOfView = String(out);
+    d.querySelector(".xy").textContent = out ? "out of view" : `(${p[0].toFixed(0)}, ${p[1].toFixed(0)}) px`;
   });
   S.lastPoints = v;
   drawOverlay();
@@ -210,6 +217,17 @@ export function drawOverlay() {
   const p = pictureRect(el);
   if (!p) return;
   const box = stage.getBoundingClientRect();
+  if (S.kind === "regression" && S.task) {
+    // The model's view: the frame's centre square, outside it dimmed.
+    const v = viewBox(p.width, p.height);
+    const L = p.left - box.left, T = p.top - box.top, W = p.width * p.sx, H = p.height * p.sy;
+    const vx = L + v.x * p.sx, vy = T + v.y * p.sy, vw = v.side * p.sx, vh = v.side * p.sy;
+    g.fillStyle = "rgba(0, 0, 0, 0.45)";
+    g.fillRect(L, T, vx - L, H); g.fillRect(vx + vw, T, L + W - vx - vw, H);
+    g.fillRect(vx, T, vw, vy - T); g.fillRect(vx, vy + vh, vw, T + H - vy - vh);
+    g.setLineDash([6, 4]); g.lineWidth = 1.5; g.strokeStyle = "#fff";
+    g.strokeRect(vx, vy, vw, vh); g.setLineDash([]);
+  }
   if (S.keyPoint && S.kind === "regression") {
     const X = p.left - box.left + S.keyPoint.x * p.sx, Y = p.top - box.top + S.keyPoint.y * p.sy;
     for (const [w, colour] of [[3, "#000"], [1.5, "#fff"]]) {
@@ -225,6 +243,7 @@ export function drawOverlay() {
   const kx = p.sx * p.width / v.size[0], ky = p.sy * p.height / v.size[1];
   g.font = "bold 13px system-ui, sans-serif";
   v.points.forEach((pt, i) => {
+    if (!inView({ x: pt[0] - 0.5, y: pt[1] - 0.5 }, v.size[0], v.size[1])) return; // listed as out of view
     const X = p.left - box.left + pt[0] * kx, Y = p.top - box.top + pt[1] * ky;
     g.lineWidth = 3; g.strokeStyle = "#000";
     g.beginPath(); g.arc(X, Y, 9, 0, 2 * Math.PI); g.stroke();

@@ -9,6 +9,8 @@ export const S = {
   // Timings read by people and by the end-to-end test (milliseconds, performance.now()).
   times: { trainClicked: null, firstEpoch: null, done: null },
   fps: 0, lastScores: null, liveCount: 0, captures: 0,
+  // The browser camera's presented frames and their rate (camera.js countFrames).
+  cam: { presented: 0, times: [], fps: 0 },
   // Instant preview: the task's status (GET .../instant), whether it was started for this task.
   instant: null, instantStarted: false, userStopped: false,
   // Each refit of the instant model seen by the page: {images, embedded, embed_ms, update_ms, fit_ms}.
@@ -56,4 +58,19 @@ export function setCount(category, count) {
 export function categoryIndex(name) {
   const names = [...document.querySelectorAll("li.category")].map((li) => li.dataset.name);
   return Math.max(0, names.indexOf(name));
+}
+
+// The part of a width x height frame a point model sees: its centre square (the regression
+// eval preset resizes the shorter side to the input size and keeps the centre square; the
+// server applies the same rule, nanoclass::eval::regression::view_box).
+export function viewBox(w, h) {
+  const side = Math.min(w, h);
+  return { x: Math.round((w - side) / 2), y: Math.round((h - side) / 2), side };
+}
+
+// Whether pixel (x, y) of a width x height frame lies in the model's view (its centre).
+export function inView(p, w, h) {
+  const v = viewBox(w, h);
+  const x = p.x + 0.5, y = p.y + 0.5;
+  return x >= v.x && x <= v.x + v.side && y >= v.y && y <= v.y + v.side;
 }

@@ -11,7 +11,8 @@ const MODE_EPOCHS = { frozen: 30, full: 10, finetune: 5, instant: 1, partial: 6 
 
 export function modeChanged() {
   const mode = $("train-mode").value;
-  $("train-epochs").value = MODE_EPOCHS[mode];
+  // A frozen point model stops by its held-out error: up to 300 epochs (early stopping).
+  $("train-epochs").value = S.kind === "regression" && mode === "frozen" ? 300 : MODE_EPOCHS[mode];
   $("train-batch").value = mode === "partial" ? 32 : 16;
 }
 
@@ -34,6 +35,15 @@ export async function startTraining() {
     await api("POST", `${taskUrl()}/train`, body);
     await followTraining(true);
   } catch (e) {
+    if (e.status === 409) {
+      // Another tab (or person) is training this task: follow that training here.
+      const st = await api("GET", `${taskUrl()}/train`).catch(() => null);
+      if (st && st.state === "running") {
+        show("this task is already training (started elsewhere): following it", "warn");
+        await followTraining(false);
+        return;
+      }
+    }
     $("train-status").textContent = e.message;
     show("train: " + e.message, "error");
   }
@@ -49,6 +59,7 @@ export async function followTraining(fresh) {
   if (trainEvents) { trainEvents.close(); trainEvents = null; }
   S.chart = []; drawChart();
   $("train-result").innerHTML = "";
+  $("train-warnings").innerHTML = ""; $("train-warnings").hidden = true;
   $("train-progress").value = 0;
   delete $("train-status").dataset.state; // the outcome shown belongs to the job followed now
   if (!S.task) return;
@@ -93,19 +104,20 @@ function onTrainEvent(ev, replay) {
       $("train-progress").value = S.totalEpochs ? 0.2 + 0.8 * ev.epoch / S.totalEpochs : 0;
       break;
     case "warn":
-      show(ev.message, "warn");
+      addWarning(ev.message);
       break;
     case "done":
       if (!replay) S.times.done = performance.now();
       $("train-progress").value = 1;
-      status.textContent = `done: run ${ev.run}, best ${heldOut(ev.best_val_top1, ev.best_val_error_px)} (epoch ${ev.best_epoch}, ${ev.val_images} held-out images)${secs()}`;
+      status.textContent = `done: run ${ev.run}, best ${heldOut(ev.best_val_top1, errorOf(ev))}${interval(ev.best_val_top1_interval)} (epoch ${ev.best_epoch}, ${ev.val_images} held-out images)${secs()}`;
       status.dataset.state = "done";
+      if (ev.held_out_warning) addWarning(ev.held_out_warning);
       renderEval(ev.eval);
       setTraining(false);
       if (!replay) switchToRun(ev);
       break;
     case "stopped":
-      status.textContent = `stopped: ${ev.message}` + (ev.kept ? " (the model of the completed epochs is kept)" : "");
+      status.textContent = ev.kept ? "stopped: the model of the completed epochs is kept" : "stopped before the first epoch ended: no model was kept";
       status.dataset.state = "stopped";
       setTraining(false);
       if (!replay) loadRuns();
@@ -113,11 +125,37 @@ function onTrainEvent(ev, replay) {
     case "error":
       status.textContent = "training failed: " + ev.message;
       status.dataset.state = "error";
-      show("training failed: " + ev.message, "error");
+      if (!replay) show("training failed: " + ev.message, "error");
       setTraining(false);
       break;
   }
 }
+
+// A training warning joins the list under the progress bar (each stays: one does not hide another).
+function addWarning(text) {
+  const li = document.createElement("li");
+  li.textContent = text;
+  $("train-warnings").appendChild(li);
+  $("train-warnings").hidden = false;
+}
+
+// The training form's values for a task just opened: the defaults of the page, so a task
+// never inherits another task's settings.
+export function resetTrainForm() {
+  $("train-arch").value = "efficientnet_lite0";
+  $("train-mode").value = "frozen";
+  modeChanged();
+  $("train-lr").value = "0.001";
+  for (const id of ["train-crop-min", "train-jitter"]) $(id).value = "";
+  $("train-flip").value = "";
+}
+
+// A point model's held-out error: the evaluation of the saved model (the figure its table
+// shows), else the best epoch's.
+export const errorOf = (r) => (r.eval && r.eval.overall && r.eval.overall.mean_px !== null && r.eval.overall.mean_px !== undefined ? r.eval.overall.mean_px : r.best_val_error_px);
+
+// The 95% interval of a held-out top-1, as text (empty without one).
+const interval = (iv) => (Array.isArray(iv) ? `, 95% interval ${pct(iv[0])}–${pct(iv[1])}` : "");
 
 // After training, the live view moves to the new model and says so.
 async function switchToRun(ev) {
@@ -126,10 +164,12 @@ async function switchToRun(ev) {
   if ($("live-model").value !== String(ev.run)) return;
   // The bars left from the preview are not this model's scores.
   clearBars();
-  const m = $("live-msg");
-  m.textContent = `Now showing the trained model: run ${ev.run} (${heldOut(ev.best_val_top1, ev.best_val_error_px)}).` + (S.kind === "regression" ? "" : " The instant preview stays in the model list.");
-  m.hidden = false; m.dataset.switched = String(ev.run);
+  // Live restarts on the new model first: starting it re-checks the model and would hide a
+  // message shown before.
   if (wasLive) startLive();
+  const m = $("live-msg");
+  m.textContent = `Now showing the trained model: run ${ev.run} (${heldOut(ev.best_val_top1, errorOf(ev))}).` + (S.kind === "regression" ? "" : " The instant preview stays in the model list.");
+  m.hidden = false; m.dataset.switched = String(ev.run);
 }
 
 const isSet = (v) => v !== null && v !== undefined;

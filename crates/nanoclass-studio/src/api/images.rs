@@ -36,6 +36,7 @@ pub(super) fn save_checked(
     task: &str,
     category: &str,
     items: Vec<(String, Bytes)>,
+    from: Saved,
 ) -> ApiResult<Vec<String>> {
     let store = &st.inner.store;
     store.category_dir(task, category)?;
@@ -62,7 +63,7 @@ pub(super) fn save_checked(
         .into_iter()
         .map(|(bytes, ext, point)| match point {
             Some(p) => store.save_point_image(task, category, &bytes, ext, p),
-            None => store.save_image(task, category, &bytes, ext),
+            None => store.save_image(task, category, &bytes, ext, from),
         })
         .collect()
 }
@@ -111,16 +112,30 @@ pub(super) fn point_from_name(name: &str) -> ApiResult<[u32; 2]> {
 /// the point, the image size and the allowed ranges.
 pub fn check_point(img: &image::RgbImage, point: [u32; 2], what: &str) -> ApiResult<()> {
     let (w, h) = img.dimensions();
-    if point[0] < w && point[1] < h {
-        return Ok(());
+    if point[0] >= w || point[1] >= h {
+        return Err(ApiError::bad_request(format!(
+            "{what}: point ({}, {}) lies outside the {w}x{h} image (x must be in 0..={}, y in 0..={})",
+            point[0],
+            point[1],
+            w.saturating_sub(1),
+            h.saturating_sub(1)
+        )));
     }
-    Err(ApiError::bad_request(format!(
-        "{what}: point ({}, {}) lies outside the {w}x{h} image (x must be in 0..={}, y in 0..={})",
-        point[0],
-        point[1],
-        w.saturating_sub(1),
-        h.saturating_sub(1)
-    )))
+    // The model sees only the centre square: a point beside it could never be learned.
+    let v = nanoclass::eval::regression::view_box(w, h);
+    let (x, y) = (point[0] as f32 + 0.5, point[1] as f32 + 0.5);
+    if x < v.x || x > v.x + v.w || y < v.y || y > v.y + v.h {
+        return Err(ApiError::bad_request(format!(
+            "{what}: point ({}, {}) lies outside the model's view, the centre square of the {w}x{h} image (x in {}..{}, y in {}..{}): the model never sees it; click inside the marked square",
+            point[0],
+            point[1],
+            v.x.round(),
+            (v.x + v.w).round(),
+            v.y.round(),
+            (v.y + v.h).round()
+        )));
+    }
+    Ok(())
 }
 
 /// Query of `POST .../points`: the clicked point in integer pixels of the posted image.
@@ -248,8 +263,9 @@ pub(super) fn rejection(status: StatusCode, text: String) -> ApiError {
 }
 
 /// `POST /api/tasks/{task}/categories/{category}/images` → 201: `multipart/form-data` (any
-/// number of files) or a raw image body. 400 when a file does not decode, 413 over the size
-/// limit; in both cases nothing is saved.
+/// number of files, saved as files) or a raw image body (a frame of the browser's camera,
+/// saved as a capture: its name carries the capture time that keeps a burst together). 400
+/// when a file does not decode, 413 over the size limit; in both cases nothing is saved.
 pub async fn upload_images(
     State(st): State<AppState>,
     UrlPath((task, category)): UrlPath<(String, String)>,
@@ -288,12 +304,18 @@ pub async fn upload_images(
             .map_err(|r| rejection(r.status(), r.body_text()))?;
         items.push(("upload".to_string(), data));
     }
+    // A raw body is the browser camera's frame (the page's capture); files come as a form.
+    let from = if multipart {
+        Saved::File
+    } else {
+        Saved::Capture
+    };
     if items.is_empty() {
         return Err(ApiError::bad_request("no file in the request"));
     }
     let st2 = st.clone();
     let (t, c) = (task.clone(), category.clone());
-    let saved = blocking(move || save_checked(&st2, &t, &c, items)).await?;
+    let saved = blocking(move || save_checked(&st2, &t, &c, items, from)).await?;
     touch_instant(&st, &task);
     let count = category_count(&st, &task, &category).await?;
     Ok((
@@ -447,7 +469,7 @@ pub(super) async fn save_frame(
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let store = st.inner.store.clone();
     let (t, c) = (task.to_string(), category.to_string());
-    let name = blocking(move || store.save_image(&t, &c, &jpeg, "jpg")).await?;
+    let name = blocking(move || store.save_image(&t, &c, &jpeg, "jpg", Saved::Capture)).await?;
     touch_instant(st, task);
     let count = category_count(st, task, category).await?;
     Ok((
@@ -544,7 +566,7 @@ pub async fn import_folder(
                     }
                     imported.push(store.save_point_image(&t, &c, &bytes, ext, p)?);
                 }
-                None => imported.push(store.save_image(&t, &c, &bytes, ext)?),
+                None => imported.push(store.save_image(&t, &c, &bytes, ext, Saved::File)?),
             }
         }
         Ok((imported, skipped))

@@ -38,7 +38,7 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Json, Path as UrlPath, Query};
 use crate::live::{LiveQuery, Scores};
-use crate::store::{TaskKind, staleness};
+use crate::store::{Saved, TaskKind, staleness};
 use crate::training::{Next, TrainRequest, options};
 
 /// Runs blocking work on the blocking pool.

@@ -64,17 +64,25 @@ impl Store {
         Ok(path)
     }
 
-    /// Writes an image's encoded bytes into a category as `<time>-<n>.<ext>` (temporary file,
-    /// then rename). The caller has checked that the bytes decode. Returns the file name.
+    /// Writes an image's encoded bytes into a category (temporary file, then rename): a camera
+    /// capture as `<unix ms>-<n>.<ext>`, whose name carries the capture time that keeps a burst
+    /// together on one side of the held-out split ([`nanoclass::data::groups`]); an uploaded or
+    /// imported file as `<unix ms>-<n>-file.<ext>`, whose save time says nothing of when it
+    /// was taken (its near-copies are found by appearance). The caller has checked that the
+    /// bytes decode. Returns the file name.
     pub fn save_image(
         &self,
         task: &str,
         category: &str,
         bytes: &[u8],
         ext: &str,
+        from: Saved,
     ) -> ApiResult<String> {
         let dir = self.category_dir(task, category)?;
-        let name = format!("{}.{ext}", unique_stem());
+        let name = match from {
+            Saved::Capture => format!("{}.{ext}", unique_stem()),
+            Saved::File => format!("{}-file.{ext}", unique_stem()),
+        };
         write_atomic(&dir.join(&name), bytes)?;
         Ok(name)
     }

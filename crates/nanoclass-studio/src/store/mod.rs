@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nanoclass::data::category::validate_category_name;
+use nanoclass::data::category::validate_folder_name;
 use nanoclass::data::decode::is_image_extension;
 use nanoclass::data::folder::parse_dli_point;
 use nanoclass::eval::metrics::EvalReport;
@@ -173,6 +173,15 @@ pub fn now_secs() -> u64 {
 }
 
 /// A name unique within this process and time-ordered: `<unix ms>-<counter>`.
+/// Where a saved image came from (see [`Store::save_image`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Saved {
+    /// A camera frame captured now.
+    Capture,
+    /// An uploaded or imported file.
+    File,
+}
+
 fn unique_stem() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -186,14 +195,9 @@ fn io_err(path: &Path, e: std::io::Error) -> ApiError {
     ApiError::internal(format!("{}: {e}", path.display()))
 }
 
-/// Checks a task or category name with the category rules (it becomes one folder name).
+/// Checks a task or category name (it becomes one folder name); the error speaks of `what`.
 pub fn check_name(what: &str, name: &str) -> ApiResult<()> {
-    validate_category_name(name).map_err(|e| {
-        ApiError::bad_request(format!(
-            "{what}: {}",
-            e.to_string().replacen("category name ", "", 1)
-        ))
-    })
+    validate_folder_name(what, name).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// The studio's data folder.
@@ -218,7 +222,7 @@ impl Store {
 
     /// `DATA/<task>`, after checking the name; 404 when it is not a task.
     pub fn task_dir(&self, task: &str) -> ApiResult<PathBuf> {
-        check_name("task name", task)?;
+        check_name("task", task)?;
         let dir = self.root.join(task);
         if !dir.join("task.json").is_file() {
             return Err(ApiError::not_found(format!("no task {task:?}")));
@@ -234,7 +238,7 @@ impl Store {
     /// `DATA/<task>/data/<category>`, after checking both names; 404 when missing.
     pub fn category_dir(&self, task: &str, category: &str) -> ApiResult<PathBuf> {
         let data = self.data_dir(task)?;
-        check_name("category name", category)?;
+        check_name("category", category)?;
         let dir = data.join(category);
         if !dir.is_dir() {
             return Err(ApiError::not_found(format!(
@@ -282,7 +286,7 @@ impl Store {
 
     /// Creates a task; 409 when one of that name exists.
     pub fn create_task(&self, task: &str, kind: TaskKind) -> ApiResult<TaskInfo> {
-        check_name("task name", task)?;
+        check_name("task", task)?;
         let dir = self.root.join(task);
         if dir.exists() {
             return Err(ApiError::conflict(format!("task {task:?} already exists")));
@@ -336,7 +340,7 @@ impl Store {
     /// Adds an empty category; 409 when it exists.
     pub fn add_category(&self, task: &str, category: &str) -> ApiResult<CategoryInfo> {
         let data = self.data_dir(task)?;
-        check_name("category name", category)?;
+        check_name("category", category)?;
         let dir = data.join(category);
         if dir.exists() {
             return Err(ApiError::conflict(format!(
@@ -353,7 +357,7 @@ impl Store {
     /// Renames a category folder; 409 when the new name exists.
     pub fn rename_category(&self, task: &str, from: &str, to: &str) -> ApiResult<CategoryInfo> {
         let src = self.category_dir(task, from)?;
-        check_name("new category name", to)?;
+        check_name("category", to)?;
         let dst = self.data_dir(task)?.join(to);
         if dst.exists() {
             return Err(ApiError::conflict(format!(
