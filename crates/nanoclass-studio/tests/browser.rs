@@ -61,6 +61,18 @@ fn photos(split: &str, class: &str) -> Vec<PathBuf> {
     v
 }
 
+/// CPU time of this process so far, user plus system, in seconds (`/proc/self/stat` fields 14
+/// and 15, in USER_HZ = 100 ticks per second on Linux).
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn find_program(env: &str, names: &[&str]) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(env) {
         return Some(PathBuf::from(p));
@@ -1076,6 +1088,7 @@ async fn studio_in_headless_chromium() {
         .as_f64()
         .unwrap();
     let tb = Instant::now();
+    let cpu0 = process_cpu_seconds();
     page.wait(
         "document.getElementById('live-top1').dataset.label === 'bees'",
         Duration::from_secs(30),
@@ -1095,6 +1108,10 @@ async fn studio_in_headless_chromium() {
         .unwrap()
         - b0)
         / tb.elapsed().as_secs_f64();
+    // The studio's CPU while the browser camera runs live at 10 fps: this test process is the
+    // studio (the browser is another process), idle but for it.
+    let studio_cores = (process_cpu_seconds() - cpu0) / tb.elapsed().as_secs_f64();
+    eprintln!("studio CPU with the browser camera live: {studio_cores:.2} cores");
     // Each camera frame is scored once: the model's rate never exceeds the camera's (10 fps
     // clip), and the page shows the two rates apart.
     let seen = page
@@ -1683,6 +1700,7 @@ async fn studio_in_headless_chromium() {
         "live_fps_device_folder_source": device_fps,
         "live_fps_browser_camera": browser_fps,
         "browser_camera_fps": camera_fps,
+        "studio_cpu_cores_browser_live": studio_cores,
         "live_top1_heldout_ant": top_ant,
         "live_top1_heldout_bee": top_bee,
         "after_category_delete": live_msg,

@@ -279,8 +279,12 @@ fn report_text_shows_percentages_and_dashes_for_undefined() {
     assert_eq!(report.n, 3);
     let text = report.to_text();
     println!("{text}");
+    // The top-1 with its 95% Wilson interval (2 of 3: 20.8-93.9%), then the warning that 3
+    // images are too few to tell, on its own line after the summary.
     assert!(
-        text.starts_with("3 samples, top-1 66.7%, macro F1 66.7%, loss 0.5000"),
+        text.starts_with(
+            "3 samples, top-1 66.7% (95% interval 20.8-93.9%), macro F1 66.7%, loss 0.5000\nwarning: 3 held-out images are too few to tell"
+        ),
         "{text}"
     );
     let row_c = text.lines().find(|l| l.starts_with("2 c")).unwrap();

@@ -348,11 +348,11 @@ impl EvalReport {
             fmt_pct(self.top1),
             fmt_pct(self.macro_f1())
         );
-        if let Some(warning) = too_few_to_tell(self.n, self.top1_interval) {
-            out.push_str(&format!("\nwarning: {warning}"));
-        }
         if let Some(loss) = self.loss {
             out.push_str(&format!(", loss {loss:.4}"));
+        }
+        if let Some(warning) = too_few_to_tell(self.n, self.top1_interval) {
+            out.push_str(&format!("\nwarning: {warning}"));
         }
         out.push_str("\n\n");
         let idx_w = self.per_class.len().saturating_sub(1).to_string().len();
