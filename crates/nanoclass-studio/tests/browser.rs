@@ -1865,6 +1865,25 @@ async fn page_modules_labels_and_keyboard() {
     )
     .await;
 
+    // A 0-byte file chosen for upload: the page says it is empty, nothing is saved.
+    let empty = out.join("empty.jpg");
+    std::fs::write(&empty, b"").unwrap();
+    let before_c = page.count("c").await;
+    page.c
+        .find(Locator::Id("file-input"))
+        .await
+        .unwrap()
+        .send_keys(&empty.display().to_string())
+        .await
+        .unwrap();
+    page.wait(
+        "document.getElementById('msg').textContent.includes('empty.jpg is an empty file')",
+        Duration::from_secs(10),
+        "feedback on a 0-byte upload",
+    )
+    .await;
+    assert_eq!(page.count("c").await, before_c, "nothing saved");
+
     // Two tabs on one task: the second presses Train while the first's training runs, and
     // follows that training instead of showing a refusal; its Stop ends it with one plain
     // message.
@@ -1876,6 +1895,14 @@ async fn page_modules_labels_and_keyboard() {
             )
             .unwrap();
         }
+    }
+    // Two files that do not decode: each is a warning of its own in the training's list.
+    for bad in ["bad-1.jpg", "bad-2.jpg"] {
+        std::fs::write(
+            out.join("studio-data/keys/data/a").join(bad),
+            b"not an image",
+        )
+        .unwrap();
     }
     let first_tab = page.c.window().await.unwrap();
     let second_tab = page.c.new_window(true).await.unwrap().handle;
@@ -1898,6 +1925,14 @@ async fn page_modules_labels_and_keyboard() {
         "the first tab's training to run",
     )
     .await;
+    let warnings = page
+        .wait(
+            "(() => { const t = [...document.querySelectorAll('#train-warnings li')].map(li => li.textContent); return t.some(w => w.includes('bad-1.jpg')) && t.some(w => w.includes('bad-2.jpg')) && !document.getElementById('train-warnings').hidden && t; })()",
+            Duration::from_secs(60),
+            "one warning per undecodable file, none overwritten",
+        )
+        .await;
+    assert!(warnings.as_array().unwrap().len() >= 2, "{warnings}");
     page.c.switch_to_window(second_tab.clone()).await.unwrap();
     page.click("#train-start").await;
     page.wait(
