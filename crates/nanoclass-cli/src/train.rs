@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use nanoclass::data::presets::Augmentation;
-use nanoclass::eval::metrics::{too_few_to_tell, top1_text, wilson_interval};
+use nanoclass::eval::metrics::{too_few_to_tell, top1_interval, top1_text};
 use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::engine::EngineChoice;
 use nanoclass::instant::HeadChoice;
@@ -542,8 +542,7 @@ fn print_summary(opts: &TrainOptions, summary: &TrainSummary) -> Result<ExitCode
                     run,
                     summary.seconds
                 )?;
-                let k = (t * summary.val_images as f64).round() as u64;
-                let interval = wilson_interval(k, summary.val_images as u64).map(|(l, h)| [l, h]);
+                let interval = top1_interval(t, summary.val_images);
                 if let Some(w) = too_few_to_tell(summary.val_images, interval) {
                     writeln!(out, "warning: {w}")?;
                 }

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use nanoclass::data::presets::Augmentation;
 use nanoclass::eval::heldout::EvalSplit;
-use nanoclass::eval::metrics::{too_few_to_tell, wilson_interval};
+use nanoclass::eval::metrics::{too_few_to_tell, top1_interval};
 use nanoclass::fs::write_atomic;
 use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::predictor::Predictor;
@@ -437,10 +437,9 @@ fn run_job(job: &Job, opts: &TrainOptions) {
             };
             // The held-out figure's 95% interval, and the warning when it rests on too few
             // images ([`nanoclass::eval::metrics::too_few_to_tell`]).
-            let interval = summary.best_val_top1.and_then(|t| {
-                let n = summary.val_images as u64;
-                wilson_interval((t * n as f64).round() as u64, n).map(|(l, h)| [l, h])
-            });
+            let interval = summary
+                .best_val_top1
+                .and_then(|t| top1_interval(t, summary.val_images));
             let held_out_warning = too_few_to_tell(summary.val_images, interval);
             job.finish(
                 JobState::Done,

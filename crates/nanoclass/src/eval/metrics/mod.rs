@@ -315,14 +315,11 @@ impl EvalReport {
     /// Computes every figure from `confusion`; `loss` is the mean per-sample cross-entropy when
     /// the caller measured it.
     pub fn new(confusion: ConfusionMatrix, loss: Option<f64>) -> Self {
-        let n = to_usize(confusion.total());
-        let correct = (0..confusion.num_classes())
-            .map(|c| confusion.counts[c][c])
-            .sum::<u64>();
         Self {
             top1: confusion.top1(),
-            top1_interval: wilson_interval(correct, n as u64).map(|(lo, hi)| [lo, hi]),
-            n,
+            top1_interval: wilson_interval(confusion.correct(), confusion.total())
+                .map(|(lo, hi)| [lo, hi]),
+            n: to_usize(confusion.total()),
             per_class: confusion.per_class(),
             confusion,
             loss,
@@ -471,11 +468,18 @@ pub fn too_few_to_tell(n: usize, interval: Option<[f64; 2]>) -> Option<String> {
     })
 }
 
+/// The 95% interval of a held-out top-1 known as a fraction of `n` images (a run's summary
+/// keeps the fraction): [`wilson_interval`] of its `round(top1 * n)` correct answers.
+pub fn top1_interval(top1: f64, n: usize) -> Option<[f64; 2]> {
+    let k = (top1 * n as f64).round() as u64;
+    wilson_interval(k, n as u64).map(|(lo, hi)| [lo, hi])
+}
+
 /// `top-1 0.9583 (115/120, 95% interval 0.906-0.982)`-style text of a held-out figure.
 pub fn top1_text(top1: f64, n: usize) -> String {
     let k = (top1 * n as f64).round() as u64;
-    match wilson_interval(k, n as u64) {
-        Some((lo, hi)) => format!("{top1:.4} ({k}/{n}, 95% interval {lo:.3}-{hi:.3})"),
+    match top1_interval(top1, n) {
+        Some([lo, hi]) => format!("{top1:.4} ({k}/{n}, 95% interval {lo:.3}-{hi:.3})"),
         None => format!("{top1:.4}"),
     }
 }
