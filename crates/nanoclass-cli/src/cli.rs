@@ -26,6 +26,10 @@ enum Command {
     /// Classify image files or folders with a run's model; for a regression run, print each
     /// category's point in pixels of each image.
     Predict(crate::predict::PredictArgs),
+    /// Fit a classification run's calibration on its held-out images: the temperature of its
+    /// probabilities and the threshold of its "unknown" answer (training does this when it
+    /// ends; calibration.json in the run).
+    Calibrate(crate::calibrate::CalibrateArgs),
     /// Pretrained weights: list the registry, download, or add a file you have.
     #[command(subcommand)]
     Weights(crate::weights::WeightsCommand),
@@ -76,6 +80,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(a) => crate::train::cmd_train(a),
         Command::Eval(a) => crate::eval::cmd_eval(a),
         Command::Predict(a) => crate::predict::cmd_predict(a),
+        Command::Calibrate(a) => crate::calibrate::run(a),
         Command::Weights(w) => crate::weights::cmd_weights(w),
         Command::Export(a) => crate::export::run(a),
         Command::Verify(a) => crate::verify::run(a),

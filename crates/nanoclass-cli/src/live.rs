@@ -56,6 +56,11 @@ pub struct LiveArgs {
     /// any), fp32 or int8.
     #[arg(long, default_value_t = nanoclass::infer::precision::Precision::from_env())]
     precision: nanoclass::infer::precision::Precision,
+    /// Answer "unknown" (none of these) for a frame far from every class: the run's rule,
+    /// fitted on its held-out images when training ended (`nanoclass calibrate` for an older
+    /// run). Serves the fp32 model.
+    #[arg(long)]
+    unknown: bool,
 }
 
 /// Frames the reader thread may decode ahead of the model.
@@ -79,6 +84,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
         },
         engine: a.engine,
         precision: a.precision,
+        unknown: a.unknown,
     };
     let mut live = Live::open(&a.run, opts)?;
     let mut source = camera::open(&a.source)?;
@@ -178,6 +184,7 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
                     "points": points,
                     "timestamp_ms": frame.timestamp.as_secs_f64() * 1000.0,
                     "label": r.label,
+                    "unknown": r.scores.unknown,
                     "top": top,
                     "model_ms": r.ms,
                     "preprocess_ms": r.preprocess_ms,
@@ -200,7 +207,11 @@ pub fn cmd_live(a: LiveArgs) -> Result<std::process::ExitCode> {
                     .map(|&(i, p)| format!("{} {:.3}", labels[i], p))
                     .collect::<Vec<_>>()
                     .join("  ");
-                let label = r.label.as_deref().unwrap_or("(unsure)");
+                let label = match (&r.label, r.scores.unknown) {
+                    (_, true) => "(unknown)",
+                    (Some(l), false) => l.as_str(),
+                    (None, false) => "(unsure)",
+                };
                 writeln!(
                     results,
                     "{:>6}  {shown}{label:<16} | {best} | {fps:.1} FPS",

@@ -3,6 +3,7 @@
 //! Flags are parsed by clap into raw structs, turned into the library's validated option
 //! structs, and run; an error is printed once with its whole chain and the exit code is 1.
 
+mod calibrate;
 mod capture;
 mod cli;
 mod eval;

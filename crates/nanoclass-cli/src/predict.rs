@@ -12,7 +12,7 @@ use nanoclass::data::loader::Skipped;
 use nanoclass::infer::engine::EngineChoice;
 use nanoclass::infer::precision::Precision;
 use nanoclass::infer::predictor::Predictor;
-use nanoclass::infer::scorer::{softmax, top_k};
+use nanoclass::infer::scorer::{ScoreOptions, Scorer};
 use nanoclass::run::Task;
 
 /// Flags of `nanoclass predict`.
@@ -44,6 +44,35 @@ pub struct PredictArgs {
     /// any), fp32 or int8.
     #[arg(long, default_value_t = Precision::from_env())]
     precision: Precision,
+    /// Answer "unknown" (none of these) for an image farther from every class prototype than
+    /// the run's threshold, both fitted on its held-out images when training ended
+    /// (`calibration.json`; `nanoclass calibrate` fits them for an older run). Serves the fp32
+    /// model.
+    #[arg(long)]
+    unknown: bool,
+    /// Probabilities from the raw logits, leaving out the run's fitted temperature.
+    #[arg(long)]
+    no_calibration: bool,
+}
+
+/// A run's scorer for `predict` and `live`: its calibration unless `no_calibration`, and its
+/// unknown rule with `unknown` (an error when the run has none).
+pub fn run_scorer(
+    predictor: &Predictor,
+    opts: ScoreOptions,
+    unknown: bool,
+    no_calibration: bool,
+) -> Result<Scorer> {
+    let cal = predictor.calibration().filter(|_| !no_calibration);
+    if unknown && cal.and_then(|c| c.unknown.as_ref()).is_none() {
+        bail!(
+            "{}: the run has no unknown rule for its current model (calibration.json is fitted \
+             when training ends); run `nanoclass calibrate {}` first",
+            predictor.run.dir.display(),
+            predictor.run.dir.display()
+        );
+    }
+    Ok(Scorer::new(opts)?.calibrated(cal, unknown))
 }
 
 pub fn collect_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -81,20 +110,29 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// Runs `nanoclass predict`.
 pub fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let predictor = Predictor::open_full(&a.run, a.engine, a.precision)?;
+    let predictor = Predictor::open_scoring(&a.run, a.engine, a.precision, a.unknown)?;
     let files = collect_images(&a.paths)?;
     if predictor.task() == Task::Regression {
         return predict_points(&predictor, &files, &a);
     }
-    let (rows, skipped) = predictor.logits_for_files(&files, a.batch_size)?;
     let labels = predictor.labels();
     let k = usize::from(a.top_k).min(labels.len());
+    let opts = ScoreOptions {
+        top_k: k,
+        ..ScoreOptions::default()
+    };
+    let mut scorer = run_scorer(&predictor, opts, a.unknown, a.no_calibration)?;
+    let (rows, skipped) = predictor.logits_for_files(&files, a.batch_size)?;
     if a.csv {
-        writeln!(out, "path,rank,label,probability")?;
+        writeln!(
+            out,
+            "path,rank,label,probability{}",
+            if a.unknown { ",unknown" } else { "" }
+        )?;
     }
     for r in &rows {
-        let probs = softmax(&r.logits);
-        let top = top_k(&probs, k);
+        let scores = scorer.logits_with_features(&r.logits, r.features.as_deref());
+        let top = scores.top;
         if a.json {
             let top: Vec<_> = top
                 .iter()
@@ -102,27 +140,41 @@ pub fn cmd_predict(a: PredictArgs) -> Result<ExitCode> {
                     |(i, p)| serde_json::json!({"index": i, "label": labels[*i], "probability": p}),
                 )
                 .collect();
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({"path": r.path, "top": top, "logits": r.logits})
-            )?;
+            let mut line = serde_json::json!({
+                "path": r.path,
+                "top": top,
+                "logits": r.logits,
+                "temperature": scorer.temperature(),
+            });
+            if a.unknown {
+                line["unknown"] = scores.unknown.into();
+                line["distance"] = scores.distance.into();
+            }
+            writeln!(out, "{line}")?;
         } else if a.csv {
             for (rank, (i, p)) in top.iter().enumerate() {
                 writeln!(
                     out,
-                    "{},{},{},{:.6}",
+                    "{},{},{},{:.6}{}",
                     csv_field(&r.path.display().to_string()),
                     rank + 1,
                     csv_field(&labels[*i]),
-                    p
+                    p,
+                    if a.unknown {
+                        if scores.unknown { ",1" } else { ",0" }
+                    } else {
+                        ""
+                    }
                 )?;
             }
         } else {
-            let shown: Vec<String> = top
+            let mut shown: Vec<String> = top
                 .iter()
                 .map(|(i, p)| format!("{} {:.3}", labels[*i], p))
                 .collect();
+            if scores.unknown {
+                shown.insert(0, "unknown\tnearest:".to_string());
+            }
             writeln!(out, "{}\t{}", r.path.display(), shown.join("\t"))?;
         }
     }

@@ -116,6 +116,7 @@ async function init() {
     $(id).oninput = () => { $(id + "-v").textContent = $(id).value; };
     $(id).onchange = () => { if (S.live) startLive(); };
   }
+  $("live-unknown").onchange = () => { if (S.live) startLive(); };
 
   const st = await refreshSource();
   await loadTasks(localStorage.getItem("nanoclass.task") || undefined);

@@ -22,6 +22,9 @@ pub struct LiveQuery {
     pub smoothing: Option<f32>,
     /// Top-1 probability in `[0, 1]` below which no label is given.
     pub threshold: Option<f32>,
+    /// Answer "unknown" for a frame far from every class (the run's unknown rule,
+    /// [`nanoclass::infer::calibration`]); ignored for a run without one.
+    pub unknown: Option<bool>,
 }
 
 impl LiveQuery {
@@ -46,6 +49,7 @@ impl LiveQuery {
                 threshold: self.threshold.filter(|t| *t > 0.0),
                 smoothing,
             },
+            unknown: self.unknown.unwrap_or(false),
             ..LiveOptions::default()
         })
     }
@@ -69,8 +73,13 @@ pub struct Scores {
     pub points: Option<Vec<[f32; 2]>>,
     /// The frame's `[width, height]` in pixels (the space of `points`).
     pub size: [u32; 2],
-    /// Top-1 label, None below the threshold.
+    /// Top-1 label, None below the threshold or when unknown.
     pub label: Option<String>,
+    /// "None of these": the frame is farther from every class than the run's unknown rule
+    /// allows (only with `unknown=true`).
+    pub unknown: bool,
+    /// Whether the probabilities are calibrated (the run's fitted temperature).
+    pub calibrated: bool,
     /// Top-1 index and probability (even below the threshold).
     pub top: Option<(usize, f32)>,
     /// Model time for the frame in milliseconds.
@@ -96,6 +105,8 @@ impl Scores {
             points: r.points,
             size: [size.0, size.1],
             label: r.label,
+            unknown: r.scores.unknown,
+            calibrated: live.scorer().temperature() != 1.0,
             top: r.scores.top.first().copied(),
             ms: r.ms,
             frame,
@@ -103,7 +114,15 @@ impl Scores {
     }
 }
 
-type Key = (PathBuf, Option<SystemTime>, u64, u32, u32);
+type Key = (
+    PathBuf,
+    Option<SystemTime>,
+    u64,
+    u32,
+    u32,
+    bool,
+    Option<SystemTime>,
+);
 
 /// Loaded models, most recently used last; at most [`ModelCache::CAPACITY`].
 #[derive(Debug, Default)]
@@ -119,6 +138,11 @@ fn key(run_dir: &Path, opts: &LiveOptions) -> Key {
         meta.map_or(0, |m| m.len()),
         opts.score.smoothing.to_bits(),
         opts.score.threshold.unwrap_or(-1.0).to_bits(),
+        opts.unknown,
+        // Calibration is written when training ends, after the model.
+        std::fs::metadata(run_dir.join(nanoclass::infer::calibration::FILE))
+            .and_then(|m| m.modified())
+            .ok(),
     )
 }
 
@@ -141,7 +165,7 @@ impl ModelCache {
                 return Ok(live);
             }
             // Older versions of the same run are dropped.
-            entries.retain(|(ek, _)| ek.0 != k.0 || (ek.3, ek.4) != (k.3, k.4));
+            entries.retain(|(ek, _)| ek.0 != k.0 || (ek.3, ek.4, ek.5) != (k.3, k.4, k.5));
         }
         let live = Arc::new(Mutex::new(open(run_dir, opts)?));
         let mut entries = self
@@ -156,13 +180,20 @@ impl ModelCache {
     }
 }
 
-/// Loads a run for live use; a run without a model yet is 409.
-pub fn open(run_dir: &Path, opts: LiveOptions) -> ApiResult<Live> {
+/// Loads a run for live use; a run without a model yet is 409. The unknown answer is asked
+/// for only where the run has a rule for its current model.
+pub fn open(run_dir: &Path, mut opts: LiveOptions) -> ApiResult<Live> {
     if !run_dir.join(files::MODEL).is_file() {
         return Err(ApiError::conflict(format!(
             "run {} has no model yet: training has not finished an epoch",
             run_dir.display()
         )));
+    }
+    if opts.unknown {
+        opts.unknown = nanoclass::run::Run::open(run_dir)
+            .ok()
+            .and_then(|run| nanoclass::infer::calibration::Calibration::load(&run))
+            .is_some_and(|c| c.unknown.is_some());
     }
     Live::open(run_dir, opts).map_err(ApiError::from)
 }

@@ -27,6 +27,10 @@ pub struct LiveOptions {
     pub engine: EngineChoice,
     /// The model precision on ONNX Runtime ([`crate::infer::precision`]).
     pub precision: Precision,
+    /// Apply the run's unknown rule ([`crate::infer::calibration`]): a frame far from every
+    /// class gets no label and is marked unknown. The run's calibrated temperature applies
+    /// either way.
+    pub unknown: bool,
 }
 
 impl Default for LiveOptions {
@@ -35,6 +39,7 @@ impl Default for LiveOptions {
             score: ScoreOptions::default(),
             engine: EngineChoice::from_env(),
             precision: Precision::from_env(),
+            unknown: false,
         }
     }
 }
@@ -72,11 +77,34 @@ impl Live {
     /// [`LiveResult::points`] says which).
     ///
     /// # Errors
-    /// Those of [`Predictor::open_full`] and [`ScoreOptions::validate`].
+    /// Those of [`Predictor::open_full`] and [`ScoreOptions::validate`]; [`Error::Run`] when
+    /// `opts.unknown` asks for a rule the run does not have.
     pub fn open(run_dir: &Path, opts: LiveOptions) -> Result<Live> {
         let scorer = Scorer::new(opts.score)?;
-        let predictor = Predictor::open_full(run_dir, opts.engine, opts.precision)?;
+        let predictor =
+            Predictor::open_scoring(run_dir, opts.engine, opts.precision, opts.unknown)?;
+        if opts.unknown
+            && predictor.task() == Task::Classification
+            && predictor
+                .calibration()
+                .and_then(|c| c.unknown.as_ref())
+                .is_none()
+        {
+            return Err(Error::Run {
+                path: run_dir.to_path_buf(),
+                reason: "the run has no unknown rule for its current model (calibration.json \
+                         is fitted when training ends; `nanoclass calibrate` fits it for an \
+                         older run)"
+                    .into(),
+            });
+        }
+        let scorer = scorer.calibrated(predictor.calibration(), opts.unknown);
         Ok(Live { predictor, scorer })
+    }
+
+    /// The scorer in use (its temperature, whether the unknown rule is on).
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
     }
 
     /// Class names, index = output index.
@@ -148,6 +176,8 @@ impl Live {
                             top: Vec::new(),
                             label: None,
                             margin: 0.0,
+                            unknown: false,
+                            distance: None,
                         },
                         label: None,
                         ms,
@@ -157,12 +187,12 @@ impl Live {
                 })
                 .collect());
         }
-        let logits = self.predictor.logits(pixels, frames.len())?;
+        let rows = self.predictor.forward(pixels, frames.len())?;
         let ms = per_frame(start);
-        Ok(logits
+        Ok(rows
             .into_iter()
-            .map(|row| {
-                let scores = self.scorer.logits(&row);
+            .map(|(row, features)| {
+                let scores = self.scorer.logits_with_features(&row, features.as_deref());
                 let label = scores.label.map(|i| self.labels()[i].clone());
                 LiveResult {
                     scores,
@@ -185,7 +215,7 @@ const OTHER: plotters::style::RGBColor = plotters::style::RGBColor(230, 230, 230
 
 /// A copy of `frame` with the result drawn on it: a dark band at the top with one line per
 /// entry of `result.scores.top` (`label  93.1%`, the top-1 in green, or `(unsure)` in amber when it is
-/// below the threshold) and, when `fps` is given, the frame rate at the right. For a regression
+/// below the threshold, `(unknown)` when the unknown rule says none of these) and, when `fps` is given, the frame rate at the right. For a regression
 /// result, each category's point is marked with a ring and its name.
 ///
 /// # Errors
@@ -220,7 +250,12 @@ pub fn annotate(
                     .pos(Pos::new(HPos::Left, VPos::Top))
             };
             for (row, &(i, p)) in result.scores.top.iter().enumerate() {
-                let (text, color) = if row == 0 && result.label.is_none() {
+                let (text, color) = if row == 0 && result.scores.unknown {
+                    (
+                        format!("(unknown) nearest {}  {:.1}%", labels[i], p * 100.0),
+                        &UNSURE,
+                    )
+                } else if row == 0 && result.label.is_none() {
                     (
                         format!("(unsure) {}  {:.1}%", labels[i], p * 100.0),
                         &UNSURE,
@@ -275,6 +310,8 @@ mod tests {
                 top: vec![(0, 0.9), (1, 0.1)],
                 label: Some(0),
                 margin: 0.8,
+                unknown: false,
+                distance: None,
             },
             label: Some("ants".into()),
             ms: 1.0,

@@ -78,7 +78,7 @@ export function checkModel() {
 export function clearBars() { clearPoints(); $("live-bars").innerHTML = ""; $("live-top1").textContent = "–"; delete $("live-top1").dataset.label; $("live-fps").textContent = ""; $("live-preview").hidden = true; }
 
 function liveQuery() {
-  return `smoothing=${$("live-smoothing").value}&threshold=${$("live-threshold").value}`;
+  return `smoothing=${$("live-smoothing").value}&threshold=${$("live-threshold").value}&unknown=${$("live-unknown").checked}`;
 }
 
 export function stopLive() {
@@ -154,7 +154,9 @@ function renderScores(v) {
   if (v.points) { renderPoints(v); return; }
   const top = $("live-top1");
   if (v.label) { top.textContent = `${v.label} ${(100 * v.top[1]).toFixed(0)}%`; top.dataset.label = v.label; }
+  else if (v.unknown) { top.textContent = "unknown: none of these"; top.dataset.label = ""; }
   else { top.textContent = "unsure"; top.dataset.label = ""; }
+  top.dataset.unknown = String(!!v.unknown);
   const bars = $("live-bars");
   if (bars.children.length !== v.labels.length || bars.dataset.run !== String(v.run) || [...bars.children].some((b, i) => b.dataset.label !== v.labels[i])) {
     bars.innerHTML = ""; bars.dataset.run = v.run;

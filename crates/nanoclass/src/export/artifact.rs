@@ -94,6 +94,8 @@ pub fn load_run_model(run_dir: &Path) -> Result<(Run, Net)> {
 /// | `eval_preset` | the eval preset as stored in the run's `config.json` |
 /// | `output` | `logits`, `probabilities` (softmax appended) or `points` |
 /// | `head` | `linear` (classification) or `point <layer>` (regression: the point head of [`crate::model::point`] on that layer's stride-8 map; its tensors are `point.conv1.*`, `point.conv2.*`) |
+/// | `temperature` | classification runs calibrated when training ended ([`crate::infer::calibration`]): `T` of `softmax(logits / T)` |
+/// | `unknown_rule` | with a calibration's unknown rule: JSON `{"distance": ..., "threshold": t, "prototypes": [[...]]}`; an image is "unknown" when `1 - max_c cos(f, p_c) > t`, `f` the `[C]` features the head reads (its input) |
 pub fn metadata(run: &Run, softmax: bool) -> BTreeMap<String, String> {
     let c = &run.config;
     let preset = &c.eval_preset;
@@ -133,6 +135,22 @@ pub fn metadata(run: &Run, softmax: bool) -> BTreeMap<String, String> {
     ];
     for (k, v) in entries {
         m.insert(k.to_string(), v);
+    }
+    if c.task == Task::Classification
+        && let Some(cal) = crate::infer::calibration::Calibration::load(run)
+    {
+        m.insert(
+            "temperature".into(),
+            cal.temperature.temperature.to_string(),
+        );
+        if let Some(u) = &cal.unknown {
+            let rule = serde_json::json!({
+                "distance": "1 - max_c cos(f, p_c), f = the features the head reads",
+                "threshold": u.threshold,
+                "prototypes": u.prototypes,
+            });
+            m.insert("unknown_rule".into(), rule.to_string());
+        }
     }
     m
 }

@@ -8,11 +8,13 @@
 //!   `live`, the studio).
 //! - [`embed`]: backbone features of images (frozen training, instant models) with the feature
 //!   [`cache`].
+//! - [`calibration`]: the temperature and the unknown rule fitted on a run's held-out images.
 //! - [`scorer`]: from logits to probabilities, top-k, label and margin, for every front end.
 //! - [`precision`] and [`quantize`]: int8 models by ONNX Runtime's quantizer, and which model
 //!   file is served.
 
 pub mod cache;
+pub mod calibration;
 pub mod device;
 pub mod embed;
 pub mod engine;

@@ -8,7 +8,8 @@ use crate::data::decode::DecodeOptions;
 use crate::data::folder::Sample;
 use crate::data::loader::{Skipped, decode_batches};
 use crate::eval::regression::{denormalise, output_points};
-use crate::infer::device::default_device;
+use crate::infer::calibration::Calibration;
+use crate::infer::device::{default_device, read_f32};
 use crate::infer::engine::{Engine, EngineChoice, Graph};
 use crate::infer::ort::{OrtModel, open_cached};
 use crate::infer::precision::{Precision, kept_int8};
@@ -26,6 +27,44 @@ pub struct Predictor {
     /// The run it came from.
     pub run: Run,
     engine: Engine,
+    /// With features ([`Predictor::open_scoring`]): the engine computes what the head reads and
+    /// this head, on the host, the logits.
+    head: Option<HostHead>,
+    calibration: Option<Calibration>,
+}
+
+/// A classification head `[K, C]` (row-major) and `[K]` applied on the host.
+#[derive(Debug, Clone)]
+struct HostHead {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    dim: usize,
+}
+
+impl HostHead {
+    fn from_linear(linear: &burn::nn::Linear) -> Result<HostHead> {
+        let [dim, k] = linear.weight.val().dims();
+        let wt = read_f32(linear.weight.val())?;
+        let bias = match &linear.bias {
+            Some(b) => read_f32(b.val())?,
+            None => vec![0.0; k],
+        };
+        let mut weight = vec![0.0f32; k * dim];
+        for c in 0..dim {
+            for o in 0..k {
+                weight[o * dim + c] = wt[c * k + o];
+            }
+        }
+        Ok(HostHead { weight, bias, dim })
+    }
+
+    fn logits(&self, f: &[f32]) -> Vec<f32> {
+        self.weight
+            .chunks_exact(self.dim)
+            .zip(&self.bias)
+            .map(|(row, b)| b + row.iter().zip(f).map(|(w, x)| w * x).sum::<f32>())
+            .collect()
+    }
 }
 
 /// The run's model in ONNX Runtime: the int8 model `nanoclass quantize` kept (unless
@@ -58,6 +97,9 @@ fn ort_model(run: &Run, net: &Net, precision: Precision) -> Result<OrtModel> {
     })
 }
 
+/// One image's logits, and the features the head read when the predictor has them.
+pub type LogitsRow = (Vec<f32>, Option<Vec<f32>>);
+
 /// Logits for one file.
 #[derive(Debug, Clone)]
 pub struct FileLogits {
@@ -65,6 +107,9 @@ pub struct FileLogits {
     pub path: PathBuf,
     /// `[N]` logits, one per label.
     pub logits: Vec<f32>,
+    /// `[C]` features the head read, from a predictor opened with features
+    /// ([`Predictor::open_scoring`]).
+    pub features: Option<Vec<f32>>,
 }
 
 impl Predictor {
@@ -119,6 +164,23 @@ impl Predictor {
         engine: EngineChoice,
         precision: Precision,
     ) -> Result<Predictor> {
+        Predictor::open_scoring(run_dir, engine, precision, false)
+    }
+
+    /// [`Predictor::open_full`], and with `features` (classification runs) the engine computes
+    /// the features the head reads (`[N, C]`) and the head runs on the host, so each image's
+    /// features come with its logits ([`FileLogits::features`], [`Predictor::forward`]): what
+    /// the unknown rule of [`crate::infer::calibration`] needs. With features the fp32 model is
+    /// served (an int8 model has no features output).
+    ///
+    /// # Errors
+    /// Those of [`Predictor::open_full`].
+    pub fn open_scoring(
+        run_dir: &Path,
+        engine: EngineChoice,
+        precision: Precision,
+        features: bool,
+    ) -> Result<Predictor> {
         let run = Run::open(run_dir)?;
         let device = default_device();
         let labels = run.config.labels.clone();
@@ -153,10 +215,48 @@ impl Predictor {
             });
         }
         let size = run.config.eval_preset.crop as usize;
-        let engine = Engine::open(engine, net, Graph::Outputs, &device, size, |net| {
-            ort_model(&run, net, precision)
-        })?;
-        Ok(Predictor { run, engine })
+        let calibration = match task {
+            Task::Classification => Calibration::load(&run),
+            Task::Regression => None,
+        };
+        let head = match task {
+            Task::Classification if features && net.point_head().is_none() => {
+                Some(HostHead::from_linear(net.head())?)
+            }
+            _ => None,
+        };
+        let engine = match head {
+            Some(_) => Engine::open(engine, net, Graph::Features, &device, size, |net| {
+                open_cached(&run.model_path(), &format!("features size={size}"), || {
+                    crate::export::onnx::features_proto(
+                        net,
+                        size,
+                        crate::export::onnx::DEFAULT_OPSET,
+                        &crate::export::metadata(&run, false),
+                    )
+                })
+            })?,
+            None => Engine::open(engine, net, Graph::Outputs, &device, size, |net| {
+                ort_model(&run, net, precision)
+            })?,
+        };
+        Ok(Predictor {
+            run,
+            engine,
+            head,
+            calibration,
+        })
+    }
+
+    /// The run's calibration for its current model file ([`crate::infer::calibration`]), if
+    /// training (or `nanoclass calibrate`) fitted one.
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
+    }
+
+    /// Whether each image's features come with its logits ([`Predictor::open_scoring`]).
+    pub fn has_features(&self) -> bool {
+        self.head.is_some()
     }
 
     /// A run's model from the ONNX file `onnx` (e.g. an int8 model being measured), on ONNX
@@ -168,8 +268,10 @@ impl Predictor {
         let run = Run::open(run_dir)?;
         let size = run.config.eval_preset.crop as usize;
         Ok(Predictor {
+            calibration: Calibration::load(&run),
             run,
             engine: Engine::on_ort(OrtModel::open(onnx)?, size),
+            head: None,
         })
     }
 
@@ -303,7 +405,24 @@ impl Predictor {
     /// # Errors
     /// The engine fails ([`Engine::run`]).
     pub fn logits(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>> {
-        Ok(self.engine.run(pixels, n)?.into_rows())
+        Ok(self
+            .forward(pixels, n)?
+            .into_iter()
+            .map(|(l, _)| l)
+            .collect())
+    }
+
+    /// [`Predictor::logits`] with each row's features when the predictor has them
+    /// ([`Predictor::open_scoring`]).
+    ///
+    /// # Errors
+    /// The engine fails ([`Engine::run`]).
+    pub fn forward(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<LogitsRow>> {
+        let rows = self.engine.run(pixels, n)?.into_rows();
+        Ok(match &self.head {
+            Some(h) => rows.into_iter().map(|f| (h.logits(&f), Some(f))).collect(),
+            None => rows.into_iter().map(|l| (l, None)).collect(),
+        })
     }
 
     /// Decodes, preprocesses (the stored eval preset) and runs files, batch by batch; decoding
@@ -329,11 +448,12 @@ impl Predictor {
             if batch.n == 0 {
                 continue;
             }
-            let rows = self.logits(batch.pixels, batch.n)?;
-            for (i, logits) in batch.items.into_iter().zip(rows) {
+            let rows = self.forward(batch.pixels, batch.n)?;
+            for (i, (logits, features)) in batch.items.into_iter().zip(rows) {
                 out.push(FileLogits {
                     path: paths[i].clone(),
                     logits,
+                    features,
                 });
             }
         }

@@ -9,9 +9,17 @@
 //!   averages over roughly the last 5 frames. Regression points are smoothed the same way.
 //! - **Threshold**: a top-1 probability below it gives no label (the frame is "unsure").
 //! - **Top-k**: the `k` best classes, best first ([`top_k`]).
+//! - **Calibration** ([`Scorer::calibrated`], [`crate::infer::calibration`]): a run's fitted
+//!   temperature divides the logits before the softmax, and with the unknown rule on, an image
+//!   whose features are farther from every class prototype than the rule's threshold gets no
+//!   label and is marked unknown ("none of these"). The distance is smoothed like the
+//!   probabilities.
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::infer::calibration::Calibration;
 use crate::{Error, Result};
 
 /// How outputs are turned into scores.
@@ -71,6 +79,12 @@ pub struct Scores {
     /// The gap between the two highest probabilities, in `[0, 1]` (1 with one class): small
     /// means unsure between two classes.
     pub margin: f32,
+    /// "None of these": the features are farther from every class prototype than the unknown
+    /// rule's threshold (then `label` is None). False without the rule.
+    pub unknown: bool,
+    /// The distance to the nearest class prototype (`1 - cos`, in `[0, 2]`) when the unknown
+    /// rule is on.
+    pub distance: Option<f32>,
 }
 
 /// Scores consecutive outputs of one model (see the module docs); it keeps the smoothing
@@ -79,6 +93,9 @@ pub struct Scores {
 pub struct Scorer {
     opts: ScoreOptions,
     smoothed: Option<Vec<f32>>,
+    calibration: Option<Arc<Calibration>>,
+    unknown: bool,
+    distance: Option<f32>,
 }
 
 impl Scorer {
@@ -91,7 +108,35 @@ impl Scorer {
         Ok(Scorer {
             opts,
             smoothed: None,
+            calibration: None,
+            unknown: false,
+            distance: None,
         })
+    }
+
+    /// Scores with a run's calibration: its temperature, and with `unknown` its unknown rule
+    /// (when it has one; see the module docs). None scores the raw logits.
+    pub fn calibrated(mut self, calibration: Option<&Calibration>, unknown: bool) -> Scorer {
+        self.calibration = calibration.map(|c| Arc::new(c.clone()));
+        self.unknown = unknown;
+        self.distance = None;
+        self
+    }
+
+    /// The temperature the logits are divided by (1 without calibration).
+    pub fn temperature(&self) -> f32 {
+        self.calibration
+            .as_ref()
+            .map_or(1.0, |c| c.temperature.temperature)
+    }
+
+    /// Whether the unknown rule is applied (asked for, and the calibration has one).
+    pub fn unknown_rule_on(&self) -> bool {
+        self.unknown
+            && self
+                .calibration
+                .as_ref()
+                .is_some_and(|c| c.unknown.is_some())
     }
 
     /// Its options.
@@ -102,11 +147,42 @@ impl Scorer {
     /// Forgets the smoothing history (the camera or the model changed).
     pub fn reset(&mut self) {
         self.smoothed = None;
+        self.distance = None;
     }
 
-    /// Scores one row of logits.
+    /// Scores one row of logits (divided by the calibrated temperature, if any).
     pub fn logits(&mut self, logits: &[f32]) -> Scores {
-        self.probs(softmax(logits))
+        self.logits_with_features(logits, None)
+    }
+
+    /// [`Scorer::logits`], and with the unknown rule on, `features` (what the head read, `[C]`)
+    /// decide whether the image is unknown.
+    pub fn logits_with_features(&mut self, logits: &[f32], features: Option<&[f32]>) -> Scores {
+        let probs = match &self.calibration {
+            Some(c) => c.probs(logits),
+            None => softmax(logits),
+        };
+        let mut scores = self.probs(probs);
+        let rule = self
+            .calibration
+            .as_ref()
+            .filter(|_| self.unknown)
+            .and_then(|c| c.unknown.as_ref());
+        if let (Some(rule), Some(f)) = (rule, features) {
+            let d = rule.distance(f);
+            let a = self.opts.smoothing;
+            let d = match self.distance {
+                Some(prev) if a > 0.0 => a * prev + (1.0 - a) * d,
+                _ => d,
+            };
+            self.distance = Some(d);
+            scores.distance = Some(d);
+            if rule.is_unknown(d) {
+                scores.unknown = true;
+                scores.label = None;
+            }
+        }
+        scores
     }
 
     /// Scores one row of probabilities (an instant model's).
@@ -119,6 +195,8 @@ impl Scorer {
             probs,
             top,
             label,
+            unknown: false,
+            distance: None,
         }
     }
 
@@ -272,6 +350,7 @@ mod tests {
         assert_eq!(b.label, None);
         s.reset();
         assert_eq!(s.probs(vec![0.1, 0.9]).label, Some(1));
+        assert!(!s.probs(vec![0.1, 0.9]).unknown);
         for bad in [
             ScoreOptions {
                 smoothing: 1.0,
@@ -284,5 +363,47 @@ mod tests {
         ] {
             assert!(Scorer::new(bad).is_err());
         }
+    }
+
+    #[test]
+    fn a_calibrated_scorer_divides_by_the_temperature_and_answers_unknown_far_away() {
+        use crate::infer::calibration::{Calibration, TemperatureFit, UnknownRule};
+        let cal = Calibration {
+            model_sha256: String::new(),
+            temperature: TemperatureFit {
+                temperature: 2.0,
+                fitted: 2.0,
+                held_out: 10,
+                correct: 9,
+                nll_before: 0.0,
+                nll_after: 0.0,
+                ece_before: 0.0,
+                ece_after: 0.0,
+                mean_confidence: 0.0,
+                confidence_cap: 0.0,
+            },
+            unknown: Some(UnknownRule {
+                prototypes: vec![vec![1.0, 0.0], vec![0.0, 1.0]],
+                threshold: 0.1,
+                alpha: 0.01,
+                held_out: 10,
+            }),
+        };
+        let opts = ScoreOptions::default();
+        // logits [2 ln 9, 0] at T = 2: probabilities [0.9, 0.1].
+        let mut s = Scorer::new(opts).unwrap().calibrated(Some(&cal), false);
+        assert_eq!(s.temperature(), 2.0);
+        assert!(!s.unknown_rule_on());
+        let a = s.logits_with_features(&[2.0 * 9f32.ln(), 0.0], Some(&[1.0, 1.0]));
+        assert!((a.probs[0] - 0.9).abs() < 1e-6);
+        assert_eq!((a.label, a.unknown, a.distance), (Some(0), false, None));
+        // With the rule: features halfway between the prototypes are unknown; near one are not.
+        let mut s = Scorer::new(opts).unwrap().calibrated(Some(&cal), true);
+        assert!(s.unknown_rule_on());
+        let b = s.logits_with_features(&[2.0 * 9f32.ln(), 0.0], Some(&[1.0, 1.0]));
+        assert!(b.unknown && b.label.is_none());
+        assert!((b.distance.unwrap() - (1.0 - 0.5f32.sqrt())).abs() < 1e-6);
+        let c = s.logits_with_features(&[2.0 * 9f32.ln(), 0.0], Some(&[1.0, 0.01]));
+        assert_eq!((c.label, c.unknown), (Some(0), false));
     }
 }

@@ -113,7 +113,51 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         // Only removes the folder when nothing else is in it.
         let _ = std::fs::remove_dir(&opts.out);
     }
-    result
+    let summary = result?;
+    if opts.task == Task::Classification && summary.val_images > 0 {
+        calibrate(opts, &summary, on_event);
+    }
+    Ok(summary)
+}
+
+/// Fits the run's calibration ([`crate::infer::calibration`]) and says what it found; a failure
+/// is a warning (the run stays usable, with uncalibrated probabilities).
+fn calibrate(opts: &TrainOptions, summary: &TrainSummary, on_event: &mut dyn FnMut(Event)) {
+    use crate::infer::calibration::calibrate_run;
+    let t0 = Instant::now();
+    match calibrate_run(
+        &summary.run_dir,
+        opts.engine,
+        opts.hyper.batch_size,
+        |_, _| {},
+    ) {
+        Ok(cal) => {
+            let t = &cal.temperature;
+            on_event(Event::Info(format!(
+                "calibrated on {} held-out images: temperature {:.3} (held-out NLL {:.4} -> \
+                 {:.4}, ECE {:.3} -> {:.3}, mean top-1 probability {:.3}, at most {:.3})",
+                t.held_out,
+                t.temperature,
+                t.nll_before,
+                t.nll_after,
+                t.ece_before,
+                t.ece_after,
+                t.mean_confidence,
+                t.confidence_cap,
+            )));
+            if let Some(u) = &cal.unknown {
+                on_event(Event::Info(format!(
+                    "unknown rule: distance to the nearest class prototype above {:.4} \
+                     (`--unknown`; {:.1} s)",
+                    u.threshold,
+                    t0.elapsed().as_secs_f64()
+                )));
+            }
+        }
+        Err(e) => on_event(Event::Warn(format!(
+            "probabilities are not calibrated: {e}"
+        ))),
+    }
 }
 
 /// Removes what a run writes into its directory, leaving anything else there alone.
@@ -125,6 +169,7 @@ fn clear_run(dir: &Path) -> Result<()> {
         files::LAST,
         files::METRICS,
         phases::instant::RECORD,
+        crate::infer::calibration::FILE,
     ] {
         let p = dir.join(f);
         if p.exists() {
