@@ -315,10 +315,13 @@ async function loadNext() {
   for (const r of rows) {
     const d = document.createElement("div");
     d.className = "next-item"; d.dataset.id = r.id; d.dataset.top1 = r.top1;
+    d.dataset.margin = r.margin; d.dataset.unknown = String(!!r.unknown);
     const img = document.createElement("img");
     img.alt = `frame ${r.id}`; img.src = `${taskUrl()}/instant/frames/${r.id}`;
     const t = document.createElement("span");
-    t.textContent = `${r.top1}? ${(100 * r.probability).toFixed(0)}% · margin ${r.margin.toFixed(2)}`;
+    t.textContent = r.unknown
+      ? `none of these? (nearest ${r.top1} ${(100 * r.probability).toFixed(0)}%)`
+      : `${r.top1}? ${(100 * r.probability).toFixed(0)}% · margin ${r.margin.toFixed(2)}`;
     const files = document.createElement("div");
     files.className = "files";
     for (const c of cats) {

@@ -33,9 +33,14 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use image::RgbImage;
+use nanoclass::infer::calibration::UnknownRule;
 use nanoclass::infer::embed::Embedder;
 use nanoclass::infer::engine::EngineChoice;
 use nanoclass::infer::scorer::{confident, ema, margin, top_k};
+
+/// "Label these next" lists a frame the preview is unsure of only when the gap between its top
+/// two probabilities is below this (two classes: a top-1 under 75%).
+pub const UNSURE_MARGIN: f32 = 0.5;
 use nanoclass::instant::{Features, HeadChoice, InstantModel};
 use nanoclass::live::LiveOptions;
 use nanoclass::model::Arch;
@@ -89,6 +94,9 @@ struct TaskState {
     labels: Vec<String>,
     counts: Vec<usize>,
     model: Option<Arc<InstantModel>>,
+    /// The preview's "none of these" rule on the backbone features (prototypes, threshold from
+    /// the images' leave-one-out distances; [`UnknownRule`]).
+    unknown: Option<Arc<UnknownRule>>,
     note: Option<String>,
     version: u64,
     centred_on_frames: usize,
@@ -130,6 +138,7 @@ impl TaskState {
         self.counts = counts;
         self.version += 1;
         self.model = None;
+        self.unknown = None;
         if k < 2 {
             self.note = Some("add a second category: the preview needs two or more".into());
             return None;
@@ -197,6 +206,9 @@ impl TaskState {
                 }
                 self.model = Some(Arc::new(m));
                 self.note = None;
+                let fdim = split.unwrap_or(dim);
+                let rows: Vec<Vec<f32>> = x.chunks_exact(dim).map(|r| r[..fdim].to_vec()).collect();
+                self.unknown = UnknownRule::fit(&rows, &y, k, &[]).map(Arc::new);
             }
             Err(e) => {
                 self.note = Some(e.to_string());
@@ -273,7 +285,10 @@ impl TaskState {
         let p = ema(smoothed.as_deref(), p, opts.score.smoothing);
         *smoothed = Some(p.clone());
         let top = top_k(&p, p.len());
-        let label = confident(&top, opts.score.threshold).map(|i| self.labels[i].clone());
+        let unknown = opts.unknown && self.is_unknown(features);
+        let label = confident(&top, opts.score.threshold)
+            .filter(|_| !unknown)
+            .map(|i| self.labels[i].clone());
         json!({
             "type": "scores",
             "preview": true,
@@ -281,11 +296,21 @@ impl TaskState {
             "labels": self.labels,
             "probs": p,
             "label": label,
+            "unknown": unknown,
             "top": top.first(),
             "ms": ms,
             "images": m.images(),
             "head": m.kind,
             "version": self.version,
+        })
+    }
+
+    /// Whether a frame's features (backbone features first, as the rows) are farther from
+    /// every class than the preview's unknown rule allows.
+    fn is_unknown(&self, features: &[f32]) -> bool {
+        self.unknown.as_deref().is_some_and(|u| {
+            let fdim = features.len().min(ARCH.feature_dim());
+            u.is_unknown(u.distance(&features[..fdim]))
         })
     }
 
@@ -500,31 +525,36 @@ impl InstantHub {
             .unwrap_or(false)
     }
 
-    /// Up to `n` pooled frames the instant model is least sure of, smallest margin first.
+    /// Up to `n` pooled frames that need a label: those the preview's unknown rule calls none
+    /// of the categories, then those whose top two probabilities are closer than
+    /// [`UNSURE_MARGIN`], smallest margin first. Frames it is sure of are not listed.
     pub fn uncertain(&self, task: &str, n: usize) -> ApiResult<Value> {
         let entry = self.entry(task)?;
         let s = entry.state.lock().map_err(|_| poisoned())?;
         let Some(m) = s.model.as_deref() else {
             return Ok(json!([]));
         };
-        let mut rows: Vec<(f32, u64, usize, f32)> = s
+        let mut rows: Vec<(f32, u64, usize, f32, bool)> = s
             .pool
             .iter()
             .map(|f| {
                 let p = m.probs(&f.features);
                 let top = top_k(&p, 1)[0];
-                (margin(&p), f.id, top.0, top.1)
+                (margin(&p), f.id, top.0, top.1, s.is_unknown(&f.features))
             })
+            .filter(|r| r.0 < UNSURE_MARGIN || r.4)
             .collect();
-        rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Unknown frames first (the preview has no class for them), then the least sure.
+        rows.sort_by(|a, b| b.4.cmp(&a.4).then(a.0.total_cmp(&b.0)));
         Ok(json!(
             rows.iter()
                 .take(n)
-                .map(|(mg, id, top, p)| json!({
+                .map(|(mg, id, top, p, unknown)| json!({
                     "id": id,
                     "margin": mg,
                     "top1": s.labels[*top],
                     "probability": p,
+                    "unknown": unknown,
                 }))
                 .collect::<Vec<_>>()
         ))

@@ -296,8 +296,9 @@ fn normalised(v: &[f32]) -> Vec<f32> {
 
 impl UnknownRule {
     /// Prototypes from the training images' `features` with their class `labels` (`classes`
-    /// classes), threshold from the held-out images' features (see the module docs). None when
-    /// a class has no training image or there are no held-out images.
+    /// classes), threshold from the held-out images' features and the training images'
+    /// leave-one-out distances (see the module docs; `held_out` may be empty). None when a
+    /// class has no training image or there is no distance to place the threshold on.
     pub fn fit(
         features: &[Vec<f32>],
         labels: &[usize],
@@ -316,7 +317,7 @@ impl UnknownRule {
                 *s += f64::from(v);
             }
         }
-        if held_out.is_empty() || counts.contains(&0) {
+        if counts.contains(&0) {
             return None;
         }
         let unit = |s: &[f64]| normalised(&s.iter().map(|v| *v as f32).collect::<Vec<_>>());
@@ -343,6 +344,9 @@ impl UnknownRule {
             let mut loo = rule.clone();
             loo.prototypes[y] = unit(&own);
             d.push(loo.distance(f));
+        }
+        if d.is_empty() {
+            return None;
         }
         d.sort_by(f32::total_cmp);
         let n = d.len();
@@ -543,5 +547,13 @@ mod tests {
         assert!((rule.threshold - 0.198).abs() < 1e-4, "{rule:?}");
         // A class without training images: no rule.
         assert!(UnknownRule::fit(&train, &[0, 0, 0], 2, &held).is_none());
+        // Without held-out images the leave-one-out distances place it: class 0's images
+        // [1, 0] and [0.8, 0.6] are 0.2 from each other's prototype (cos 0.8).
+        let train = vec![vec![1.0, 0.0], vec![0.8, 0.6], vec![0.0, 1.0]];
+        let rule = UnknownRule::fit(&train, &[0, 0, 1], 2, &[]).unwrap();
+        assert!((rule.threshold - 0.2).abs() < 1e-5, "{rule:?}");
+        assert_eq!(rule.held_out, 0);
+        // One image per class: nothing to place it on.
+        assert!(UnknownRule::fit(&train[1..], &[0, 1], 2, &[]).is_none());
     }
 }

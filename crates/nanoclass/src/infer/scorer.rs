@@ -253,6 +253,17 @@ pub fn argmax(v: &[f32]) -> usize {
     best
 }
 
+/// Index of the largest value of an f64 row (the lowest index among ties).
+pub fn argmax_f64(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// Indices and scores of the `k` largest logits, by descending score; equal scores keep the lower
 /// index first, so the result is deterministic. Returns `min(k, logits.len())` pairs; NaN scores
 /// rank below every number (they are never preferred over a real score).

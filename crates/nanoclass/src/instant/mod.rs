@@ -20,7 +20,9 @@
 //!   prototype is `p̂_c = normalise(Σ_{i∈c} x̂_i)`; `logits_c = T · p̂_c · x̂` (with centring,
 //!   SimpleShot's "CL2N", Wang et al. 2019, arXiv:1911.04623). The temperature
 //!   `T` is chosen from [`TEMPERATURES`] by the leave-one-out log-likelihood of the training
-//!   images (temperature scaling, Guo et al. 2017), so the scores read as probabilities;
+//!   images (temperature scaling, Guo et al. 2017), so the scores read as probabilities, then
+//!   lowered where needed so the mean leave-one-out top-1 probability is at most
+//!   `(k + 1) / (n + 2)` for `k` of `n` right (never above what the images support);
 //!   [`DEFAULT_TEMPERATURE`] while a class has a single image.
 //! - **Linear head**. Softmax regression on `x̃ = (z − m) / s`, where `s` is the mean of
 //!   `|z_i − m|` over the training images: cross-entropy plus `λ/2 · |W|²` ([`WEIGHT_DECAY`]),

@@ -160,7 +160,9 @@ impl Prepared {
             .collect()
     }
 
-    /// The leave-one-out prototype temperature over all images.
+    /// The leave-one-out prototype temperature over all images: the one of [`TEMPERATURES`]
+    /// with the least leave-one-out NLL, lowered when needed so that the mean leave-one-out
+    /// top-1 probability is at most `(k + 1) / (n + 2)` (`k` of `n` right).
     pub(super) fn temperature(&self, counts: &[usize]) -> f32 {
         if counts.iter().any(|&c| c < 2) {
             return DEFAULT_TEMPERATURE;
@@ -200,11 +202,41 @@ impl Prepared {
                 })
                 .sum()
         };
-        TEMPERATURES
+        let best = TEMPERATURES
             .iter()
             .map(|&t| (t, nll(t)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or(DEFAULT_TEMPERATURE, |(t, _)| t)
+            .map_or(DEFAULT_TEMPERATURE, |(t, _)| t);
+        // Never above what the data supports (as for trained runs,
+        // crate::infer::calibration): the mean leave-one-out top-1 probability is held at most
+        // at (k + 1) / (n + 2) for k of the n images right; it grows with t.
+        let right = rows
+            .iter()
+            .filter(|(own, cos)| crate::infer::scorer::argmax_f64(cos) == *own)
+            .count();
+        let cap = (right + 1) as f64 / (rows.len() + 2) as f64;
+        let confidence = |t: f32| -> f64 {
+            rows.iter()
+                .map(|(_, cos)| {
+                    let z: Vec<f32> = cos.iter().map(|c| t * *c as f32).collect();
+                    f64::from(softmax(&z).into_iter().fold(0.0, f32::max))
+                })
+                .sum::<f64>()
+                / rows.len().max(1) as f64
+        };
+        if confidence(best) <= cap {
+            return best;
+        }
+        let (mut lo, mut hi) = (0.0f32, best);
+        for _ in 0..40 {
+            let mid = (lo + hi) / 2.0;
+            if confidence(mid) > cap {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        lo
     }
 
     /// Fits the linear head on the images `train`: returns `A` (`[K, train.len()]`, so that
