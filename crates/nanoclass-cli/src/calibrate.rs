@@ -27,9 +27,16 @@ pub struct CalibrateArgs {
 
 /// Runs `nanoclass calibrate`.
 pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
-    let cal = calibrate_run(&a.run, a.engine, a.batch_size, |done, total| {
-        eprint!("\rimages {done}/{total}");
-    })?;
+    let cache = nanoclass::infer::cache::default_dir();
+    let cal = calibrate_run(
+        &a.run,
+        a.engine,
+        cache.as_deref(),
+        a.batch_size,
+        |done, total| {
+            eprint!("\rimages {done}/{total}");
+        },
+    )?;
     eprintln!();
     let t = &cal.temperature;
     println!(

@@ -35,8 +35,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::fs::write_atomic;
+use crate::infer::cache::FeatureCache;
 use crate::model::registry::sha256_file;
 use crate::run::Run;
+use crate::train::Mode;
 use crate::{Error, Result};
 
 /// The file in a run directory.
@@ -375,7 +377,8 @@ impl UnknownRule {
 /// Fits the calibration of the classification run in `run_dir` on its own images: the
 /// temperature on the held-out images' logits, the unknown rule on the training images'
 /// features and the held-out ones' (eval view, the run's current model), and writes
-/// `calibration.json`. `progress(done, total)` follows the images.
+/// `calibration.json`. A frozen or instant run reads its features from the feature cache under
+/// `feature_cache` where training left them. `progress(done, total)` follows the images.
 ///
 /// # Errors
 /// The run cannot be opened or is not a classification run; it has no held-out images; the
@@ -383,6 +386,7 @@ impl UnknownRule {
 pub fn calibrate_run(
     run_dir: &Path,
     engine: crate::infer::engine::EngineChoice,
+    feature_cache: Option<&Path>,
     batch_size: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Calibration> {
@@ -408,9 +412,29 @@ pub fn calibrate_run(
         .chain(&train)
         .map(|s| (s.path.as_path(), s.label))
         .collect();
+    // Frozen and instant runs keep the pretrained backbone: its features are in the feature
+    // cache training filled.
+    let cache = match (
+        feature_cache,
+        &run.config.weights.path,
+        run.config.hyper.mode,
+    ) {
+        (Some(root), Some(w), Mode::Frozen | Mode::Instant) => FeatureCache::open(
+            root,
+            run.config.arch,
+            w,
+            &run.config.eval_preset,
+            run.config.arch.feature_dim(),
+        )
+        .ok(),
+        _ => None,
+    };
     let mut rows = Vec::with_capacity(total);
     for chunk in paths.chunks(batch_size.max(1) * 4) {
-        let (r, _skipped) = p.logits_for_files(chunk, batch_size)?;
+        let (r, _skipped) = match &cache {
+            Some(c) => p.logits_for_files_cached(chunk, batch_size, c)?,
+            None => p.logits_for_files(chunk, batch_size)?,
+        };
         rows.extend(r);
         progress(rows.len(), total);
     }

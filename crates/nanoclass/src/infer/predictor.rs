@@ -425,6 +425,45 @@ impl Predictor {
         })
     }
 
+    /// [`Predictor::logits_for_files`] for a predictor with features, through the on-disk
+    /// feature `cache` (features already there are read, not computed; new ones are added).
+    /// Only for a run whose backbone is the one the cache belongs to (frozen and instant runs
+    /// keep their pretrained backbone).
+    ///
+    /// # Errors
+    /// [`Error::Run`] without features ([`Predictor::open_scoring`]); the engine fails.
+    pub fn logits_for_files_cached(
+        &self,
+        paths: &[PathBuf],
+        batch_size: usize,
+        cache: &crate::infer::cache::FeatureCache,
+    ) -> Result<(Vec<FileLogits>, Vec<Skipped>)> {
+        let head = self.head.as_ref().ok_or_else(|| Error::Run {
+            path: self.run.dir.clone(),
+            reason: "the predictor was opened without features".into(),
+        })?;
+        let (rows, skipped, _) = crate::infer::embed::extract_features(
+            crate::infer::embed::EngineSource::Ready(&self.engine),
+            paths,
+            &self.run.config.eval_preset,
+            batch_size,
+            Some(cache),
+            |_, _| {},
+        )?;
+        let out = paths
+            .iter()
+            .zip(rows)
+            .filter_map(|(p, f)| {
+                f.map(|f| FileLogits {
+                    path: p.clone(),
+                    logits: head.logits(&f),
+                    features: Some(f),
+                })
+            })
+            .collect();
+        Ok((out, skipped))
+    }
+
     /// Decodes, preprocesses (the stored eval preset) and runs files, batch by batch; decoding
     /// is parallel and overlapped with the model. Undecodable files are returned as skipped.
     ///

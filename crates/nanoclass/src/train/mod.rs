@@ -128,6 +128,7 @@ fn calibrate(opts: &TrainOptions, summary: &TrainSummary, on_event: &mut dyn FnM
     match calibrate_run(
         &summary.run_dir,
         opts.engine,
+        opts.feature_cache.as_deref(),
         opts.hyper.batch_size,
         |_, _| {},
     ) {
