@@ -12,6 +12,7 @@ use tract_onnx::prelude::{
 
 use super::golden::{self, Manifest};
 use crate::infer::ort::OrtModel;
+use crate::infer::scorer::argmax;
 use crate::{Error, Result};
 
 /// The default tolerance on the largest absolute output difference (the one the ONNX export
@@ -95,15 +96,6 @@ fn export_dir(path: &Path) -> PathBuf {
     } else {
         path.to_path_buf()
     }
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv { (i, v) } else { (bi, bv) }
-        })
-        .0
 }
 
 /// Whether `path` is a zip file (by its first bytes, whatever its name).

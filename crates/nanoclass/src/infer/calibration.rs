@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fs::write_atomic;
 use crate::infer::cache::FeatureCache;
+use crate::infer::scorer::argmax;
 use crate::model::registry::sha256_file;
 use crate::run::Run;
 use crate::train::Mode;
@@ -182,11 +183,8 @@ pub fn expected_calibration_error(probs: &[Vec<f32>], labels: &[usize]) -> f64 {
     let mut conf = [0f64; BINS];
     let mut right = [0f64; BINS];
     for (p, &y) in probs.iter().zip(labels) {
-        let (arg, top) =
-            p.iter().enumerate().fold(
-                (0, f32::NEG_INFINITY),
-                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-            );
+        let arg = argmax(p);
+        let top = p.get(arg).copied().unwrap_or(0.0);
         let b = ((f64::from(top) * BINS as f64) as usize).min(BINS - 1);
         count[b] += 1;
         conf[b] += f64::from(top);
@@ -197,16 +195,6 @@ pub fn expected_calibration_error(probs: &[Vec<f32>], labels: &[usize]) -> f64 {
         .filter(|&b| count[b] > 0)
         .map(|b| (right[b] - conf[b]).abs() / n)
         .sum()
-}
-
-fn argmax(l: &[f32]) -> usize {
-    l.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-        )
-        .0
 }
 
 /// Fits the temperature on held-out `logits` and their `labels` (see the module docs); None

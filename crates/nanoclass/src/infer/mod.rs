@@ -18,6 +18,7 @@ pub mod calibration;
 pub mod device;
 pub mod embed;
 pub mod engine;
+pub mod host_linear;
 pub mod ort;
 pub mod precision;
 pub mod predictor;

@@ -9,8 +9,9 @@ use crate::data::folder::Sample;
 use crate::data::loader::{Skipped, decode_batches};
 use crate::eval::regression::{denormalise, output_points};
 use crate::infer::calibration::Calibration;
-use crate::infer::device::{default_device, read_f32};
+use crate::infer::device::default_device;
 use crate::infer::engine::{Engine, EngineChoice, Graph};
+use crate::infer::host_linear::HostLinear;
 use crate::infer::ort::{OrtModel, open_cached};
 use crate::infer::precision::{Precision, kept_int8};
 use crate::model::Net;
@@ -29,42 +30,8 @@ pub struct Predictor {
     engine: Engine,
     /// With features ([`Predictor::open_scoring`]): the engine computes what the head reads and
     /// this head, on the host, the logits.
-    head: Option<HostHead>,
+    head: Option<HostLinear>,
     calibration: Option<Calibration>,
-}
-
-/// A classification head `[K, C]` (row-major) and `[K]` applied on the host.
-#[derive(Debug, Clone)]
-struct HostHead {
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-    dim: usize,
-}
-
-impl HostHead {
-    fn from_linear(linear: &burn::nn::Linear) -> Result<HostHead> {
-        let [dim, k] = linear.weight.val().dims();
-        let wt = read_f32(linear.weight.val())?;
-        let bias = match &linear.bias {
-            Some(b) => read_f32(b.val())?,
-            None => vec![0.0; k],
-        };
-        let mut weight = vec![0.0f32; k * dim];
-        for c in 0..dim {
-            for o in 0..k {
-                weight[o * dim + c] = wt[c * k + o];
-            }
-        }
-        Ok(HostHead { weight, bias, dim })
-    }
-
-    fn logits(&self, f: &[f32]) -> Vec<f32> {
-        self.weight
-            .chunks_exact(self.dim)
-            .zip(&self.bias)
-            .map(|(row, b)| b + row.iter().zip(f).map(|(w, x)| w * x).sum::<f32>())
-            .collect()
-    }
 }
 
 /// The run's model in ONNX Runtime: the int8 model `nanoclass quantize` kept (unless
@@ -221,7 +188,7 @@ impl Predictor {
         };
         let head = match task {
             Task::Classification if features && net.point_head().is_none() => {
-                Some(HostHead::from_linear(net.head())?)
+                Some(HostLinear::from_linear(net.head())?)
             }
             _ => None,
         };
@@ -420,7 +387,7 @@ impl Predictor {
     pub fn forward(&self, pixels: Vec<f32>, n: usize) -> Result<Vec<LogitsRow>> {
         let rows = self.engine.run(pixels, n)?.into_rows();
         Ok(match &self.head {
-            Some(h) => rows.into_iter().map(|f| (h.logits(&f), Some(f))).collect(),
+            Some(h) => rows.into_iter().map(|f| (h.forward(&f), Some(f))).collect(),
             None => rows.into_iter().map(|l| (l, None)).collect(),
         })
     }
@@ -456,7 +423,7 @@ impl Predictor {
             .filter_map(|(p, f)| {
                 f.map(|f| FileLogits {
                     path: p.clone(),
-                    logits: head.logits(&f),
+                    logits: head.forward(&f),
                     features: Some(f),
                 })
             })

@@ -242,19 +242,9 @@ pub fn margin(probs: &[f32]) -> f32 {
     }
 }
 
-/// Index of the largest value (the lowest index among ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// Index of the largest value of an f64 row (the lowest index among ties).
-pub fn argmax_f64(v: &[f64]) -> usize {
+/// Index of the largest value (the lowest index among ties; 0 for an empty row), for f32
+/// logits and probabilities as for f64 scores.
+pub fn argmax<T: PartialOrd>(v: &[T]) -> usize {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] {

@@ -3,24 +3,8 @@
 //! the stratified leave-out check (see the parent module's docs for the maths).
 
 use super::{DEFAULT_TEMPERATURE, ITERATIONS, LeaveOut, MAX_FOLDS, TEMPERATURES, WEIGHT_DECAY};
-use crate::infer::scorer::softmax;
-
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((a, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *a += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
+pub(super) use crate::infer::host_linear::dot;
+use crate::infer::scorer::{argmax, softmax};
 
 fn dot64(a: &[f64], b: &[f64]) -> f64 {
     let mut acc = [0.0f64; 4];
@@ -210,10 +194,7 @@ impl Prepared {
         // Never above what the data supports (as for trained runs,
         // crate::infer::calibration): the mean leave-one-out top-1 probability is held at most
         // at (k + 1) / (n + 2) for k of the n images right; it grows with t.
-        let right = rows
-            .iter()
-            .filter(|(own, cos)| crate::infer::scorer::argmax_f64(cos) == *own)
-            .count();
+        let right = rows.iter().filter(|(own, cos)| argmax(cos) == *own).count();
         let cap = (right + 1) as f64 / (rows.len() + 2) as f64;
         let confidence = |t: f32| -> f64 {
             rows.iter()
@@ -405,16 +386,6 @@ pub(super) fn prepare(
         r,
     };
     (scaled, scale, prep)
-}
-
-pub(super) fn argmax(v: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// At most `cap` row indices (ascending), stratified by class: every class keeps

@@ -1,7 +1,7 @@
 //! Tests of the instant models' maths.
 
 use super::*;
-use solve::argmax;
+use crate::infer::scorer::argmax;
 
 /// Two Gaussian-ish clusters in 16 dimensions with a deterministic pseudo-random spread.
 fn clusters(per: usize, spread: f32) -> (Vec<f32>, Vec<usize>) {
