@@ -120,8 +120,9 @@ pub struct TrainArgs {
     /// activations of the frozen body for several augmented views per image (classification).
     #[arg(long, value_enum, default_value = "frozen")]
     mode: ModeArg,
-    /// --mode partial: residual blocks to train, counted from the end (default: 2 of
-    /// EfficientNet-Lite0's 16 MBConv blocks; layer4 of the ResNets).
+    /// --mode partial: residual blocks to train, counted from the end, 0 to all (default:
+    /// none of EfficientNet-Lite0's 16 MBConv blocks, so its 1x1 head convolution and the head
+    /// train; layer4 of the ResNets).
     #[arg(long, value_name = "K")]
     train_blocks: Option<usize>,
     /// --mode partial: views cached per training image (view 0 the eval view, the others
@@ -221,7 +222,6 @@ fn flag_of(e: &HyperError) -> &'static str {
         HyperError::WeightDecay(_) => "--weight-decay",
         HyperError::ValFraction(_) => "--val-fraction",
         HyperError::Views(_) => "--views",
-        HyperError::TrainBlocks(_) => "--train-blocks",
         HyperError::Patience(_) => "--patience",
         HyperError::Augmentation(_) => "--crop-scale/--jitter/--flip",
     }
@@ -269,7 +269,13 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
         epochs: a.epochs.unwrap_or(defaults.epochs),
         head_epochs: a.head_epochs,
         batch_size: a.batch_size.unwrap_or(defaults.batch_size),
-        lr: a.lr.unwrap_or(optimizer.default_lr()),
+        // The mode's learning rate goes with its optimizer (partial's Adam rate); another
+        // optimizer starts from its own default.
+        lr: a.lr.unwrap_or(if optimizer == defaults.optimizer {
+            defaults.lr
+        } else {
+            optimizer.default_lr()
+        }),
         body_lr_factor: a.body_lr_factor,
         optimizer,
         momentum: a.momentum,

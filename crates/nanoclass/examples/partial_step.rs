@@ -1,7 +1,10 @@
 //! Time of one partial fine-tuning step on burn (forward through the trained tail, backward,
-//! Adam step) for a batch of cached activations, by number of trained blocks.
+//! Adam step) for a batch of cached activations, by number of trained blocks (0, 1, 2).
 //!
-//! `cargo run --release -p nanoclass --example partial_step -- [BATCH] [ARCH]`
+//! `cargo run --release -p nanoclass --example partial_step -- [BATCH] [ARCH] [BN]`
+//!
+//! `BN`: `batch` (the trained blocks' BatchNorm with batch statistics, the default) or `frozen`
+//! (running statistics).
 
 use std::time::Instant;
 
@@ -20,11 +23,15 @@ fn main() {
         .get(2)
         .and_then(|a| Arch::parse(a))
         .unwrap_or(Arch::EfficientnetLite0);
+    let bn = match args.get(3).map(String::as_str) {
+        Some("frozen") => TailBatchNorm::Frozen,
+        _ => TailBatchNorm::Batch,
+    };
     let ad = default_device().autodiff();
     let h = Hyperparams::for_mode(Mode::Partial);
-    for blocks in [1, 2] {
+    for blocks in [0, 1, 2] {
         let cut = Cut::new(arch, blocks).unwrap();
-        let net = Net::new(arch, 12, &ad).with_tail_batch_norm(cut, TailBatchNorm::Batch);
+        let net = Net::new(arch, 12, &ad).with_tail_batch_norm(cut, bn);
         let [c, hh, ww] = net.activation_shape(cut, 224);
         let mut optim = make_optimizer(&h);
         let mut model = net;
@@ -57,7 +64,7 @@ fn main() {
         fwd.sort_by(f64::total_cmp);
         back.sort_by(f64::total_cmp);
         println!(
-            "{arch} last {blocks} blocks, batch {batch} of [{c}, {hh}, {ww}]: step median \
+            "{arch} last {blocks} blocks, BatchNorm {bn:?}, batch {batch} of [{c}, {hh}, {ww}]: step median \
              {:.3} s (forward {:.3} s, backward {:.3} s)",
             times[3], fwd[3], back[3]
         );

@@ -6,7 +6,7 @@ import { $, S, esc, heldOut, pct, pxs, show, taskUrl } from "./state.js";
 
 let trainEvents = null;
 
-// Epochs and batch size the form shows for each mode.
+// Epochs, batch size and learning rate the form shows for each mode (the library's defaults).
 const MODE_EPOCHS = { frozen: 30, full: 10, finetune: 5, instant: 1, partial: 6 };
 
 export function modeChanged() {
@@ -14,6 +14,7 @@ export function modeChanged() {
   // A frozen point model stops by its held-out error: up to 300 epochs (early stopping).
   $("train-epochs").value = S.kind === "regression" && mode === "frozen" ? 300 : MODE_EPOCHS[mode];
   $("train-batch").value = mode === "partial" ? 32 : 16;
+  $("train-lr").value = mode === "partial" ? 0.002 : 0.001;
 }
 
 export async function startTraining() {

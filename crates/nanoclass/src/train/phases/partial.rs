@@ -13,8 +13,9 @@
 //! streamed batches (memory holds a few batches whatever the number of images). The trained
 //! blocks' BatchNorm uses batch statistics ([`TailBatchNorm::Batch`], chosen by measurement:
 //! see [`crate::model::cut`]). The head learns at `lr`, the trained blocks at
-//! `lr * body_lr_factor` (Adam 1e-3 and 1e-4 by default, the measured recipe). The saved model
-//! is the ordinary whole network.
+//! `lr * body_lr_factor` (Adam 2e-3 and 2e-4 by default); with no block trained (EfficientNet-
+//! Lite0's default cut), its head convolution and `_bn1` learn with the head at `lr`. The saved
+//! model is the ordinary whole network.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -243,7 +244,13 @@ impl PartialPhase {
             val,
             shape,
             trained: cut.trained_layers(opts.arch),
-            body_lr_factor: h.body_lr_factor,
+            // With no block to train, what follows the last block (EfficientNet-Lite0's head
+            // convolution and its BatchNorm) is part of the head and learns at its rate.
+            body_lr_factor: if cut.blocks == 0 {
+                1.0
+            } else {
+                h.body_lr_factor
+            },
             lr: PhaseLr {
                 base: h.lr,
                 schedule: h.schedule,
