@@ -28,7 +28,7 @@ pub struct CalibrateArgs {
 /// Runs `nanoclass calibrate`.
 pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
     let cache = nanoclass::infer::cache::default_dir();
-    let cal = calibrate_run(
+    let fitted = calibrate_run(
         &a.run,
         a.engine,
         cache.as_deref(),
@@ -38,6 +38,13 @@ pub fn run(a: CalibrateArgs) -> Result<ExitCode> {
         },
     )?;
     eprintln!();
+    if fitted.from_activation_cache > 0 {
+        eprintln!(
+            "{} images from the partial run's activation cache (only the trained layers ran)",
+            fitted.from_activation_cache
+        );
+    }
+    let cal = &fitted.calibration;
     let t = &cal.temperature;
     println!(
         "temperature {:.4} (NLL minimum at {:.4}), {} held-out images ({} right): NLL {:.4} -> \

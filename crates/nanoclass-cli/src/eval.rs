@@ -67,7 +67,7 @@ pub fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
         SplitArg::Test => EvalSplit::Test,
         SplitArg::All => EvalSplit::All,
     };
-    let (samples, from) = predictor.held_out(&data, split)?;
+    let (samples, from) = predictor.run.held_out(&data, split)?;
     if samples.is_empty() {
         bail!(
             "{}: no held-out images (no val/ folder, and no split recorded for this dataset): \
@@ -81,7 +81,7 @@ pub fn cmd_eval(a: EvalArgs) -> Result<ExitCode> {
         data.display()
     );
     if !matches!(a.split, SplitArg::All)
-        && let Ok(train) = predictor.training_images()
+        && let Ok(train) = predictor.run.training_images()
         && let Some(w) = near_copy_warning(&data, &train, &samples, "held-out")
     {
         eprintln!("warning: {w}");

@@ -94,6 +94,38 @@ fn partial_beats_frozen_on_clock_hours_and_is_an_ordinary_run() {
         "eval {top1} vs training {p}"
     );
 
+    // Calibration read the run's images from the activation cache (only the tail ran) and
+    // fitted what the whole network on the pixels gives (`calibrate` with no cache).
+    let cached: usize = log
+        .split("images from the activation cache")
+        .next()
+        .and_then(|head| head.rsplit("; ").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        cached,
+        (16 + 5) * 12,
+        "every image of the subset from the cache\n{log}"
+    );
+    let temperature = |text: &str| -> f64 {
+        let after = text.split("temperature ").nth(1).expect(text);
+        after.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let t_cached = temperature(&log);
+    let o = bin()
+        .args(["calibrate"])
+        .arg(&partial)
+        .env("NANOCLASS_FEATURE_CACHE", tmp.path().join("no-cache"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    ok(o, "calibrate");
+    let t_whole = temperature(&out);
+    assert!(
+        (t_cached - t_whole).abs() <= 0.02 * t_whole,
+        "temperature from cached activations {t_cached} vs the whole network {t_whole}"
+    );
+
     // A second run finds every view in the cache and computes none.
     let (_, again) = train("partial", &["--epochs", "1", "--views", "3", "--force"]);
     assert!(again.contains("0 computed"), "{again}");

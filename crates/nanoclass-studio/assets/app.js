@@ -13,7 +13,7 @@ import { refreshSource, setDeviceSource, useSource } from "./js/camera.js";
 import { addCategory, captureOnce, closeEditor, editorClick, editorKey, importFolder, loadTask, savePointClick, scheduleThumbs, stageKey, startHold, stopHold, uploadFiles } from "./js/collect.js";
 import { checkModel, clearBars, drawOverlay, loadRuns, scheduleInstant, startLive, stopLive, updateDownload } from "./js/live.js";
 import { $, S, events, show, taskUrl } from "./js/state.js";
-import { followTraining, modeChanged, resetTrainForm, startTraining, stopTraining } from "./js/train.js";
+import { followTraining, modeChanged, resetTrainForm, scheduleEstimate, startTraining, stopTraining, updateEstimate } from "./js/train.js";
 
 async function loadTasks(select) {
   const tasks = await api("GET", "/api/tasks");
@@ -57,6 +57,8 @@ async function init() {
   dev.value = info.default_device;
   $("train-device-label").hidden = info.devices.length < 2;
   $("train-mode").onchange = modeChanged;
+  // Any other setting of the form changes the expected time.
+  for (const id of ["train-arch", "train-device", "train-epochs", "train-batch", "train-crop-min", "train-jitter", "train-flip"]) $(id).addEventListener("change", updateEstimate);
 
   $("task-create").onclick = async () => {
     const name = $("task-name").value.trim();
@@ -98,6 +100,7 @@ async function init() {
   $("device-img").addEventListener("load", drawOverlay);
   for (const ev of ["loadedmetadata", "resize"]) $("video").addEventListener(ev, drawOverlay);
   events.addEventListener("images", scheduleThumbs);
+  events.addEventListener("images", scheduleEstimate);
 
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });

@@ -210,6 +210,7 @@ fn routes() -> Vec<(String, MethodRouter<AppState>)> {
             get(training_status).post(start_training),
         ),
         (format!("{task}/train/stop"), post(stop_training)),
+        (format!("{task}/train/estimate"), post(estimate_training)),
         (format!("{task}/train/events"), get(training_events)),
         (format!("{task}/runs"), get(list_runs)),
         (run.into(), get(get_run)),

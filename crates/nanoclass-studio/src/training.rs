@@ -487,12 +487,12 @@ fn evaluate(
     let report = match task {
         Task::Classification => {
             let p = Predictor::open(run_dir)?;
-            let (samples, _) = p.held_out(data, EvalSplit::Val)?;
+            let (samples, _) = p.run.held_out(data, EvalSplit::Val)?;
             RunEval::Classification(p.evaluate(&samples, 32)?.0)
         }
         Task::Regression => {
             let p = Predictor::open_regression(run_dir)?;
-            let (samples, _) = p.held_out(data, EvalSplit::Val)?;
+            let (samples, _) = p.run.held_out(data, EvalSplit::Val)?;
             RunEval::Regression(p.evaluate_regression(&samples, 32, 0)?.0)
         }
     };

@@ -993,6 +993,14 @@ async fn binding_beyond_loopback_requires_a_token() {
     assert!(bad.unwrap_err().contains("not-a-host"));
 }
 
+/// The expected time of training `task` with the settings `body` (200 expected).
+async fn estimate(app: &Router, task: &str, body: &Value) -> Value {
+    let uri = format!("/api/tasks/{task}/train/estimate");
+    let r = call(app, "POST", &uri, Some(body.clone())).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.error());
+    r.json()
+}
+
 async fn train_and_wait(app: &Router, task: &str, body: Value) -> Vec<Value> {
     let r = call(app, "POST", &format!("/api/tasks/{task}/train"), Some(body)).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.error());
@@ -1026,6 +1034,7 @@ async fn training_streams_held_out_progress_and_live_scores_follow_the_categorie
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = config(tmp.path());
     cfg.source = Some(ant_source(tmp.path()));
+    cfg.feature_cache = Some(tmp.path().join("features"));
     let app = router(cfg);
     task_with(&app, "hym", &["ants", "bees"]).await;
     for class in ["ants", "bees"] {
@@ -1079,12 +1088,48 @@ async fn training_streams_held_out_progress_and_live_scores_follow_the_categorie
         StatusCode::NOT_FOUND
     );
 
-    let events = train_and_wait(
+    // The expected time before training: 30 images through the backbone, none cached, 4
+    // epochs of ceil(24 / 8) steps, at the reference machine's rates (nothing ran here yet).
+    let settings =
+        json!({"arch": "efficientnet_lite0", "mode": "frozen", "epochs": 4, "batch_size": 8});
+    let before = estimate(&app, "hym", &settings).await;
+    assert_eq!(
+        (
+            &before["train_images"],
+            &before["val_images"],
+            &before["body_views"],
+            &before["cached"],
+            &before["steps"],
+            &before["from"]
+        ),
+        (
+            &json!(24),
+            &json!(6),
+            &json!(30),
+            &json!(0),
+            &json!(12),
+            &json!("reference")
+        ),
+        "{before}"
+    );
+    assert!(before["seconds"].as_f64().unwrap() > 0.0, "{before}");
+    let r = call(
         &app,
-        "hym",
-        json!({"arch": "efficientnet_lite0", "mode": "frozen", "epochs": 4, "batch_size": 8}),
+        "POST",
+        "/api/tasks/hym/train/estimate",
+        Some(json!({"mode": "half"})),
     )
     .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let events = train_and_wait(&app, "hym", settings.clone()).await;
+    // Afterwards the features are cached and this machine's rates recorded.
+    let after = estimate(&app, "hym", &settings).await;
+    assert_eq!(
+        (&after["body_views"], &after["cached"], &after["from"]),
+        (&json!(0), &json!(30), &json!("this_machine")),
+        "{after}"
+    );
     let epochs: Vec<&Value> = events.iter().filter(|e| e["type"] == "epoch").collect();
     assert_eq!(epochs.len(), 4, "{events:?}");
     for e in &epochs {

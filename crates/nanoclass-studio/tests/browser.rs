@@ -863,6 +863,14 @@ async fn studio_in_headless_chromium() {
         "the preview running live",
     )
     .await;
+    // A classification task's form starts on partial fine-tuning and says how long it will
+    // take before anything starts.
+    page.wait(
+        "document.getElementById('train-mode').value === 'partial' && document.getElementById('train-lr').value === '0.002' && /^Expected: about \\d+ (s|min) — \\d+ image views through the backbone/.test(document.getElementById('train-estimate').textContent)",
+        Duration::from_secs(30),
+        "the default mode's expected time",
+    )
+    .await;
     page.set_value("#train-arch", "efficientnet_lite0").await;
     page.set_value("#train-mode", "frozen").await;
     page.type_into("#train-epochs", "30").await;

@@ -221,7 +221,7 @@ fn predict_and_eval_give_the_same_logits_at_any_batch_size() {
     let out = tmp.path().join("run");
     run_train(&options(&data, &out, Mode::Frozen)).0.unwrap();
     let p = Predictor::open(&out).unwrap();
-    let (held, _) = p.held_out(&data, EvalSplit::Val).unwrap();
+    let (held, _) = p.run.held_out(&data, EvalSplit::Val).unwrap();
     assert_eq!(held.len(), 6);
     let paths: Vec<PathBuf> = held.iter().map(|s| s.path.clone()).collect();
     let (one, _) = p.logits_for_files(&paths, 1).unwrap();
@@ -308,10 +308,10 @@ fn eval_reads_test_folders_and_plain_folders_with_a_subset_of_the_classes() {
     let out = tmp.path().join("run");
     run_train(&options(&data, &out, Mode::Frozen)).0.unwrap();
     let p = Predictor::open(&out).unwrap();
-    assert_eq!(p.held_out(&data, EvalSplit::Val).unwrap().0.len(), 3);
-    assert_eq!(p.held_out(&data, EvalSplit::Test).unwrap().0.len(), 6);
+    assert_eq!(p.run.held_out(&data, EvalSplit::Val).unwrap().0.len(), 3);
+    assert_eq!(p.run.held_out(&data, EvalSplit::Test).unwrap().0.len(), 6);
     assert_eq!(
-        p.held_out(&data, EvalSplit::All).unwrap().0.len(),
+        p.run.held_out(&data, EvalSplit::All).unwrap().0.len(),
         9 + 3 + 6
     );
     // A plain folder holding only classes b and c: labels follow the model's indices.
@@ -321,14 +321,18 @@ fn eval_reads_test_folders_and_plain_folders_with_a_subset_of_the_classes() {
     std::fs::rename(plain.join("b"), plain.join("c")).unwrap();
     make_split(&plain, &[("a", 0), ("b", 1)]);
     std::fs::remove_dir(plain.join("a")).unwrap();
-    let (s, _) = p.held_out(&plain, EvalSplit::Val).unwrap();
+    let (s, _) = p.run.held_out(&plain, EvalSplit::Val).unwrap();
     let mut labels: Vec<usize> = s.iter().map(|x| x.label).collect();
     labels.sort();
     assert_eq!(labels, vec![1, 2, 2]);
     // A class the model does not know is named.
     std::fs::create_dir_all(plain.join("zebra")).unwrap();
     std::fs::copy(s[0].path.clone(), plain.join("zebra/z.png")).unwrap();
-    let err = p.held_out(&plain, EvalSplit::Val).unwrap_err().to_string();
+    let err = p
+        .run
+        .held_out(&plain, EvalSplit::Val)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("[zebra]"), "{err}");
 }
 

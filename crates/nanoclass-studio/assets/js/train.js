@@ -8,6 +8,7 @@ let trainEvents = null;
 
 // Epochs, batch size and learning rate the form shows for each mode (the library's defaults).
 const MODE_EPOCHS = { frozen: 30, full: 10, finetune: 5, instant: 1, partial: 6 };
+const DEFAULT_CLASSIFICATION_MODE = "partial";
 
 export function modeChanged() {
   const mode = $("train-mode").value;
@@ -15,10 +16,11 @@ export function modeChanged() {
   $("train-epochs").value = S.kind === "regression" && mode === "frozen" ? 300 : MODE_EPOCHS[mode];
   $("train-batch").value = mode === "partial" ? 32 : 16;
   $("train-lr").value = mode === "partial" ? 0.002 : 0.001;
+  updateEstimate();
 }
 
-export async function startTraining() {
-  if (!S.task) { show("create a task first", "error"); return; }
+// The train form's settings as the API takes them (start and estimate alike).
+function trainBody() {
   const body = {
     arch: $("train-arch").value,
     mode: $("train-mode").value,
@@ -31,6 +33,46 @@ export async function startTraining() {
   if ($("train-crop-min").value !== "") body.crop_scale = [Number($("train-crop-min").value), 1.0];
   if ($("train-jitter").value !== "") body.jitter = Number($("train-jitter").value);
   if ($("train-flip").value !== "") body.flip = $("train-flip").value === "on";
+  return body;
+}
+
+// "about 40 s", "about 3 min": an expected time, rounded as an estimate should be.
+function aboutTime(s) {
+  if (s < 90) return `about ${Math.max(1, Math.round(s / 5) * 5 || Math.round(s))} s`;
+  if (s < 5400) return `about ${Math.round(s / 60)} min`;
+  return `about ${(s / 3600).toFixed(1)} h`;
+}
+
+// The expected time of training with the form's settings, shown before the user starts
+// (the server counts the task's images and what its caches hold; see POST .../train/estimate).
+let estimateSeq = 0;
+export async function updateEstimate() {
+  const el = $("train-estimate");
+  if (!S.task) { el.textContent = ""; return; }
+  const seq = ++estimateSeq;
+  try {
+    const e = await api("POST", `${taskUrl()}/train/estimate`, trainBody());
+    if (seq !== estimateSeq) return; // a newer form state asked since
+    if (e.seconds === null) { el.textContent = "expected time: not known for this device before its first run"; return; }
+    const body = e.body_views ? `${e.body_views} image views through the backbone` + (e.cached ? ` (${e.cached} cached)` : "") : (e.cached ? `backbone pass cached (${e.cached})` : "");
+    const steps = e.steps ? `${e.epochs} epochs, ${e.steps} steps` : "";
+    const from = e.from === "this_machine" ? "timings of earlier runs here" : "timings of a 2-core reference machine until a first run here";
+    el.textContent = `Expected: ${aboutTime(e.seconds)} — ${[body, steps].filter(Boolean).join("; ")} (${e.train_images} training, ${e.val_images} held-out images; ${from})`;
+  } catch (err) {
+    if (seq === estimateSeq) el.textContent = "";
+  }
+}
+
+// An estimate after the images settle (captures come in bursts).
+let estimateTimer = null;
+export function scheduleEstimate() {
+  clearTimeout(estimateTimer);
+  estimateTimer = setTimeout(updateEstimate, 1000);
+}
+
+export async function startTraining() {
+  if (!S.task) { show("create a task first", "error"); return; }
+  const body = trainBody();
   S.times = { trainClicked: performance.now(), firstEpoch: null, done: null };
   try {
     await api("POST", `${taskUrl()}/train`, body);
@@ -116,6 +158,7 @@ function onTrainEvent(ev, replay) {
       renderEval(ev.eval);
       setTraining(false);
       if (!replay) switchToRun(ev);
+      scheduleEstimate(); // the caches are warm now, and this machine's timings recorded
       break;
     case "stopped":
       status.textContent = ev.kept ? "stopped: the model of the completed epochs is kept" : "stopped before the first epoch ended: no model was kept";
@@ -144,9 +187,11 @@ function addWarning(text) {
 // never inherits another task's settings.
 export function resetTrainForm() {
   $("train-arch").value = "efficientnet_lite0";
-  $("train-mode").value = "frozen";
+  // Classification trains the last layers on cached views by default: measured on the shared
+  // sets, it matches or beats the frozen backbone's held-out top-1 (docs/studio.md); point
+  // models keep the frozen backbone (their head reads a map before any block partial trains).
+  $("train-mode").value = S.kind === "regression" ? "frozen" : DEFAULT_CLASSIFICATION_MODE;
   modeChanged();
-  $("train-lr").value = "0.001";
   for (const id of ["train-crop-min", "train-jitter"]) $(id).value = "";
   $("train-flip").value = "";
 }

@@ -51,6 +51,44 @@ pub async fn start_training(
     Ok((StatusCode::ACCEPTED, Json(job.snapshot())))
 }
 
+/// `POST /api/tasks/{task}/train/estimate` (the body of [`start_training`]): the expected
+/// time of training the task with these settings, before it starts
+/// ([`nanoclass::train::estimate`]): `{"seconds", "body_views", "cached", "steps", "epochs",
+/// "train_images", "val_images", "from"}`; `from` is `this_machine` (rates an earlier run here
+/// measured) or `reference` (the development machine's); `seconds` is null where neither
+/// has rates (a GPU device before its first run). Nothing is written but the cache folder.
+pub async fn estimate_training(
+    State(st): State<AppState>,
+    UrlPath(task): UrlPath<String>,
+    Json(req): Json<TrainRequest>,
+) -> ApiResult<Json<Value>> {
+    use nanoclass::train::estimate::{estimate, plan_for, rates};
+    let store = st.inner.store.clone();
+    let cache = st.inner.feature_cache.clone();
+    blocking(move || {
+        let kind = store.task_meta(&task)?.kind;
+        let out = store.runs_dir(&task)?.join("estimate");
+        let opts = options(&req, kind, store.data_dir(&task)?, out, cache)?;
+        let plan = plan_for(&opts)?;
+        let mut v = json!({
+            "seconds": null,
+            "epochs": plan.epochs,
+            "train_images": plan.train_images,
+            "val_images": plan.val_images,
+        });
+        if let Some((r, from)) = rates(opts.feature_cache.as_deref(), &plan.key) {
+            let e = estimate(&plan, r, from);
+            v["seconds"] = json!(e.seconds);
+            v["body_views"] = json!(e.body_views);
+            v["cached"] = json!(e.cached);
+            v["steps"] = json!(e.steps);
+            v["from"] = json!(e.from);
+        }
+        Ok(Json(v))
+    })
+    .await
+}
+
 /// `GET /api/tasks/{task}/train`: the latest job (state and events), or `{"state": "idle"}`.
 pub async fn training_status(
     State(st): State<AppState>,

@@ -4,14 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::data::folder::Sample;
-use crate::infer::predictor::Predictor;
-use crate::run::{SplitRecord, Task};
+use crate::run::{Run, SplitRecord, Task};
 use crate::{Error, Result};
 
 /// Which images `eval` scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EvalSplit {
-    /// The held-out set training reported on (see [`Predictor::held_out`]).
+    /// The held-out set training reported on (see [`Run::held_out`]).
     Val,
     /// The `test/` folder.
     Test,
@@ -19,19 +18,19 @@ pub enum EvalSplit {
     All,
 }
 
-impl Predictor {
+impl Run {
     /// The run's training images: its dataset's `train/` (or only) folder, less the held-out
     /// files of a generated split.
     ///
     /// # Errors
     /// The dataset cannot be scanned.
     pub fn training_images(&self) -> Result<Vec<Sample>> {
-        let data = &self.run.config.data;
-        let ds = match self.task() {
+        let data = &self.config.data;
+        let ds = match self.config.task {
             Task::Classification => crate::data::folder::scan_image_folder(data)?,
             Task::Regression => crate::data::folder::scan_regression_folder(data)?,
         };
-        let held: std::collections::HashSet<PathBuf> = match &self.run.config.split {
+        let held: std::collections::HashSet<PathBuf> = match &self.config.split {
             SplitRecord::Generated { val_files, .. } => {
                 val_files.iter().map(|p| ds.root.join(p)).collect()
             }
@@ -57,11 +56,11 @@ impl Predictor {
     /// an error naming it. A regression run reads the dataset as a regression set
     /// ([`crate::data::folder::scan_regression_folder`]), so every sample carries its point.
     pub fn held_out(&self, data: &Path, split: EvalSplit) -> Result<(Vec<Sample>, String)> {
-        let ds = match self.task() {
+        let ds = match self.config.task {
             Task::Classification => crate::data::folder::scan_image_folder(data)?,
             Task::Regression => crate::data::folder::scan_regression_folder(data)?,
         };
-        let labels = &self.run.config.labels;
+        let labels = &self.config.labels;
         let map: Vec<Option<usize>> = ds
             .classes
             .iter()
@@ -93,7 +92,7 @@ impl Predictor {
                 .collect()
         };
         let same_root =
-            std::fs::canonicalize(data).ok() == std::fs::canonicalize(&self.run.config.data).ok();
+            std::fs::canonicalize(data).ok() == std::fs::canonicalize(&self.config.data).ok();
         let has_splits = data.join("train").is_dir() || ds.val.is_some() || ds.test.is_some();
         let (samples, from) = match split {
             EvalSplit::Test => match ds.test {
@@ -111,7 +110,7 @@ impl Predictor {
                 all.extend(ds.test.unwrap_or_default());
                 (all, "every image".to_string())
             }
-            EvalSplit::Val => match (ds.val, &self.run.config.split) {
+            EvalSplit::Val => match (ds.val, &self.config.split) {
                 (Some(v), _) if !v.is_empty() => (v, "val/ folder".to_string()),
                 (_, SplitRecord::Generated { val_files, .. }) if same_root => {
                     let wanted: std::collections::HashSet<&PathBuf> = val_files.iter().collect();

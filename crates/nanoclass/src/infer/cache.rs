@@ -72,6 +72,11 @@ impl FeatureCache {
         sha256_file(path)
     }
 
+    /// Whether features of the right length are stored for content hash `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        std::fs::metadata(self.dir.join(key)).is_ok_and(|m| m.len() == self.dim as u64 * 4)
+    }
+
     /// The cached features of the image with content hash `key`, if present and whole.
     pub fn get(&self, key: &str) -> Option<Vec<f32>> {
         let bytes = std::fs::read(self.dir.join(key)).ok()?;

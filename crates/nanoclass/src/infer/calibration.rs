@@ -30,16 +30,27 @@
 //! `val/` photos unknown; with the training images' leave-one-out distances it is 0 of 40.
 //! An image farther than the threshold gets no label, whatever its probabilities.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::data::presets::views_decode_min_side;
+use crate::eval::heldout::EvalSplit;
 use crate::fs::write_atomic;
 use crate::infer::cache::FeatureCache;
+use crate::infer::device::{default_device, read_f32};
+use crate::infer::host_linear::HostLinear;
+use crate::infer::precision::Precision;
+use crate::infer::predictor::{FileLogits, Predictor};
 use crate::infer::scorer::argmax;
+use crate::model::cut::Cut;
 use crate::model::registry::sha256_file;
+use crate::model::weights::load_net;
 use crate::run::Run;
 use crate::train::Mode;
+use crate::train::activations::{self, ActivationCache, ActivationSpec};
 use crate::{Error, Result};
 
 /// The file in a run directory.
@@ -362,11 +373,23 @@ impl UnknownRule {
     }
 }
 
+/// What [`calibrate_run`] fitted, and how it read the images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fitted {
+    /// The calibration, as written to `calibration.json`.
+    pub calibration: Calibration,
+    /// Images whose eval view came from a partial run's activation cache (only the trained
+    /// tail ran for them); the others ran through the whole network.
+    pub from_activation_cache: usize,
+}
+
 /// Fits the calibration of the classification run in `run_dir` on its own images: the
 /// temperature on the held-out images' logits, the unknown rule on the training images'
 /// features and the held-out ones' (eval view, the run's current model), and writes
 /// `calibration.json`. A frozen or instant run reads its features from the feature cache under
-/// `feature_cache` where training left them. `progress(done, total)` follows the images.
+/// `feature_cache` where training left them; a partial run reads its images' cached
+/// activations there and runs only the trained tail. `progress(done, total)` follows the
+/// images.
 ///
 /// # Errors
 /// The run cannot be opened or is not a classification run; it has no held-out images; the
@@ -377,16 +400,11 @@ pub fn calibrate_run(
     feature_cache: Option<&Path>,
     batch_size: usize,
     mut progress: impl FnMut(usize, usize),
-) -> Result<Calibration> {
-    use crate::eval::heldout::EvalSplit;
-    use crate::infer::precision::Precision;
-    use crate::infer::predictor::Predictor;
-
+) -> Result<Fitted> {
     let run = Run::open(run_dir)?;
     run.check_task(crate::run::Task::Classification)?;
-    let p = Predictor::open_scoring(run_dir, engine, Precision::Fp32, true)?;
-    let train = p.training_images()?;
-    let (held, _) = p.held_out(&run.config.data, EvalSplit::Val)?;
+    let train = run.training_images()?;
+    let (held, _) = run.held_out(&run.config.data, EvalSplit::Val)?;
     if held.is_empty() {
         return Err(Error::Run {
             path: run_dir.to_path_buf(),
@@ -400,31 +418,46 @@ pub fn calibrate_run(
         .chain(&train)
         .map(|s| (s.path.as_path(), s.label))
         .collect();
-    // Frozen and instant runs keep the pretrained backbone: its features are in the feature
-    // cache training filled.
-    let cache = match (
-        feature_cache,
-        &run.config.weights.path,
-        run.config.hyper.mode,
-    ) {
-        (Some(root), Some(w), Mode::Frozen | Mode::Instant) => FeatureCache::open(
-            root,
-            run.config.arch,
-            w,
-            &run.config.eval_preset,
-            run.config.arch.feature_dim(),
-        )
-        .ok(),
-        _ => None,
-    };
     let mut rows = Vec::with_capacity(total);
-    for chunk in paths.chunks(batch_size.max(1) * 4) {
-        let (r, _skipped) = match &cache {
-            Some(c) => p.logits_for_files_cached(chunk, batch_size, c)?,
-            None => p.logits_for_files(chunk, batch_size)?,
+    let mut from_activation_cache = 0;
+    // A partial run's images have their eval view's activations in the activation cache
+    // training filled: only the trained tail runs for them.
+    let rest = match feature_cache.map(|root| tail_rows_from_cache(&run, root, &paths)) {
+        Some(Ok(Some((found, missing)))) => {
+            from_activation_cache = found.len();
+            rows.extend(found);
+            progress(rows.len(), total);
+            missing
+        }
+        _ => paths,
+    };
+    if !rest.is_empty() {
+        let p = Predictor::open_scoring(run_dir, engine, Precision::Fp32, true)?;
+        // Frozen and instant runs keep the pretrained backbone: its features are in the
+        // feature cache training filled.
+        let cache = match (
+            feature_cache,
+            &run.config.weights.path,
+            run.config.hyper.mode,
+        ) {
+            (Some(root), Some(w), Mode::Frozen | Mode::Instant) => FeatureCache::open(
+                root,
+                run.config.arch,
+                w,
+                &run.config.eval_preset,
+                run.config.arch.feature_dim(),
+            )
+            .ok(),
+            _ => None,
         };
-        rows.extend(r);
-        progress(rows.len(), total);
+        for chunk in rest.chunks(batch_size.max(1) * 4) {
+            let (r, _skipped) = match &cache {
+                Some(c) => p.logits_for_files_cached(chunk, batch_size, c)?,
+                None => p.logits_for_files(chunk, batch_size)?,
+            };
+            rows.extend(r);
+            progress(rows.len(), total);
+        }
     }
     let held_set: std::collections::HashSet<&Path> =
         held.iter().map(|s| s.path.as_path()).collect();
@@ -452,7 +485,102 @@ pub fn calibrate_run(
         unknown: UnknownRule::fit(&tf, &ty, run.config.labels.len(), &hf),
     };
     cal.save(run_dir)?;
-    Ok(cal)
+    Ok(Fitted {
+        calibration: cal,
+        from_activation_cache,
+    })
+}
+
+/// Images scored through the tail per forward pass.
+const TAIL_BATCH: usize = 64;
+
+/// Logits and features of a partial run's images from the activations training cached under
+/// `feature_cache` ([`crate::train::activations`]): each image's eval view (view 0) runs
+/// through the trained tail only ([`crate::model::Net::features_from`], burn, the default
+/// device), the head on the host as in [`Predictor`]. Returns the rows found and the paths
+/// whose activation is not cached (or whose file cannot be read), for the whole network to
+/// score; None when the run is not a partial run from a weights file or its cache is gone.
+///
+/// # Errors
+/// The model cannot be loaded; the tail fails.
+fn tail_rows_from_cache(
+    run: &Run,
+    feature_cache: &Path,
+    paths: &[PathBuf],
+) -> Result<Option<(Vec<FileLogits>, Vec<PathBuf>)>> {
+    let c = &run.config;
+    let (Mode::Partial, Some(weights)) = (c.hyper.mode, &c.weights.path) else {
+        return Ok(None);
+    };
+    let Ok(cut) = Cut::new(
+        c.arch,
+        c.hyper
+            .train_blocks
+            .unwrap_or(Cut::default_for(c.arch).blocks),
+    ) else {
+        return Ok(None);
+    };
+    let device = default_device();
+    let outputs = c.task.outputs(c.labels.len());
+    let (net, _) = load_net(c.arch, &run.model_path(), outputs, Some(&c.labels), &device)?;
+    if net.check_cut(cut).is_err() {
+        return Ok(None);
+    }
+    let shape = net.activation_shape(cut, c.eval_preset.crop as usize);
+    // The weights file is hashed into the spec: one moved or deleted since training leaves
+    // nothing to find.
+    let Ok(spec) = ActivationSpec::new(
+        c.arch,
+        weights,
+        cut,
+        c.eval_preset,
+        c.train_preset,
+        views_decode_min_side(&c.train_preset, &c.eval_preset),
+        c.hyper.seed,
+        shape,
+    ) else {
+        return Ok(None);
+    };
+    let Some(cache) = ActivationCache::open_existing(&activations::root(feature_cache), &spec)
+    else {
+        return Ok(None);
+    };
+    let keys: Vec<Option<String>> = paths
+        .par_iter()
+        .map(|p| {
+            ActivationCache::key(p)
+                .ok()
+                .filter(|k| cache.contains(k, 0))
+        })
+        .collect();
+    let found: Vec<(&PathBuf, String)> = paths
+        .iter()
+        .zip(&keys)
+        .filter_map(|(p, k)| k.clone().map(|k| (p, k)))
+        .collect();
+    let missing = paths
+        .iter()
+        .zip(&keys)
+        .filter(|(_, k)| k.is_none())
+        .map(|(p, _)| p.clone())
+        .collect();
+    let head = HostLinear::from_linear(net.head())?;
+    let [ch, h, w] = shape;
+    let mut rows = Vec::with_capacity(found.len());
+    for chunk in found.chunks(TAIL_BATCH) {
+        let data = cache.read_batch(chunk.iter().map(|(_, k)| (k.as_str(), 0)))?;
+        let x = Tensor::<4>::from_data(TensorData::new(data, [chunk.len(), ch, h, w]), &device);
+        let features = read_f32(net.features_from(cut, x))?;
+        let dim = features.len() / chunk.len();
+        for ((path, _), f) in chunk.iter().zip(features.chunks(dim)) {
+            rows.push(FileLogits {
+                path: (*path).clone(),
+                logits: head.forward(f),
+                features: Some(f.to_vec()),
+            });
+        }
+    }
+    Ok(Some((rows, missing)))
 }
 
 #[cfg(test)]

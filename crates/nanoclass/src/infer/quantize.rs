@@ -155,14 +155,14 @@ pub fn quantize(
         .to_path_buf();
     let model_sha256 = sha256_file(&run.model_path())?;
     let data = run.config.data.clone();
-    let (heldout, heldout_from) = fp32.held_out(&data, EvalSplit::Val)?;
+    let (heldout, heldout_from) = fp32.run.held_out(&data, EvalSplit::Val)?;
     if heldout.is_empty() {
         return Err(Error::Dataset {
             path: data,
             reason: "no held-out images: quantize needs them to measure the int8 drop".into(),
         });
     }
-    let train = fp32.training_images()?;
+    let train = fp32.run.training_images()?;
     let calib = spread(&train, opts.calibration);
     if calib.is_empty() {
         return Err(Error::Dataset {

@@ -269,14 +269,24 @@ impl Net {
     /// If `cut` does not fit ([`Net::check_cut`]: regression models are refused) or the
     /// activation's channels are not the first trained block's input channels.
     pub fn forward_from(&self, cut: Cut, act: Tensor<4>) -> Tensor<2> {
+        self.head().forward(self.features_from(cut, act))
+    }
+
+    /// The tail up to the head: `[N, C, h, w]` activations of [`Net::forward_until`] -> `[N, F]`
+    /// pooled features, what the linear head reads ([`Arch::feature_dim`]: 1280 for
+    /// EfficientNet-Lite0, 512 for ResNet-18).
+    ///
+    /// # Panics
+    /// As [`Net::forward_from`].
+    pub fn features_from(&self, cut: Cut, act: Tensor<4>) -> Tensor<2> {
         let first = self.first_trained(cut);
         assert!(
             self.point_head().is_none(),
             "forward_from on a model with a point head"
         );
         match self {
-            Net::ResNet(m) => m.fc.forward(m.features_from(first, act)),
-            Net::EfficientNetLite(m) => m._fc.forward(m.features_from(first, act)),
+            Net::ResNet(m) => m.features_from(first, act),
+            Net::EfficientNetLite(m) => m.features_from(first, act),
         }
     }
 

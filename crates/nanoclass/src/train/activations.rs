@@ -64,11 +64,10 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// Age after which a temporary file is taken for the leftover of a killed process.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
-/// Default location: `$NANOCLASS_ACTIVATION_CACHE`, else `<XDG cache>/nanoclass/activations`.
-pub fn default_dir() -> Option<PathBuf> {
-    std::env::var_os("NANOCLASS_ACTIVATION_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|d| d.join("nanoclass").join("activations")))
+/// Where the activation caches live: `activations/` in the feature cache folder
+/// ([`crate::infer::cache::default_dir`]), one folder per [`ActivationSpec`].
+pub fn root(feature_cache: &Path) -> PathBuf {
+    feature_cache.join("activations")
 }
 
 /// Everything one folder's activations depend on.
@@ -165,6 +164,15 @@ impl ActivationCache {
         }
         remove_stale_temps(&dir);
         Ok(ActivationCache {
+            dir,
+            values: spec.shape.iter().product(),
+        })
+    }
+
+    /// The cache of `spec` under `root` when its folder exists (nothing is created).
+    pub fn open_existing(root: &Path, spec: &ActivationSpec) -> Option<ActivationCache> {
+        let dir = root.join(spec.folder_name().ok()?);
+        dir.is_dir().then(|| ActivationCache {
             dir,
             values: spec.shape.iter().product(),
         })

@@ -44,6 +44,8 @@ pub(crate) struct RunCtx<'a> {
     pub size: usize,
     /// The BatchNorm `num_batches_tracked` counts, saved with every model.
     pub batch_counters: BatchCounters,
+    /// What the run measured so far (body pass, epochs), for [`crate::train::estimate`].
+    pub measured: crate::train::estimate::Measured,
 }
 
 impl RunCtx<'_> {
@@ -125,6 +127,9 @@ pub(crate) fn run_phase(
                 batch_counters: &ctx.batch_counters,
             },
         )?;
+        // The epoch's cost as a rate: its steps, held-out scoring and commit.
+        ctx.measured.steps += phase.steps_per_epoch();
+        ctx.measured.epoch_seconds += t0.elapsed().as_secs_f64();
         ctx.event(Event::Epoch(metrics));
         if ctx.tracker.should_stop() {
             ctx.event(Event::Info(format!(
@@ -181,36 +186,55 @@ pub(crate) type Forward<'f, M, B> = &'f mut dyn FnMut(&M, B) -> Result<(Tensor<1
 /// (finetune's full phase) the head at the rate and the backbone at a fraction of it.
 pub(crate) type ApplyStep<'f, M> = &'f mut dyn FnMut(M, &mut ModuleOptimizer, Gradients, f64) -> M;
 
-/// One epoch of optimizer steps: for each batch, `forward` gives the loss, the batch's score and
-/// its image count; the loss is checked to be finite, differentiated, and `apply` takes the
-/// optimizer step at the scheduled rate. Step events go to the run's listener.
+/// What one optimizer step on a batch did.
+pub(crate) enum Stepped<M> {
+    /// The step was taken: the model after it, the batch's loss (before the step), its score
+    /// and its image count.
+    Taken {
+        model: M,
+        loss: f64,
+        score: f64,
+        n: usize,
+    },
+    /// The batch's loss was not finite: no step was taken.
+    NonFinite,
+}
+
+/// One optimizer step: the model, a batch and the scheduled rate -> [`Stepped`].
+pub(crate) type Step<'f, M, B> = &'f mut dyn FnMut(M, B, f64) -> Result<Stepped<M>>;
+
+/// One epoch of optimizer steps: for each batch, `step` takes the step at the scheduled rate
+/// (and says whether the loss was finite). Step events go to the run's listener.
 ///
 /// # Errors
-/// A stop request; a non-finite loss; those of `forward`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gradient_epoch<M, B>(
+/// A stop request; a non-finite loss; those of `step`.
+pub(crate) fn step_epoch<M, B>(
     ctx: &mut RunCtx<'_>,
     (e, epoch): (usize, usize),
     lr: &PhaseLr,
     mut model: M,
-    optim: &mut ModuleOptimizer,
     batches: impl Iterator<Item = B>,
     count: usize,
-    forward: Forward<'_, M, B>,
-    apply: ApplyStep<'_, M>,
+    step: Step<'_, M, B>,
 ) -> Result<(M, EpochStats)> {
     let mut stats = EpochStats::new(ctx.task(), lr.at(e, 0));
     for (k, batch) in batches.enumerate() {
         check_stop(ctx.opts, epoch, k + 1)?;
         let rate = lr.at(e, k);
-        let (loss, score, n) = forward(&model, batch)?;
-        let value = read_scalar(loss.clone())?;
-        if !value.is_finite() {
-            return Err(non_finite(epoch, k + 1, rate));
-        }
-        model = apply(model, optim, loss.backward(), rate);
+        let (loss, score, n) = match step(model, batch, rate)? {
+            Stepped::Taken {
+                model: m,
+                loss,
+                score,
+                n,
+            } => {
+                model = m;
+                (loss, score, n)
+            }
+            Stepped::NonFinite => return Err(non_finite(epoch, k + 1, rate)),
+        };
         stats.lr = rate;
-        stats.add(value, score, n);
+        stats.add(loss, score, n);
         let (top1, error_px) = stats.figures();
         ctx.event(Event::Step {
             epoch,
@@ -222,4 +246,38 @@ pub(crate) fn gradient_epoch<M, B>(
         });
     }
     Ok((model, stats))
+}
+
+/// [`step_epoch`] by burn's autodiff: for each batch, `forward` gives the loss, the batch's
+/// score and its image count; the loss is checked to be finite, differentiated, and `apply`
+/// takes the optimizer step at the scheduled rate.
+///
+/// # Errors
+/// A stop request; a non-finite loss; those of `forward`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gradient_epoch<M, B>(
+    ctx: &mut RunCtx<'_>,
+    epochs: (usize, usize),
+    lr: &PhaseLr,
+    model: M,
+    optim: &mut ModuleOptimizer,
+    batches: impl Iterator<Item = B>,
+    count: usize,
+    forward: Forward<'_, M, B>,
+    apply: ApplyStep<'_, M>,
+) -> Result<(M, EpochStats)> {
+    let mut step = |model: M, batch: B, rate: f64| -> Result<Stepped<M>> {
+        let (loss, score, n) = forward(&model, batch)?;
+        let value = read_scalar(loss.clone())?;
+        if !value.is_finite() {
+            return Ok(Stepped::NonFinite);
+        }
+        Ok(Stepped::Taken {
+            model: apply(model, optim, loss.backward(), rate),
+            loss: value,
+            score,
+            n,
+        })
+    };
+    step_epoch(ctx, epochs, lr, model, batches, count, &mut step)
 }

@@ -6,6 +6,7 @@
 //! | full | every layer on augmented images (batch statistics, train preset) |
 //! | finetune | `head_epochs` head epochs, then every layer with the backbone at `lr * body_lr_factor` |
 //! | instant | one fit of class prototypes or a linear head on the cached features |
+//! | partial | the last residual blocks and the head on cached activations of several views |
 //!
 //! The settings are one [`Hyperparams`] ([`hyper`]); the loss of each task is in [`loss`], the
 //! learning rate in [`schedule`], the best-model choice and early stopping in [`early_stop`].
@@ -30,6 +31,8 @@ pub mod checkpoint;
 pub(crate) mod data;
 pub mod early_stop;
 pub(crate) mod epoch;
+pub mod estimate;
+pub(crate) mod host_tail;
 pub mod hyper;
 pub mod loss;
 pub(crate) mod phases;
@@ -46,7 +49,7 @@ use rayon::prelude::*;
 use crate::data::decode::DecodeOptions;
 use crate::data::folder::Sample;
 use crate::data::loader::{Skipped, decode_samples};
-use crate::data::presets::{presets, regression_presets};
+use crate::data::presets::{EvalPreset, TrainPreset, presets, regression_presets};
 use crate::fs::clean_stale_temp_files;
 use crate::infer::cache;
 use crate::infer::device::DeviceChoice;
@@ -85,6 +88,7 @@ use phases::partial::{PartialInputs, PartialPhase};
 /// Settings out of range; a dataset that cannot train; weights that cannot be loaded; a failed
 /// engine; a non-finite loss; a stop request; files that cannot be written.
 pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<TrainSummary> {
+    let t0 = Instant::now();
     opts.validate()?;
     let config_path = opts.out.join(files::CONFIG);
     let has_run = config_path.exists();
@@ -113,9 +117,15 @@ pub fn train(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         // Only removes the folder when nothing else is in it.
         let _ = std::fs::remove_dir(&opts.out);
     }
-    let summary = result?;
+    let mut summary = result?;
     if opts.task == Task::Classification && summary.val_images > 0 {
         calibrate(opts, &summary, on_event);
+    }
+    summary.measured.total_seconds = t0.elapsed().as_secs_f64();
+    if let Some(root) = &opts.feature_cache
+        && let Err(e) = estimate::record(root, &estimate::RateKey::of(opts), &summary.measured)
+    {
+        on_event(Event::Warn(format!("training time not recorded: {e}")));
     }
     Ok(summary)
 }
@@ -132,11 +142,12 @@ fn calibrate(opts: &TrainOptions, summary: &TrainSummary, on_event: &mut dyn FnM
         opts.hyper.batch_size,
         |_, _| {},
     ) {
-        Ok(cal) => {
+        Ok(fitted) => {
+            let cal = &fitted.calibration;
             let t = &cal.temperature;
             on_event(Event::Info(format!(
                 "calibrated on {} held-out images: temperature {:.3} (held-out NLL {:.4} -> \
-                 {:.4}, ECE {:.3} -> {:.3}, mean top-1 probability {:.3}, at most {:.3})",
+                 {:.4}, ECE {:.3} -> {:.3}, mean top-1 probability {:.3}, at most {:.3}){}",
                 t.held_out,
                 t.temperature,
                 t.nll_before,
@@ -145,6 +156,10 @@ fn calibrate(opts: &TrainOptions, summary: &TrainSummary, on_event: &mut dyn FnM
                 t.ece_after,
                 t.mean_confidence,
                 t.confidence_cap,
+                match fitted.from_activation_cache {
+                    0 => String::new(),
+                    k => format!("; {k} images from the activation cache"),
+                },
             )));
             if let Some(u) = &cal.unknown {
                 on_event(Event::Info(format!(
@@ -270,24 +285,14 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             opts.arch
         ))),
     }
-    let (train_preset, eval_preset) = match opts.task {
-        Task::Classification => presets(opts.arch.normalization(), opts.arch.input_size()),
-        Task::Regression => regression_presets(opts.arch.normalization(), opts.arch.input_size()),
-    };
-    // The user's augmentation (or the mode's own) replaces the preset's; the run stores it.
-    let train_preset = match h.augmentation() {
-        Some(a) => train_preset.with_augmentation(&a),
-        None => train_preset,
-    };
+    let (train_preset, eval_preset) = run_presets(opts);
     // Partial fine-tuning's cut, checked before anything is written.
-    let cut = match h.mode {
-        Mode::Partial => {
-            let blocks = h.train_blocks.unwrap_or(Cut::default_for(opts.arch).blocks);
-            let cut = Cut::new(opts.arch, blocks)?;
+    let cut = match partial_cut(opts)? {
+        Some(cut) => {
             net.check_cut(cut)?;
             Some(cut)
         }
-        _ => None,
+        None => None,
     };
     // The pretrained weights file the backbone came from (the key of the feature cache).
     let pretrained: Option<PathBuf> = match &resumed {
@@ -361,6 +366,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         on_event,
         size: eval_preset.crop as usize,
         batch_counters,
+        measured: estimate::Measured::default(),
     };
     let state = resumed.as_ref().map(|r| &r.state);
     let mut skipped = Vec::new();
@@ -525,6 +531,39 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     ))
 }
 
+/// The train and eval presets of a run: the task's, at the backbone's input size and
+/// normalisation, with the user's augmentation (or the mode's own) replacing the train
+/// preset's. The run stores both.
+pub(crate) fn run_presets(opts: &TrainOptions) -> (TrainPreset, EvalPreset) {
+    let (train, eval) = match opts.task {
+        Task::Classification => presets(opts.arch.normalization(), opts.arch.input_size()),
+        Task::Regression => regression_presets(opts.arch.normalization(), opts.arch.input_size()),
+    };
+    let train = match opts.hyper.augmentation() {
+        Some(a) => train.with_augmentation(&a),
+        None => train,
+    };
+    (train, eval)
+}
+
+/// Partial fine-tuning's cut (`--train-blocks`, else the backbone's default); None in other
+/// modes.
+///
+/// # Errors
+/// The number of blocks does not fit the backbone.
+pub(crate) fn partial_cut(opts: &TrainOptions) -> Result<Option<Cut>> {
+    match opts.hyper.mode {
+        Mode::Partial => {
+            let default = Cut::default_for(opts.arch).blocks;
+            Ok(Some(Cut::new(
+                opts.arch,
+                opts.hyper.train_blocks.unwrap_or(default),
+            )?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The outcome of a finished run.
 fn summary(
     ctx: &mut RunCtx<'_>,
@@ -548,5 +587,6 @@ fn summary(
         train_images,
         val_images,
         seconds: t0.elapsed().as_secs_f64(),
+        measured: ctx.measured,
     }
 }

@@ -141,6 +141,9 @@ pub struct TrainSummary {
     pub val_images: usize,
     /// Wall time in seconds.
     pub seconds: f64,
+    /// The run's body pass, epochs and wall time, calibration included: the rates
+    /// [`crate::train::estimate`] keeps for this machine.
+    pub measured: crate::train::estimate::Measured,
 }
 
 /// Everything needed to continue the run in `run_dir`: its `config.json` settings, with

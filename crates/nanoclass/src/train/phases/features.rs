@@ -98,6 +98,8 @@ pub(crate) fn feature_rows(
         extract_features(source, &all, preset, 32, cache.as_ref(), |done, total| {
             on_event(Event::Features { done, total })
         })?;
+    ctx.measured.body_views += all.len() - hits;
+    ctx.measured.body_seconds += t0.elapsed().as_secs_f64();
     ctx.event(Event::Info(format!(
         "backbone features of {} images: {} from the cache, {} computed, in {:.1} s",
         all.len(),

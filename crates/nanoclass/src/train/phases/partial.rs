@@ -39,9 +39,10 @@ use crate::infer::ort::prefix_model;
 use crate::model::Net;
 use crate::model::cut::{Cut, TailBatchNorm};
 use crate::train::Event;
-use crate::train::activations::{ActivationBatch, ActivationCache, ActivationSpec};
+use crate::train::activations::{self, ActivationBatch, ActivationCache, ActivationSpec};
 use crate::train::checkpoint::{self, TrainState};
-use crate::train::epoch::{Phase, RunCtx, gradient_epoch};
+use crate::train::epoch::{Phase, RunCtx, Stepped, gradient_epoch, step_epoch};
+use crate::train::host_tail;
 use crate::train::hyper::Hyperparams;
 use crate::train::loss::{EpochStats, Target, batch_loss};
 use crate::train::schedule::{PhaseLr, make_optimizer};
@@ -95,6 +96,8 @@ pub(crate) struct PartialPhase {
     lr: PhaseLr,
     batch_size: usize,
     seed: u64,
+    /// Steps written out on the host ([`host_tail`]): EfficientNet-Lite0 at cut 0 on the CPU.
+    host_step: bool,
 }
 
 impl PartialPhase {
@@ -145,7 +148,7 @@ impl PartialPhase {
         // A persistent cache needs pretrained weights (random ones are not reproducible across
         // backends); otherwise the activations live in a scratch folder for this run.
         let root = match (&opts.feature_cache, inputs.pretrained) {
-            (Some(root), Some(_)) => Some(root.join("activations")),
+            (Some(root), Some(_)) => Some(activations::root(root)),
             _ => None,
         };
         let (cache, scratch) = match root {
@@ -227,6 +230,7 @@ impl PartialPhase {
             }
         }
 
+        let host_step = host_tail::lite0_head_only(&net, cut).is_some() && !opts.device.is_gpu();
         let mut model = net.with_tail_batch_norm(cut, TailBatchNorm::Batch);
         let mut optim = make_optimizer(h);
         if let Some((st, run_dir)) = resume {
@@ -259,6 +263,7 @@ impl PartialPhase {
             },
             batch_size: h.batch_size,
             seed: h.seed,
+            host_step,
         };
         Ok((phase, data))
     }
@@ -396,6 +401,8 @@ fn cache_views(
             .join()
             .map_err(|_| Error::Other("the view preparation thread panicked".into()))?;
     }
+    ctx.measured.body_views += missing;
+    ctx.measured.body_seconds += t0.elapsed().as_secs_f64();
     ctx.event(Event::Info(format!(
         "activations of {total} views: {} from the cache, {missing} computed, in {:.1} s",
         total - missing,
@@ -444,6 +451,36 @@ impl Phase for PartialPhase {
             optim.step(rate, model, head_grads)
         };
         let model = self.model.clone();
+        if self.host_step {
+            // EfficientNet-Lite0's head convolution on the CPU: the step written out
+            // (crate::train::host_tail), the same gradients to the same optimizer.
+            let device = ctx.device.clone();
+            let optim = &mut self.optim;
+            let mut step = |model: Net, batch: Result<ActivationBatch<Target>>, rate: f64| {
+                let batch = batch?;
+                let labels: Vec<usize> = batch.items.iter().map(|t| t.label).collect();
+                let m = host_tail::lite0_head_only(&model, cut).ok_or_else(|| {
+                    Error::Other("the host step needs EfficientNet-Lite0 at cut 0".into())
+                })?;
+                let s = host_tail::step(m, &batch.data, batch.n, &labels, &device, true)?;
+                if !s.loss.is_finite() {
+                    return Ok(Stepped::NonFinite);
+                }
+                Ok(Stepped::Taken {
+                    model: optim.step(rate, model, s.grads),
+                    loss: s.loss,
+                    score: s.correct as f64,
+                    n: batch.n,
+                })
+            };
+            let (model, stats) =
+                step_epoch(ctx, (e, epoch), &self.lr, model, stream, count, &mut step)?;
+            for _ in 0..count {
+                ctx.batch_counters.add_batch_in(&self.trained);
+            }
+            self.model = model;
+            return Ok(stats);
+        }
         let (model, stats) = gradient_epoch(
             ctx,
             (e, epoch),
