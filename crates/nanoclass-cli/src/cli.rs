@@ -71,6 +71,10 @@ enum Command {
         /// Only the training-step rows.
         #[arg(long)]
         train_only: bool,
+        /// Where burn runs: cpu, or a GPU (wgpu, cuda) in a build with that feature. The ONNX
+        /// Runtime rows are measured on the CPU only.
+        #[arg(long, default_value_t = nanoclass::infer::device::DeviceChoice::from_env())]
+        device: nanoclass::infer::device::DeviceChoice,
     },
 }
 
@@ -93,8 +97,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             runs,
             train_batch,
             train_only,
+            device,
         } => {
-            let r = nanoclass::bench::run(arch.into(), 2, runs, train_batch.max(2), train_only);
+            let r = nanoclass::bench::run(
+                arch.into(),
+                2,
+                runs,
+                train_batch.max(2),
+                train_only,
+                device,
+            )?;
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&r)?)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -12,7 +12,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use serde::Serialize;
 
-use crate::infer::device::default_device;
+use crate::Result;
+use crate::infer::device::DeviceChoice;
 use crate::model::{Arch, Net};
 
 /// Medians in milliseconds.
@@ -20,6 +21,8 @@ use crate::model::{Arch, Net};
 pub struct BenchResult {
     /// Architecture measured.
     pub arch: String,
+    /// Where burn ran (`cpu`, `wgpu`, `cuda`).
+    pub device: String,
     /// Eval-mode forward, batch 1.
     pub infer_b1_ms: f64,
     /// Eval-mode forward, batch 16.
@@ -93,16 +96,22 @@ fn time<F: FnMut()>(warm: usize, runs: usize, mut f: F) -> f64 {
 }
 
 /// Runs the measurements for `arch` with `classes` head outputs, `runs` timed repetitions
-/// each (after 2 warm-up runs; 3 for batch 1); the training steps at batch `train_batch`.
-/// `train_only` skips the forward rows (reported as NaN).
+/// each (after 2 warm-up runs; 3 for batch 1), on burn's `device`; the training steps at batch
+/// `train_batch`. `train_only` skips the forward rows (reported as NaN); the ONNX Runtime rows
+/// are measured on the CPU device only. Each timed run reads its result back to the host, so
+/// a GPU's queued work is inside the time.
+///
+/// # Errors
+/// The device is not compiled into this build or cannot be opened.
 pub fn run(
     arch: Arch,
     classes: usize,
     runs: usize,
     train_batch: usize,
     train_only: bool,
-) -> BenchResult {
-    let dev = default_device();
+    device: DeviceChoice,
+) -> Result<BenchResult> {
+    let dev = device.device()?;
     let ad = dev.clone().autodiff();
     let net = Net::new(arch, classes, &ad);
     let eval = net.valid();
@@ -143,10 +152,15 @@ pub fn run(
     });
     let ort = if train_only {
         Err("not measured (--train-only)".to_string())
+    } else if device.is_gpu() {
+        Err(format!(
+            "not measured on {device} (ONNX Runtime rows are CPU rows)"
+        ))
     } else {
         ort_times(&eval, runs)
     };
-    BenchResult {
+    Ok(BenchResult {
+        device: device.name().to_string(),
         arch: arch.name().to_string(),
         infer_b1_ms,
         infer_b16_ms,
@@ -156,5 +170,5 @@ pub fn run(
         ort_infer_b1_ms: ort.as_ref().ok().map(|t| t.0),
         ort_infer_b16_ms: ort.as_ref().ok().map(|t| t.1),
         ort_unavailable: ort.err(),
-    }
+    })
 }
