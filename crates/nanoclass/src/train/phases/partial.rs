@@ -12,7 +12,8 @@
 //! An epoch is every (training image, view) pair once, shuffled, read back from the cache in
 //! streamed batches (memory holds a few batches whatever the number of images). The trained
 //! blocks' BatchNorm uses batch statistics ([`TailBatchNorm::Batch`], chosen by measurement:
-//! see [`crate::model::cut`]). The head learns at `lr`, the trained blocks at
+//! see [`crate::model::cut`]). EfficientNet-Lite0 at cut 0 on the CPU takes the step written
+//! out in [`crate::train::host_tail`]; everything else goes through burn's autodiff. The head learns at `lr`, the trained blocks at
 //! `lr * body_lr_factor` (Adam 2e-3 and 2e-4 by default); with no block trained (EfficientNet-
 //! Lite0's default cut), its head convolution and `_bn1` learn with the head at `lr`. The saved
 //! model is the ordinary whole network.
@@ -451,7 +452,7 @@ impl Phase for PartialPhase {
             optim.step(rate, model, head_grads)
         };
         let model = self.model.clone();
-        if self.host_step {
+        let (model, stats) = if self.host_step {
             // EfficientNet-Lite0's head convolution on the CPU: the step written out
             // (crate::train::host_tail), the same gradients to the same optimizer.
             let device = ctx.device.clone();
@@ -473,25 +474,20 @@ impl Phase for PartialPhase {
                     n: batch.n,
                 })
             };
-            let (model, stats) =
-                step_epoch(ctx, (e, epoch), &self.lr, model, stream, count, &mut step)?;
-            for _ in 0..count {
-                ctx.batch_counters.add_batch_in(&self.trained);
-            }
-            self.model = model;
-            return Ok(stats);
-        }
-        let (model, stats) = gradient_epoch(
-            ctx,
-            (e, epoch),
-            &self.lr,
-            model,
-            &mut self.optim,
-            stream,
-            count,
-            &mut forward,
-            &mut apply,
-        )?;
+            step_epoch(ctx, (e, epoch), &self.lr, model, stream, count, &mut step)?
+        } else {
+            gradient_epoch(
+                ctx,
+                (e, epoch),
+                &self.lr,
+                model,
+                &mut self.optim,
+                stream,
+                count,
+                &mut forward,
+                &mut apply,
+            )?
+        };
         for _ in 0..count {
             ctx.batch_counters.add_batch_in(&self.trained);
         }
