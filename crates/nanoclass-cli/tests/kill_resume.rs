@@ -1,6 +1,7 @@
 //! A run killed (SIGKILL) at random moments, over and over, then continued with `--resume`,
 //! ends with the same `metrics.jsonl` as a run that was never interrupted: the kills fall in
-//! feature extraction, in epochs and in checkpoint writes alike.
+//! feature extraction, in epochs and in checkpoint writes alike; for partial fine-tuning, in
+//! the activation cache build, its epochs and their checkpoints.
 //!
 //! `NANOCLASS_KILLS` sets how many kills land (default 6; the acceptance run uses 30 or more);
 //! when a run completes before that, another starts in a fresh folder.
@@ -34,25 +35,41 @@ fn dataset(root: &Path, n: usize) -> PathBuf {
     data
 }
 
-/// `train` in finetune mode: feature extraction, head epochs on cached features, then full
-/// epochs with checkpoints of the whole network.
-fn train(data: &Path, out: &Path, features: &Path) -> Command {
+/// finetune: feature extraction, 3 head epochs on cached features, then 2 full epochs with
+/// checkpoints of the whole network.
+const FINETUNE: &[&str] = &[
+    "--mode",
+    "finetune",
+    "--head-epochs",
+    "3",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "4",
+];
+
+/// partial: the activation cache build (2 views per training image), then 4 epochs of the
+/// host step on the cached activations.
+const PARTIAL: &[&str] = &[
+    "--mode",
+    "partial",
+    "--views",
+    "2",
+    "--epochs",
+    "4",
+    "--patience",
+    "100",
+    "--batch-size",
+    "8",
+];
+
+/// `train` with `mode` (one of the settings above) and seed 5.
+fn train(data: &Path, out: &Path, features: &Path, mode: &[&str]) -> Command {
     let mut c = bin();
     c.args(["train"])
         .arg(data)
-        .args([
-            "--mode",
-            "finetune",
-            "--head-epochs",
-            "3",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--seed",
-            "5",
-            "--out",
-        ])
+        .args(mode)
+        .args(["--seed", "5", "--out"])
         .arg(out)
         .env("NANOCLASS_FEATURE_CACHE", features)
         .stdout(Stdio::null())
@@ -93,6 +110,17 @@ fn uniform(state: &mut u64) -> f64 {
 
 #[test]
 fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
+    kills_then_resume(FINETUNE, 5);
+}
+
+#[test]
+fn partial_killed_in_its_cache_build_and_epochs_resumes_to_the_uninterrupted_metrics() {
+    kills_then_resume(PARTIAL, 4);
+}
+
+/// A `mode` run of `epochs` epochs, killed at random moments and resumed, against the same run
+/// never interrupted.
+fn kills_then_resume(mode: &[&str], epochs: usize) {
     let kills: usize = std::env::var("NANOCLASS_KILLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -103,13 +131,13 @@ fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
     // The reference, never interrupted, with its own empty feature cache.
     let reference = tmp.path().join("reference");
     let t0 = Instant::now();
-    let status = train(&data, &reference, &tmp.path().join("features-a"))
+    let status = train(&data, &reference, &tmp.path().join("features-a"), mode)
         .status()
         .unwrap();
     assert!(status.success(), "uninterrupted run failed");
     let whole = t0.elapsed();
     let want = metrics(&reference);
-    assert_eq!(want.len(), 5, "3 head epochs and 2 full epochs");
+    assert_eq!(want.len(), epochs, "{want:?}");
 
     // The same run, killed at random moments within the uninterrupted run's length (the first
     // attempt starts it, later ones resume it), with a cache of its own, then resumed to its end;
@@ -125,7 +153,7 @@ fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
             let mut cmd = if committed(&run) {
                 resume(&run, &features)
             } else {
-                train(&data, &run, &features)
+                train(&data, &run, &features, mode)
             };
             let mut child = cmd.spawn().unwrap();
             let wait = whole.mul_f64(uniform(&mut rng));
@@ -148,19 +176,19 @@ fn kills_at_random_moments_then_resume_give_the_uninterrupted_metrics() {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            if metrics_complete(&run) {
+            if metrics_complete(&run, epochs) {
                 break;
             }
         }
         // Then resume until it is done.
         for _ in 0..3 {
-            if metrics_complete(&run) {
+            if metrics_complete(&run, epochs) {
                 break;
             }
             let status = if committed(&run) {
                 resume(&run, &features).status().unwrap()
             } else {
-                train(&data, &run, &features).status().unwrap()
+                train(&data, &run, &features, mode).status().unwrap()
             };
             assert!(status.success(), "the final resume failed");
         }
@@ -201,8 +229,8 @@ fn committed(run: &Path) -> bool {
     checkpoint.join("CURRENT").is_file() || checkpoint.join("state.json").is_file()
 }
 
-fn metrics_complete(run: &Path) -> bool {
-    run.join("metrics.jsonl").exists() && metrics(run).len() == 5
+fn metrics_complete(run: &Path, epochs: usize) -> bool {
+    run.join("metrics.jsonl").exists() && metrics(run).len() == epochs
 }
 
 /// Sends SIGINT (what Ctrl-C sends) to `child`.
@@ -252,7 +280,7 @@ fn ctrl_c_stops_training_and_says_how_to_go_on() {
     // Ctrl-C after the first committed epoch: the epochs are kept, and the command that
     // continues the run is printed; that command finishes it.
     let run = tmp.path().join("run");
-    let mut cmd = train(&data, &run, &features);
+    let mut cmd = train(&data, &run, &features, FINETUNE);
     let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let rest = stderr_until(&mut child, |l| l.starts_with("epoch   1 "));
     interrupt(&child);

@@ -305,7 +305,9 @@ pub(crate) fn step(
 }
 
 /// Per-column sums of the row-major `[rows, cols]` matrix `y`: `add(acc, row)` adds one row
-/// into `acc`; rows are split among rayon tasks and the partial sums added.
+/// into `acc`. Fixed blocks of rows are summed in parallel and the block sums added in block
+/// order, so the result does not depend on how rayon schedules the blocks (a resumed run
+/// repeats an uninterrupted one bit for bit).
 fn columns(y: &[f32], cols: usize, add: impl Fn(&mut [f64], &[f32]) + Sync) -> Vec<f64> {
     y.par_chunks(ROWS_PER_TASK * cols)
         .map(|block| {
@@ -315,7 +317,9 @@ fn columns(y: &[f32], cols: usize, add: impl Fn(&mut [f64], &[f32]) + Sync) -> V
             }
             acc
         })
-        .reduce(|| vec![0.0; cols], add_vec)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold(vec![0.0; cols], add_vec)
 }
 
 fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
