@@ -188,7 +188,7 @@ function addWarning(text) {
 export function resetTrainForm() {
   $("train-arch").value = "efficientnet_lite0";
   // Classification trains the last layers on cached views by default: measured on the shared
-  // sets, it matches or beats the frozen backbone's held-out top-1 (docs/studio.md); point
+  // sets, it matches or beats the frozen backbone's held-out top-1 (docs/training.md); point
   // models keep the frozen backbone (their head reads a map before any block partial trains).
   $("train-mode").value = S.kind === "regression" ? "frozen" : DEFAULT_CLASSIFICATION_MODE;
   modeChanged();
