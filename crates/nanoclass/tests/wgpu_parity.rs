@@ -99,6 +99,11 @@ fn training_steps_on_wgpu_equal_the_cpu_backend() {
     let start = Net::new(Arch::Resnet18, CLASSES, &cpu);
     save_net(&start, &file, &BTreeMap::new()).unwrap();
     let untrained = eval_logits(&start, &cpu);
+    // Autotune's least effort: this test compares results, not speed, and on software Vulkan
+    // every candidate kernel that autotune times is compiled by LLVM first. Read when the
+    // first GPU device is made, just below (this binary holds no other test).
+    // SAFETY: no other thread of this process reads or writes the environment now.
+    unsafe { std::env::set_var("CUBECL_AUTOTUNE_LEVEL", "minimal") };
     let gpu = DeviceChoice::Wgpu.device().unwrap_or_else(|e| {
         panic!(
             "{e}: without a GPU, install Mesa's software Vulkan (`apt-get install \

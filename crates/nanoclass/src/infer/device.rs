@@ -8,7 +8,8 @@
 //!
 //! The GPU backends choose among several kernels for each operation by timing them on the
 //! device (cubecl's autotune); the choices are kept in [`gpu_cache_dir`], so only a machine's
-//! first run pays the tuning. The kernels themselves are compiled at each start.
+//! first run pays the tuning. wgpu's kernels are compiled at each start (WGSL, which the driver
+//! compiles); CUDA's compiled kernels are kept in the same place.
 
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -163,6 +164,11 @@ fn configure_gpu_cache() {
         if matches!(config.environment.path, CacheConfig::Target) {
             config.environment.path = CacheConfig::Directory(gpu_cache_dir());
         }
+        // Keep compiled kernels beside the tuned choices where the runtime can (off in
+        // cubecl's defaults): the CUDA backend stores its PTX there, so a later start loads it
+        // instead of compiling again. wgpu compiles WGSL, which its driver compiles again at
+        // every start; cubecl keeps nothing of it.
+        config.compilation.cache = true;
         // False when a GPU device was made before (its settings then stay as they were).
         let _ = CubeClRuntimeConfig::try_set(config);
     });

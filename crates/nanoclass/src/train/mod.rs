@@ -215,18 +215,27 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
     let n_classes = data.labels.len();
     if opts.device.is_gpu() {
         use crate::infer::device::{gpu_cache_file, gpu_cache_warm};
-        // Said before the device is made: a cold start spends its first minute tuning.
-        let tuning = if gpu_cache_warm() {
-            format!("tuned kernels from {}", gpu_cache_file().display())
+        // Said before the device is made: a cold start spends its first minute compiling
+        // and tuning kernels.
+        let tuning = if !gpu_cache_warm() {
+            format!(
+                "compiling GPU kernels and timing their choices: the first run on this machine \
+                 keeps the choices in {}; its first epoch is slow",
+                gpu_cache_file().display()
+            )
+        } else if opts.device == crate::infer::device::DeviceChoice::Cuda {
+            format!(
+                "tuned and compiled kernels from {}",
+                gpu_cache_file().display()
+            )
         } else {
             format!(
-                "the first run on this machine times its kernel choices, once (kept in {}); \
-                 the first epoch is slow",
+                "tuned kernel choices from {}; kernels compile at each start (WGSL)",
                 gpu_cache_file().display()
             )
         };
         on_event(Event::Info(format!(
-            "training on the GPU ({}): {tuning}; kernels compile at each start",
+            "training on the GPU ({}): {tuning}",
             opts.device
         )));
     }
