@@ -438,7 +438,8 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         let resume = state
             .filter(|s| s.phase == "head")
             .map(|s| (s, run.dir.as_path()));
-        let mut phase = HeadPhase::new(net.clone(), rows, h, head_epochs, resume)?;
+        let batching = phases::Batching::for_device(opts.device);
+        let mut phase = HeadPhase::new(net.clone(), rows, h, head_epochs, batching, resume)?;
         run_phase(&mut phase, &mut ctx, 1, head_epochs, done)?;
         // The full phase trains from the head just trained.
         net = epoch::Phase::net(&phase);
@@ -521,6 +522,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             h,
             body_lr_factor,
             full_epochs,
+            phases::Batching::for_device(opts.device),
             resume,
         )?;
         let full_done = done.saturating_sub(head_epochs);

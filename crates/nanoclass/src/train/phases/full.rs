@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use super::{batch_count, epoch_batches, epoch_rng};
+use super::{Batching, batch_count, epoch_batches, epoch_rng};
 use crate::Result;
 use crate::data::folder::Sample;
 use crate::data::loader::{Batch, prefetch};
@@ -40,13 +40,15 @@ pub(crate) struct FullPhase {
     body_lr_factor: f64,
     lr: PhaseLr,
     batch_size: usize,
+    batching: Batching,
     seed: u64,
 }
 
 impl FullPhase {
     /// Trains `net` (on the autodiff device) for `epochs` epochs on the decoded training
     /// images, scoring the preprocessed held-out tensors `val` (`[3, S, S]` each, eval preset);
-    /// `resume` as for [`super::head::HeadPhase::new`].
+    /// `batching` cuts each epoch's images into batches; `resume` as for
+    /// [`super::head::HeadPhase::new`].
     ///
     /// # Errors
     /// The saved optimizer state cannot be read or does not fit the model.
@@ -59,6 +61,7 @@ impl FullPhase {
         h: &Hyperparams,
         body_lr_factor: f64,
         epochs: usize,
+        batching: Batching,
         resume: Option<(&TrainState, &Path)>,
     ) -> Result<FullPhase> {
         let mut model = net.train();
@@ -67,7 +70,7 @@ impl FullPhase {
             model = checkpoint::with_param_ids(model, &st.param_ids, run_dir)?;
             optim = checkpoint::load_optimizer(run_dir, optim)?;
         }
-        let steps = batch_count(train.len(), h.batch_size);
+        let steps = batch_count(train.len(), h.batch_size, batching);
         Ok(FullPhase {
             model,
             optim,
@@ -82,6 +85,7 @@ impl FullPhase {
                 steps_per_epoch: steps,
             },
             batch_size: h.batch_size,
+            batching,
             seed: h.seed,
         })
     }
@@ -130,7 +134,16 @@ pub(crate) fn eval_net(
     let s = ctx.size;
     let mut loss_sum = 0.0;
     let mut score = 0.0;
-    for chunk in val.chunks(32) {
+    // 32 images at a time on the CPU; on a GPU the training batches' size, cut evenly, so the
+    // held-out pass reuses the kernels tuned for the training steps (see [`Batching::Even`]).
+    let sizes = match Batching::for_device(ctx.opts.device) {
+        Batching::Chunks => Batching::Chunks.sizes_of_all(val.len(), 32),
+        Batching::Even => Batching::Even.sizes_of_all(val.len(), ctx.opts.hyper.batch_size),
+    };
+    let mut start = 0;
+    for size in sizes {
+        let chunk = &val[start..start + size];
+        start += size;
         let mut px = Vec::with_capacity(chunk.len() * 3 * s * s);
         for (t, _) in chunk {
             px.extend_from_slice(t);
@@ -158,7 +171,7 @@ impl Phase for FullPhase {
 
     fn train_epoch(&mut self, ctx: &mut RunCtx<'_>, e: usize, epoch: usize) -> Result<EpochStats> {
         let mut rng = epoch_rng(self.seed, epoch);
-        let batches = epoch_batches(self.train.len(), self.batch_size, &mut rng);
+        let batches = epoch_batches(self.train.len(), self.batch_size, self.batching, &mut rng);
         let count = batches.len();
         // One seed per batch keeps augmentation reproducible while batches are prepared in
         // parallel on the producer thread.

@@ -9,7 +9,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 
 use super::features::FeatureRows;
-use super::{batch_count, epoch_batches, epoch_rng};
+use super::{Batching, batch_count, epoch_batches, epoch_rng};
 use crate::Result;
 use crate::infer::device::read_scalar;
 use crate::model::{Head, Net};
@@ -27,11 +27,13 @@ pub(crate) struct HeadPhase {
     rows: FeatureRows,
     lr: PhaseLr,
     batch_size: usize,
+    batching: Batching,
     seed: u64,
 }
 
 impl HeadPhase {
-    /// The head of `net` (on the autodiff device) trained for `epochs` epochs on `rows`; when
+    /// The head of `net` (on the autodiff device) trained for `epochs` epochs on `rows`, in
+    /// batches cut as `batching` says; when
     /// resuming inside this phase, `resume` gives the saved parameter ids and the optimizer
     /// state is read from the run's checkpoint.
     ///
@@ -42,6 +44,7 @@ impl HeadPhase {
         rows: FeatureRows,
         h: &Hyperparams,
         epochs: usize,
+        batching: Batching,
         resume: Option<(&TrainState, &Path)>,
     ) -> Result<HeadPhase> {
         let mut head = net.head_module().train();
@@ -50,7 +53,7 @@ impl HeadPhase {
             head = checkpoint::with_param_ids(head, &st.param_ids, run_dir)?;
             optim = checkpoint::load_optimizer(run_dir, optim)?;
         }
-        let steps = batch_count(rows.train_targets.len(), h.batch_size);
+        let steps = batch_count(rows.train_targets.len(), h.batch_size, batching);
         Ok(HeadPhase {
             net,
             head,
@@ -63,6 +66,7 @@ impl HeadPhase {
                 steps_per_epoch: steps,
             },
             batch_size: h.batch_size,
+            batching,
             seed: h.seed,
         })
     }
@@ -102,6 +106,7 @@ impl Phase for HeadPhase {
         let batches = epoch_batches(
             rows.train_targets.len(),
             self.batch_size,
+            self.batching,
             &mut epoch_rng(self.seed, epoch),
         );
         let count = batches.len();

@@ -29,7 +29,7 @@ use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
-use super::{batch_count, epoch_rng};
+use super::{Batching, batch_count, epoch_rng};
 use crate::data::decode::{DecodeOptions, decode_bytes};
 use crate::data::folder::Sample;
 use crate::data::loader::Skipped;
@@ -238,7 +238,7 @@ impl PartialPhase {
             model = checkpoint::with_param_ids(model, &st.param_ids, run_dir)?;
             optim = checkpoint::load_optimizer(run_dir, optim)?;
         }
-        let steps = batch_count(train.len(), h.batch_size);
+        let steps = batch_count(train.len(), h.batch_size, Batching::Chunks);
         let phase = PartialPhase {
             model,
             optim,
