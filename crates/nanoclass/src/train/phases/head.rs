@@ -33,9 +33,8 @@ pub(crate) struct HeadPhase {
 
 impl HeadPhase {
     /// The head of `net` (on the autodiff device) trained for `epochs` epochs on `rows`, in
-    /// batches cut as `batching` says; when
-    /// resuming inside this phase, `resume` gives the saved parameter ids and the optimizer
-    /// state is read from the run's checkpoint.
+    /// batches cut as `batching` says; when resuming inside this phase, `resume` gives the saved
+    /// parameter ids and the optimizer state is read from the run's checkpoint.
     ///
     /// # Errors
     /// The saved optimizer state cannot be read or does not fit the head.

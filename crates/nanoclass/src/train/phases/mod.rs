@@ -32,9 +32,10 @@ pub(crate) fn epoch_rng(seed: u64, epoch: usize) -> StdRng {
 pub(crate) enum Batching {
     /// Batches of the batch size, and a smaller last one (the CPU).
     Chunks,
-    /// `ceil(n / batch)` batches, their sizes within one of each other (a GPU). The GPU backends tune their kernels for each batch size they meet, rounded up to a
-    /// power of two (cubecl's autotune keys), and a first run on a machine pays that tuning per
-    /// size: 244 images at batch 16 are 15 and 16 (one size to tune) instead of 16 and 4 (two).
+    /// `ceil(n / batch)` batches, their sizes within one of each other (a GPU). The GPU
+    /// backends tune their kernels for each batch size they meet, rounded up to a power of two
+    /// (cubecl's autotune keys), and a first run on a machine pays that tuning per size: 244
+    /// images at batch 16 are 15 and 16 (one size to tune) instead of 16 and 4 (two).
     Even,
 }
 
