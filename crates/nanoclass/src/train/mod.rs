@@ -223,7 +223,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
                  keeps the choices in {}; its first epoch is slow",
                 gpu_cache_file().display()
             )
-        } else if opts.device == crate::infer::device::DeviceChoice::Cuda {
+        } else if opts.device == DeviceChoice::Cuda {
             format!(
                 "tuned and compiled kernels from {}",
                 gpu_cache_file().display()

@@ -136,10 +136,12 @@ pub(crate) fn eval_net(
     let mut score = 0.0;
     // 32 images at a time on the CPU; on a GPU the training batches' size, cut evenly, so the
     // held-out pass reuses the kernels tuned for the training steps (see [`Batching::Even`]).
-    let sizes = match Batching::for_device(ctx.opts.device) {
-        Batching::Chunks => Batching::Chunks.sizes_of_all(val.len(), 32),
-        Batching::Even => Batching::Even.sizes_of_all(val.len(), ctx.opts.hyper.batch_size),
+    let batching = Batching::for_device(ctx.opts.device);
+    let batch = match batching {
+        Batching::Chunks => 32,
+        Batching::Even => ctx.opts.hyper.batch_size,
     };
+    let sizes = batching.sizes_of_all(val.len(), batch);
     let mut start = 0;
     for size in sizes {
         let chunk = &val[start..start + size];
