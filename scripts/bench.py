@@ -46,7 +46,8 @@ PyTorch on CUDA on the same GPU, fp32: ResNet-18 infer b1 / b16 and full trainin
 b64 (`nanoclass bench --device`), the bench process's wall time cold (empty kernel-tuning cache)
 and warm, EfficientNet-Lite0's frozen feature pass over hymenoptera and one full epoch on it,
 cold and warm (`train --device`), and the full epoch against the 2-core CPU's
-(--cpu-epoch-seconds). `--bin` takes a binary built elsewhere: nothing is built on the GPU
+(--cpu-epoch-seconds). Mixed precision: the ResNet-18 full steps with `--precision fp16` (and
+bf16 on cuda) against torch.autocast with a GradScaler, and the Lite0 full epoch in fp16. `--bin` takes a binary built elsewhere: nothing is built on the GPU
 machine.
 
 nanoclass is the release binary (built here with `cargo build --release --workspace`), or --bin.
@@ -108,6 +109,9 @@ def eval_views(data, split, classes):
     return xs, torch.tensor(ys)
 if what == "micro":
     runs = int(sys.argv[2]); tb = int(sys.argv[3]) if len(sys.argv) > 3 else 16
+    # Optional 4th argument fp16 / bf16: the full step under torch.autocast (fp16 with a
+    # GradScaler), PyTorch's mixed precision, against `nanoclass bench --precision`.
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(sys.argv[4] if len(sys.argv) > 4 else "")
     m = torchvision.models.resnet18(num_classes=2).to(dev)
     x1 = torch.randn(1, 3, 224, 224, device=dev); x16 = torch.randn(16, 3, 224, 224, device=dev)
     xt = torch.randn(tb, 3, 224, 224, device=dev)
@@ -120,7 +124,13 @@ if what == "micro":
     opt = torch.optim.Adam(m.parameters(), 1e-4)
     def full():
         opt.zero_grad(); torch.nn.functional.cross_entropy(m(xt), y).backward(); opt.step()
-    tf = timed(2, runs, full)
+    scaler = torch.amp.GradScaler(dev.type, enabled=half == torch.float16)
+    def full_mixed():
+        opt.zero_grad()
+        with torch.autocast(dev.type, dtype=half):
+            loss = torch.nn.functional.cross_entropy(m(xt), y)
+        scaler.scale(loss).backward(); scaler.step(opt); scaler.update()
+    tf = timed(2, runs, full_mixed if half else full)
     for name, p in m.named_parameters():
         p.requires_grad = name.startswith("fc.")
     m.eval()  # frozen BatchNorm: running statistics
@@ -375,11 +385,21 @@ def gpu_rows(args, exe, py, env):
         b64, _ = bench("--train-only", "--train-batch", "64")
         t16 = run_json([py, "-c", TORCH_SIDE, "micro", str(args.runs)], tenv) if cuda else None
         t64 = run_json([py, "-c", TORCH_SIDE, "micro", str(args.runs), "64"], tenv) if cuda else None
+        # Mixed precision (fp16; bf16 on cuda too) against torch.autocast: --precision.
+        half = [(p, bench("--train-only", "--precision", p),
+                 bench("--train-only", "--train-batch", "64", "--precision", p),
+                 run_json([py, "-c", TORCH_SIDE, "micro", str(args.runs), "16", p], tenv) if cuda else None,
+                 run_json([py, "-c", TORCH_SIDE, "micro", str(args.runs), "64", p], tenv) if cuda else None)
+                for p in (["fp16", "bf16"] if args.device == "cuda" else ["fp16"])]
+        half_rows = [r for p, (h16, _), (h64, _), p16, p64 in half
+                     for r in ((f"ResNet-18 train full b16 {p} (ms)", h16, "train_full_b16_ms", p16),
+                               (f"ResNet-18 train full b64 {p} (ms)", h64, "train_full_b16_ms", p64))]
         for label, ours, key, theirs in (
                 ("ResNet-18 infer b1 (ms)", warm16, "infer_b1_ms", t16),
                 ("ResNet-18 infer b16 (ms)", warm16, "infer_b16_ms", t16),
                 ("ResNet-18 train full b16 (ms)", warm16, "train_full_b16_ms", t16),
-                ("ResNet-18 train full b64 (ms)", b64, "train_full_b16_ms", t64)):
+                ("ResNet-18 train full b64 (ms)", b64, "train_full_b16_ms", t64),
+                *half_rows):
             if theirs:
                 row(label, ours[key], theirs[key])
             else:
@@ -398,6 +418,9 @@ def gpu_rows(args, exe, py, env):
             shutil.rmtree(genv["NANOCLASS_FEATURE_CACHE"], ignore_errors=True)
             feats.append(features_seconds(train("frozen", "--epochs", "1")))
         epochs = [epoch_seconds(train("full", "--epochs", "1"), "full") for _ in range(2)]
+        # The same epoch in fp16 mixed precision, kernels for it tuned by a first run.
+        half_epochs = [epoch_seconds(train("full", "--epochs", "1", "--precision", "fp16"), "full")
+                       for _ in range(2)]
         t = run_json([py, "-c", TORCH_SIDE, "lite0gpu", args.data, effnet_arch_dir()], tenv) if cuda else None
         for label, ours, key in (("Lite0 features, cold (s)", feats[0], "features_cold_s"),
                                  ("Lite0 features, warm (s)", feats[1], "features_warm_s"),
@@ -407,6 +430,8 @@ def gpu_rows(args, exe, py, env):
                 row(label, ours, t[key])
             else:
                 print(f"{label:<40}{ours:>12.1f}")
+        print(f"{'Lite0 full epoch fp16, cold / warm (s)':<40}{half_epochs[0]:>12.1f}{half_epochs[1]:>12.1f}"
+              f"  (fp32 warm {epochs[1]:.1f})")
         print(f"{'Lite0 full epoch, 2-core CPU / GPU warm':<40}{args.cpu_epoch_seconds:>12.1f}"
               f"{epochs[1]:>12.1f}{args.cpu_epoch_seconds / epochs[1]:>8.2f}x faster on the GPU")
 

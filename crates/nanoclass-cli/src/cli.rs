@@ -75,6 +75,10 @@ enum Command {
         /// Runtime rows are measured on the CPU only.
         #[arg(long, default_value_t = nanoclass::infer::device::DeviceChoice::from_env())]
         device: nanoclass::infer::device::DeviceChoice,
+        /// Float type of the full training step: fp32, or mixed precision fp16 / bf16 as
+        /// `train --precision` runs it.
+        #[arg(long, default_value = "fp32")]
+        precision: nanoclass::train::precision::TrainPrecision,
     },
 }
 
@@ -98,6 +102,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             train_batch,
             train_only,
             device,
+            precision,
         } => {
             let r = nanoclass::bench::run(
                 arch.into(),
@@ -106,6 +111,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 train_batch.max(2),
                 train_only,
                 device,
+                precision,
             )?;
             writeln!(std::io::stdout().lock(), "{}", serde_json::to_string(&r)?)?;
             Ok(ExitCode::SUCCESS)

@@ -20,6 +20,7 @@ use nanoclass::infer::engine::EngineChoice;
 use nanoclass::instant::HeadChoice;
 use nanoclass::model::Arch;
 use nanoclass::run::{Task, files};
+use nanoclass::train::precision::TrainPrecision;
 use nanoclass::train::{
     Event, HyperError, Hyperparams, Mode, OptimizerKind, Schedule, TrainOptions, TrainSummary,
     checkpoint, resume_options, train,
@@ -159,6 +160,13 @@ pub struct TrainArgs {
     /// (`$NANOCLASS_DEVICE` sets the default). With --resume it may differ from the first run's.
     #[arg(long, default_value_t = DeviceChoice::from_env())]
     device: DeviceChoice,
+    /// Float type of the training steps through the backbone (full, finetune, partial): fp32,
+    /// or mixed precision fp16 / bf16 (f32 weights; fp16 with loss scaling), for GPUs with
+    /// fast half precision (`$NANOCLASS_TRAIN_PRECISION` sets the default of those modes). wgpu has fp16 only.
+    /// The head-only modes (frozen, instant) train in fp32. With --resume the run's own
+    /// precision is kept. [default: fp32]
+    #[arg(long)]
+    precision: Option<TrainPrecision>,
     /// Epochs (finetune: full-network epochs after the head epochs). Default: 30 frozen, 10
     /// full, 5 finetune, 6 partial (early stopping usually ends it sooner); regression: 300
     /// frozen, every mode stopping early on the held-out point error.
@@ -324,6 +332,9 @@ fn options(a: TrainArgs) -> Result<TrainOptions> {
     opts.force = a.force;
     opts.engine = a.engine;
     opts.device = a.device;
+    opts.precision = a
+        .precision
+        .unwrap_or_else(|| TrainPrecision::default_for(opts.hyper.mode));
     if a.no_feature_cache {
         opts.feature_cache = None;
     }

@@ -56,9 +56,13 @@ async function init() {
   for (const d of info.devices) { const o = document.createElement("option"); o.value = o.textContent = d; dev.appendChild(o); }
   dev.value = info.default_device;
   $("train-device-label").hidden = info.devices.length < 2;
+  // Half precision is a GPU's choice: shown once a GPU is chosen.
+  const precisionShown = () => { $("train-precision-label").hidden = $("train-device-label").hidden || dev.value === "cpu"; };
+  dev.addEventListener("change", precisionShown);
+  precisionShown();
   $("train-mode").onchange = modeChanged;
   // Any other setting of the form changes the expected time.
-  for (const id of ["train-arch", "train-device", "train-epochs", "train-batch", "train-crop-min", "train-jitter", "train-flip"]) $(id).addEventListener("change", updateEstimate);
+  for (const id of ["train-arch", "train-device", "train-precision", "train-epochs", "train-batch", "train-crop-min", "train-jitter", "train-flip"]) $(id).addEventListener("change", updateEstimate);
 
   $("task-create").onclick = async () => {
     const name = $("task-name").value.trim();

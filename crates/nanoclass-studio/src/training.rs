@@ -34,6 +34,7 @@ use nanoclass::infer::device::DeviceChoice;
 use nanoclass::infer::predictor::Predictor;
 use nanoclass::model::Arch;
 use nanoclass::run::{Task, files};
+use nanoclass::train::precision::TrainPrecision;
 use nanoclass::train::{Event, Hyperparams, Mode, TrainOptions, train};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -78,6 +79,9 @@ pub struct TrainRequest {
     pub seed: Option<u64>,
     /// Where to train: `cpu` (default), or `wgpu` / `cuda` in a build with that GPU backend.
     pub device: Option<String>,
+    /// Float type of the steps through the backbone: `fp32` (default), or mixed precision
+    /// `fp16` / `bf16` where the device computes in it (full, finetune and partial modes).
+    pub precision: Option<String>,
 }
 
 /// Where a job is.
@@ -266,8 +270,15 @@ pub fn options(
             "this studio was built without the {device} backend: choose cpu"
         )));
     }
+    let precision = match req.precision.as_deref() {
+        None => TrainPrecision::default_for(hyper.mode),
+        Some(name) => TrainPrecision::parse(name).ok_or_else(|| {
+            ApiError::bad_request(format!("precision {name:?}: expected fp32, fp16 or bf16"))
+        })?,
+    };
     let mut opts = TrainOptions::new(data, out);
     opts.device = device;
+    opts.precision = precision;
     opts.task = kind.run_task();
     opts.arch = arch;
     opts.weights = req
@@ -276,6 +287,9 @@ pub fn options(
         .unwrap_or_else(|| arch.name().to_string());
     opts.hyper = hyper;
     opts.feature_cache = feature_cache;
+    // What only the whole job can refuse (fp16 in a head-only mode, ...), refused now.
+    opts.validate()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     weights_on_device(&opts.weights)?;
     Ok(opts)
 }
@@ -502,4 +516,38 @@ fn evaluate(
         .map_err(|e| nanoclass::Error::Other(format!("eval.json: {e}")))?;
     write_atomic(&dir.join("eval.json"), &bytes)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+
+    fn request(fields: serde_json::Value) -> TrainRequest {
+        serde_json::from_value(fields).unwrap()
+    }
+
+    fn try_options(fields: serde_json::Value) -> ApiResult<TrainOptions> {
+        options(
+            &request(fields),
+            TaskKind::Classification,
+            PathBuf::from("data"),
+            PathBuf::from("out"),
+            None,
+        )
+    }
+
+    #[test]
+    fn the_train_form_sets_the_precision_and_refuses_what_cannot_use_it() {
+        let opts = try_options(serde_json::json!({
+            "mode": "full", "precision": "bf16", "weights": "none"
+        }))
+        .unwrap();
+        assert_eq!(opts.precision, TrainPrecision::Bf16);
+        let unknown = try_options(serde_json::json!({"mode": "full", "precision": "fp8"}));
+        assert!(format!("{:?}", unknown.unwrap_err()).contains("expected fp32, fp16 or bf16"));
+        let head_only = try_options(serde_json::json!({
+            "mode": "frozen", "precision": "fp16", "weights": "none"
+        }));
+        assert!(format!("{:?}", head_only.unwrap_err()).contains("applies to the steps through"),);
+    }
 }

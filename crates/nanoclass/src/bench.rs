@@ -9,12 +9,14 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::Distribution;
+use burn::tensor::{Distribution, FloatDType};
 use serde::Serialize;
 
 use crate::Result;
 use crate::infer::device::DeviceChoice;
+use crate::model::mixed::compute_copy;
 use crate::model::{Arch, Net};
+use crate::train::precision::{LossScale, TrainPrecision};
 
 /// Medians in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +25,8 @@ pub struct BenchResult {
     pub arch: String,
     /// Where burn ran (`cpu`, `wgpu`, `cuda`).
     pub device: String,
+    /// The float type of the full training step (`fp32`, `fp16`, `bf16`).
+    pub precision: String,
     /// Eval-mode forward, batch 1.
     pub infer_b1_ms: f64,
     /// Eval-mode forward, batch 16.
@@ -99,10 +103,13 @@ fn time<F: FnMut()>(warm: usize, runs: usize, mut f: F) -> f64 {
 /// each (after 2 warm-up runs; 3 for batch 1), on burn's `device`; the training steps at batch
 /// `train_batch`. `train_only` skips the forward rows (reported as NaN); the ONNX Runtime rows
 /// are measured on the CPU device only. Each timed run reads its result back to the host, so
-/// a GPU's queued work is inside the time.
+/// a GPU's queued work is inside the time. The full training step computes in `precision`
+/// (fp16/bf16: mixed precision as training runs it, [`crate::train::precision`]).
 ///
 /// # Errors
-/// The device is not compiled into this build or cannot be opened.
+/// The device is not compiled into this build or cannot be opened, or does not compute in
+/// `precision`.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     arch: Arch,
     classes: usize,
@@ -110,8 +117,10 @@ pub fn run(
     train_batch: usize,
     train_only: bool,
     device: DeviceChoice,
+    precision: TrainPrecision,
 ) -> Result<BenchResult> {
     let dev = device.device()?;
+    precision.check(device, &dev)?;
     let ad = dev.clone().autodiff();
     let net = Net::new(arch, classes, &ad);
     let eval = net.valid();
@@ -136,10 +145,17 @@ pub fn run(
     let loss_fn = CrossEntropyLossConfig::new().init(&ad);
     let mut opt = AdamConfig::new().init();
     let mut m = net.clone().train();
+    let (dtype, mut scale) = (precision.dtype(), LossScale::new(precision));
     let train_full_b16_ms = time(2, runs, || {
-        let loss = loss_fn.forward(m.forward(x16a.clone()), y.clone());
-        let g = GradientsParams::from_grads(loss.backward(), &m);
-        m = opt.step(1e-4, m.clone(), g);
+        let logits = compute_copy(&m, dtype)
+            .forward(x16a.clone().cast(dtype))
+            .cast(FloatDType::F32);
+        let loss = loss_fn.forward(logits, y.clone());
+        let grads = scale.backward(loss);
+        if let Ok(Some(grads)) = scale.unscale(&m, grads) {
+            let g = GradientsParams::from_grads(grads, &m);
+            m = opt.step(1e-4, m.clone(), g);
+        }
         let _ = m.head().weight.val().into_data();
     });
     let mut opt = AdamConfig::new().init();
@@ -161,6 +177,7 @@ pub fn run(
     };
     Ok(BenchResult {
         device: device.name().to_string(),
+        precision: precision.name().to_string(),
         arch: arch.name().to_string(),
         infer_b1_ms,
         infer_b16_ms,

@@ -23,6 +23,7 @@ use crate::fs::write_atomic;
 use crate::infer::device::DeviceChoice;
 use crate::model::Arch;
 use crate::train::hyper::Hyperparams;
+use crate::train::precision::TrainPrecision;
 use crate::{Error, Result};
 
 /// File names inside a run directory.
@@ -140,6 +141,10 @@ pub struct RunConfig {
     /// Where burn trained it.
     #[serde(default)]
     pub device: DeviceChoice,
+    /// The float type of its training steps through the backbone (fp32 in runs from before
+    /// it was recorded).
+    #[serde(default)]
+    pub precision: TrainPrecision,
 }
 
 /// Per-epoch metrics, one line of `metrics.jsonl`.
@@ -352,6 +357,7 @@ pub(crate) mod tests {
             hyper: Hyperparams::default(),
             split: SplitRecord::NoValidation,
             device: DeviceChoice::Cpu,
+            precision: TrainPrecision::Fp16,
         };
         Run::create(&dir.join("run"), config).unwrap()
     }

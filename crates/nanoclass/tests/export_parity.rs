@@ -105,6 +105,7 @@ fn train_run(root: &Path, arch: Arch, weights: &str, mode: Mode, epochs: usize) 
         stop: None,
         engine: nanoclass::infer::engine::EngineChoice::from_env(),
         device: Default::default(),
+        precision: Default::default(),
     };
     train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training {arch}: {e}"));
     out
@@ -263,6 +264,7 @@ fn regression_case() -> &'static Case {
             stop: None,
             engine: nanoclass::infer::engine::EngineChoice::from_env(),
             device: Default::default(),
+            precision: Default::default(),
         };
         train(&opts, &mut |_| {}).unwrap_or_else(|e| panic!("training regression: {e}"));
         assert_eq!(Run::open(&dir).unwrap().config.task, Task::Regression);

@@ -311,6 +311,7 @@ fn a_run_of_one_task_is_refused_by_the_other() {
         },
         split: nanoclass::run::SplitRecord::NoValidation,
         device: Default::default(),
+        precision: Default::default(),
     };
     let run = Run::create(&run_dir, config).unwrap();
     // A regression model file: resnet18 with 2 outputs for the one category.

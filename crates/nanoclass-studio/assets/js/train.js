@@ -29,6 +29,7 @@ function trainBody() {
     lr: Number($("train-lr").value),
   };
   if (!$("train-device-label").hidden) body.device = $("train-device").value;
+  if (!$("train-precision-label").hidden) body.precision = $("train-precision").value;
   // Augmentation: sent only when the user set it; the mode's own otherwise.
   if ($("train-crop-min").value !== "") body.crop_scale = [Number($("train-crop-min").value), 1.0];
   if ($("train-jitter").value !== "") body.jitter = Number($("train-jitter").value);

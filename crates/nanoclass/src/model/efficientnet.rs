@@ -21,6 +21,8 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
+
+use super::mixed::batch_norm_f32;
 use burn::tensor::activation::relu6;
 
 use super::point::PointHead;
@@ -211,11 +213,11 @@ impl MbConvBlock {
     /// backbone chains the blocks).
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let x = match (&self._expand_conv, &self._bn0) {
-            (Some(conv), Some(bn)) => relu6(bn.forward(pointwise(conv, input.clone()))),
+            (Some(conv), Some(bn)) => relu6(batch_norm_f32(bn, pointwise(conv, input.clone()))),
             _ => input.clone(),
         };
-        let x = relu6(self._bn1.forward(self._depthwise_conv.forward(x)));
-        let x = self._bn2.forward(pointwise(&self._project_conv, x));
+        let x = relu6(batch_norm_f32(&self._bn1, self._depthwise_conv.forward(x)));
+        let x = batch_norm_f32(&self._bn2, pointwise(&self._project_conv, x));
         if self.residual { x + input } else { x }
     }
 }
@@ -328,7 +330,7 @@ impl EfficientNetLite {
     /// # Panics
     /// If `first > 16` (a programming error: [`crate::model::cut::Cut`] validates it).
     pub fn forward_until(&self, first: usize, x: Tensor<4>) -> Tensor<4> {
-        let x = relu6(self._bn0.forward(self._conv_stem.forward(x)));
+        let x = relu6(batch_norm_f32(&self._bn0, self._conv_stem.forward(x)));
         self._blocks[..first]
             .iter()
             .fold(x, |x, block| block.forward(x))
@@ -343,7 +345,7 @@ impl EfficientNetLite {
         let x = self._blocks[first..]
             .iter()
             .fold(x, |x, block| block.forward(x));
-        let x = relu6(self._bn1.forward(pointwise(&self._conv_head, x)));
+        let x = relu6(batch_norm_f32(&self._bn1, pointwise(&self._conv_head, x)));
         let [n, c, _, _] = x.dims();
         x.mean_dims(&[2, 3]).reshape([n, c])
     }

@@ -8,6 +8,7 @@
 pub mod batch_counters;
 pub mod cut;
 pub mod efficientnet;
+pub mod mixed;
 mod names;
 pub mod point;
 pub mod registry;

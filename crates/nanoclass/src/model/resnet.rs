@@ -15,6 +15,8 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
+
+use super::mixed::batch_norm_f32;
 use burn::tensor::activation::relu;
 
 use super::point::PointHead;
@@ -133,14 +135,14 @@ impl Block {
 
     /// `[N, Cin, H, W]` -> `[N, Cout, H / stride, W / stride]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = relu(self.bn1.forward(self.conv1.forward(x.clone())));
-        let y = self.bn2.forward(self.conv2.forward(y));
+        let y = relu(batch_norm_f32(&self.bn1, self.conv1.forward(x.clone())));
+        let y = batch_norm_f32(&self.bn2, self.conv2.forward(y));
         let y = match (&self.conv3, &self.bn3) {
-            (Some(c3), Some(b3)) => b3.forward(c3.forward(relu(y))),
+            (Some(c3), Some(b3)) => batch_norm_f32(b3, c3.forward(relu(y))),
             _ => y,
         };
         let shortcut = match &self.downsample {
-            Some(ds) => ds.bn.forward(ds.conv.forward(x)),
+            Some(ds) => batch_norm_f32(&ds.bn, ds.conv.forward(x)),
             None => x,
         };
         relu(y + shortcut)
@@ -244,7 +246,7 @@ impl ResNet {
     pub fn forward_until(&self, first: usize, x: Tensor<4>) -> Tensor<4> {
         let x = self
             .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+            .forward(relu(batch_norm_f32(&self.bn1, self.conv1.forward(x))));
         self.blocks().take(first).fold(x, |x, b| b.forward(x))
     }
 

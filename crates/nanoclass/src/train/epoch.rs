@@ -22,6 +22,7 @@ use crate::run::{Run, Task};
 use crate::train::checkpoint::{self, EpochCommit, TrainState};
 use crate::train::early_stop::Tracker;
 use crate::train::loss::EpochStats;
+use crate::train::precision::LossScale;
 use crate::train::schedule::PhaseLr;
 use crate::train::{Event, TrainOptions};
 use crate::{Error, Result};
@@ -249,13 +250,14 @@ pub(crate) fn step_epoch<M, B>(
 }
 
 /// [`step_epoch`] by burn's autodiff: for each batch, `forward` gives the loss, the batch's
-/// score and its image count; the loss is checked to be finite, differentiated, and `apply`
-/// takes the optimizer step at the scheduled rate.
+/// score and its image count; the loss is checked to be finite, differentiated (times `scale`'s
+/// loss scale, the gradients divided back: see [`crate::train::precision`]), and `apply` takes
+/// the optimizer step at the scheduled rate (none when an fp16 gradient overflowed).
 ///
 /// # Errors
 /// A stop request; a non-finite loss; those of `forward`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gradient_epoch<M, B>(
+pub(crate) fn gradient_epoch<M: burn::module::Module, B>(
     ctx: &mut RunCtx<'_>,
     epochs: (usize, usize),
     lr: &PhaseLr,
@@ -265,19 +267,38 @@ pub(crate) fn gradient_epoch<M, B>(
     count: usize,
     forward: Forward<'_, M, B>,
     apply: ApplyStep<'_, M>,
+    scale: &mut LossScale,
 ) -> Result<(M, EpochStats)> {
+    let skipped_before = scale.skipped;
     let mut step = |model: M, batch: B, rate: f64| -> Result<Stepped<M>> {
         let (loss, score, n) = forward(&model, batch)?;
         let value = read_scalar(loss.clone())?;
         if !value.is_finite() {
             return Ok(Stepped::NonFinite);
         }
+        let grads = scale.backward(loss);
+        // An fp16 gradient that overflowed skips the optimizer step (the scale has halved).
+        let model = match scale.unscale(&model, grads)? {
+            Some(grads) => apply(model, optim, grads, rate),
+            None => model,
+        };
         Ok(Stepped::Taken {
-            model: apply(model, optim, loss.backward(), rate),
+            model,
             loss: value,
             score,
             n,
         })
     };
-    step_epoch(ctx, epochs, lr, model, batches, count, &mut step)
+    let out = step_epoch(ctx, epochs, lr, model, batches, count, &mut step)?;
+    let skipped = scale.skipped - skipped_before;
+    if skipped > 0 {
+        ctx.event(Event::Info(format!(
+            "epoch {}: {skipped} of {count} optimizer step{} skipped (an fp16 gradient \
+             overflowed); loss scale now {}",
+            epochs.1,
+            if count == 1 { "" } else { "s" },
+            scale.scale()
+        )));
+    }
+    Ok(out)
 }

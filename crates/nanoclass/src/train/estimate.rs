@@ -32,6 +32,7 @@ use crate::model::start::weights_path;
 use crate::model::{Arch, Net};
 use crate::run::Task;
 use crate::train::activations::{self, ActivationCache, ActivationSpec};
+use crate::train::precision::TrainPrecision;
 use crate::train::{Mode, TrainOptions, partial_cut, run_presets};
 use crate::{Error, Result};
 
@@ -60,7 +61,8 @@ pub enum RatesFrom {
     Reference,
 }
 
-/// What rates depend on: the backbone, the mode (and partial's cut), the device and the batch.
+/// What rates depend on: the backbone, the mode (and partial's cut), the device, the training
+/// precision and the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateKey {
     /// Backbone.
@@ -71,6 +73,8 @@ pub struct RateKey {
     pub train_blocks: Option<usize>,
     /// Where the steps run.
     pub device: DeviceChoice,
+    /// The steps' float type.
+    pub precision: TrainPrecision,
     /// Images (or views) per step.
     pub batch_size: usize,
 }
@@ -83,6 +87,7 @@ impl RateKey {
             mode: opts.hyper.mode,
             train_blocks: partial_cut(opts).ok().flatten().map(|c| c.blocks),
             device: opts.device,
+            precision: opts.precision,
             batch_size: opts.hyper.batch_size,
         }
     }
@@ -92,8 +97,13 @@ impl RateKey {
             .train_blocks
             .map(|k| format!(" train-blocks {k}"))
             .unwrap_or_default();
+        // fp32 keys keep the names of the rates recorded before precision was a choice.
+        let precision = match self.precision {
+            TrainPrecision::Fp32 => String::new(),
+            p => format!(" {p}"),
+        };
         format!(
-            "{} {}{cut} {} batch {}",
+            "{} {}{cut} {}{precision} batch {}",
             self.arch,
             self.mode,
             self.device.name(),
@@ -298,12 +308,12 @@ const REF_R18_PARTIAL: (f64, f64, usize, f64) = (0.0178, 1.139, 32, 5.62);
 const REF_R18_FULL: (f64, f64, usize, f64) = (0.0, 3.60, 16, 12.0);
 
 /// The development machine's rates for `key` (see the module docs), scaled to its batch
-/// size; None where none was measured (a GPU device). Finetune counts every epoch at the full
+/// size; None where none was measured (a GPU device, fp16 or bf16). Finetune counts every epoch at the full
 /// step's rate (its head epochs cost far less, so it is an upper bound); ResNet-34/50 scale
 /// ResNet-18's figures by compute; a partial cut other than the default takes the default's
 /// ResNet figures.
 pub fn reference(key: &RateKey) -> Option<Rates> {
-    if key.device.is_gpu() {
+    if key.device.is_gpu() || key.precision != TrainPrecision::Fp32 {
         return None;
     }
     // (body seconds per view, seconds per step at `batch`, `batch`, overhead seconds)
@@ -423,6 +433,7 @@ mod tests {
             mode,
             train_blocks: (mode == Mode::Partial).then_some(0),
             device: DeviceChoice::Cpu,
+            precision: TrainPrecision::Fp32,
             batch_size,
         }
     }
@@ -474,6 +485,17 @@ mod tests {
             ..key(Mode::Frozen, 16)
         };
         assert_eq!(reference(&gpu), None);
+        let half = RateKey {
+            precision: TrainPrecision::Fp16,
+            ..key(Mode::Full, 16)
+        };
+        assert_eq!(reference(&half), None);
+        assert!(reference(&key(Mode::Full, 16)).is_some());
+        assert_eq!(
+            key(Mode::Full, 16).name(),
+            "efficientnet_lite0 full cpu batch 16"
+        );
+        assert_eq!(half.name(), "efficientnet_lite0 full cpu fp16 batch 16");
         // Training one more block costs more per step than training none.
         let k0 = reference(&key(Mode::Partial, 32)).unwrap();
         let k1 = reference(&RateKey {

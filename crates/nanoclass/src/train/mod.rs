@@ -36,6 +36,7 @@ pub(crate) mod host_tail;
 pub mod hyper;
 pub mod loss;
 pub(crate) mod phases;
+pub mod precision;
 pub mod schedule;
 
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +63,7 @@ use crate::model::point::PointHead;
 use crate::model::start::initial_net;
 use crate::model::weights::load_net;
 use crate::run::{EpochMetrics, Run, RunConfig, SplitRecord, Task, WeightsRecord, files};
+use crate::train::precision::TrainPrecision;
 use crate::{Error, Result};
 
 pub use hyper::{HyperError, Hyperparams, Mode, OptimizerKind, Schedule};
@@ -240,6 +242,26 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         )));
     }
     let device = opts.device.device()?;
+    opts.precision.check(opts.device, &device)?;
+    if opts.precision != TrainPrecision::Fp32 {
+        on_event(Event::Info(format!(
+            "training steps through the backbone in {0} (mixed precision: f32 weights and \
+             optimizer, {0} forward and backward, BatchNorm and loss in f32{1})",
+            opts.precision,
+            if opts.precision == TrainPrecision::Fp16 {
+                ", loss scale from 65536"
+            } else {
+                ""
+            }
+        )));
+        if !opts.device.is_gpu() {
+            on_event(Event::Warn(format!(
+                "{} on the CPU is slower than fp32 (CPUs lack the GPUs' fast half-precision \
+                 arithmetic); it is there to check a GPU run's precision",
+                opts.precision
+            )));
+        }
+    }
     let ad = device.clone().autodiff();
     // The fresh head's initial weights come from the backend's generator.
     device.seed(h.seed);
@@ -332,6 +354,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
         hyper,
         split: data.split.clone(),
         device: opts.device,
+        precision: opts.precision,
     };
     let done = resumed.as_ref().map_or(0, |r| r.state.epoch);
     let planned = h.planned_epochs();
@@ -523,6 +546,7 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
             body_lr_factor,
             full_epochs,
             phases::Batching::for_device(opts.device),
+            opts.precision,
             resume,
         )?;
         let full_done = done.saturating_sub(head_epochs);

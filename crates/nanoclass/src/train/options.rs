@@ -34,6 +34,11 @@ pub struct TrainOptions {
     pub engine: EngineChoice,
     /// Where burn trains: the CPU or a GPU ([`DeviceChoice`]).
     pub device: DeviceChoice,
+    /// The float type of the steps through the backbone (`full`, `finetune` after its head
+    /// epochs, `partial`): fp32, or fp16/bf16 mixed precision with f32 weights
+    /// ([`crate::train::precision`]). fp32 in [`TrainOptions::new`]; the CLI and the studio
+    /// take `$NANOCLASS_TRAIN_PRECISION` ([`TrainPrecision::default_for`]).
+    pub precision: TrainPrecision,
 }
 
 impl TrainOptions {
@@ -55,6 +60,7 @@ impl TrainOptions {
             stop: None,
             engine: EngineChoice::from_env(),
             device: DeviceChoice::from_env(),
+            precision: TrainPrecision::Fp32,
         }
     }
 
@@ -73,6 +79,13 @@ impl TrainOptions {
                  or finetune mode"
                     .into(),
             ));
+        }
+        if self.precision != TrainPrecision::Fp32 && !TrainPrecision::applies_to(self.hyper.mode) {
+            return Err(Error::Train(format!(
+                "--precision {} applies to the steps through the backbone (the full, finetune and \
+                 partial modes); the {} mode trains its head in fp32",
+                self.precision, self.hyper.mode
+            )));
         }
         Ok(())
     }
@@ -174,5 +187,6 @@ pub fn resume_options(run_dir: &Path, epochs: Option<usize>) -> Result<TrainOpti
         stop: None,
         engine: EngineChoice::from_env(),
         device: DeviceChoice::from_env(),
+        precision: c.precision,
     })
 }

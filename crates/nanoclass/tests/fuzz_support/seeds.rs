@@ -373,6 +373,7 @@ pub fn config_seeds() -> Vec<(Seed, String)> {
                 unsplittable: vec!["bees".into()],
             },
             device: Default::default(),
+            precision: Default::default(),
         }
     };
     [Task::Classification, Task::Regression]

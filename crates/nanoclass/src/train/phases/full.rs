@@ -10,6 +10,7 @@ use std::sync::Arc;
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use image::RgbImage;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -23,11 +24,13 @@ use crate::data::presets::TrainPreset;
 use crate::eval::regression::normalise;
 use crate::infer::device::read_scalar;
 use crate::model::Net;
+use crate::model::mixed::compute_copy;
 use crate::run::Task;
 use crate::train::checkpoint::{self, TrainState};
 use crate::train::epoch::{Phase, RunCtx, gradient_epoch};
 use crate::train::hyper::Hyperparams;
 use crate::train::loss::{EpochStats, Target, batch_loss};
+use crate::train::precision::{LossScale, TrainPrecision};
 use crate::train::schedule::{PhaseLr, make_optimizer};
 
 /// See the module docs.
@@ -42,12 +45,15 @@ pub(crate) struct FullPhase {
     batch_size: usize,
     batching: Batching,
     seed: u64,
+    precision: TrainPrecision,
+    scale: LossScale,
 }
 
 impl FullPhase {
     /// Trains `net` (on the autodiff device) for `epochs` epochs on the decoded training
     /// images, scoring the preprocessed held-out tensors `val` (`[3, S, S]` each, eval preset);
-    /// `batching` cuts each epoch's images into batches; `resume` as for
+    /// `batching` cuts each epoch's images into batches; each step computes in `precision`
+    /// (the weights stay f32, [`crate::train::precision`]); `resume` as for
     /// [`super::head::HeadPhase::new`].
     ///
     /// # Errors
@@ -62,6 +68,7 @@ impl FullPhase {
         body_lr_factor: f64,
         epochs: usize,
         batching: Batching,
+        precision: TrainPrecision,
         resume: Option<(&TrainState, &Path)>,
     ) -> Result<FullPhase> {
         let mut model = net.train();
@@ -87,6 +94,8 @@ impl FullPhase {
             batch_size: h.batch_size,
             batching,
             seed: h.seed,
+            precision,
+            scale: LossScale::new(precision),
         })
     }
 }
@@ -201,12 +210,17 @@ impl Phase for FullPhase {
             }
         });
         let (crop, ad) = (self.preset.crop as usize, ctx.ad.clone());
+        let dtype = self.precision.dtype();
         let mut forward = |model: &Net, batch: Batch<Target>| {
             let x = Tensor::<4>::from_data(
                 TensorData::new(batch.pixels, [batch.n, 3, crop, crop]),
                 &ad,
             );
-            let (loss, score) = batch_loss(task, model.forward(x), &batch.items, crop, &ad)?;
+            // fp16/bf16: a copy of the model computes, the loss is f32.
+            let out = compute_copy(model, dtype)
+                .forward(x.cast(dtype))
+                .cast(FloatDType::F32);
+            let (loss, score) = batch_loss(task, out, &batch.items, crop, &ad)?;
             Ok((loss, score, batch.n))
         };
         let factor = self.body_lr_factor;
@@ -234,6 +248,7 @@ impl Phase for FullPhase {
             count,
             &mut forward,
             &mut apply,
+            &mut self.scale,
         )?;
         // Every step ran the body's BatchNorm layers in train mode.
         for _ in 0..count {

@@ -17,6 +17,7 @@ use crate::train::checkpoint::{self, TrainState};
 use crate::train::epoch::{Phase, RunCtx, gradient_epoch};
 use crate::train::hyper::Hyperparams;
 use crate::train::loss::{EpochStats, Target, batch_loss};
+use crate::train::precision::{LossScale, TrainPrecision};
 use crate::train::schedule::{PhaseLr, make_optimizer};
 
 /// See the module docs.
@@ -135,6 +136,8 @@ impl Phase for HeadPhase {
             count,
             &mut forward,
             &mut apply,
+            // The head trains in f32 whatever the run's precision.
+            &mut LossScale::new(TrainPrecision::Fp32),
         )?;
         self.head = head;
         Ok(stats)

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -39,6 +40,7 @@ use crate::infer::engine::{Engine, EngineChoice, Graph};
 use crate::infer::ort::prefix_model;
 use crate::model::Net;
 use crate::model::cut::{Cut, TailBatchNorm};
+use crate::model::mixed::compute_copy;
 use crate::train::Event;
 use crate::train::activations::{self, ActivationBatch, ActivationCache, ActivationSpec};
 use crate::train::checkpoint::{self, TrainState};
@@ -46,6 +48,7 @@ use crate::train::epoch::{Phase, RunCtx, Stepped, gradient_epoch, step_epoch};
 use crate::train::host_tail;
 use crate::train::hyper::Hyperparams;
 use crate::train::loss::{EpochStats, Target, batch_loss};
+use crate::train::precision::{LossScale, TrainPrecision};
 use crate::train::schedule::{PhaseLr, make_optimizer};
 use crate::{Error, Result};
 
@@ -97,8 +100,12 @@ pub(crate) struct PartialPhase {
     lr: PhaseLr,
     batch_size: usize,
     seed: u64,
-    /// Steps written out on the host ([`host_tail`]): EfficientNet-Lite0 at cut 0 on the CPU.
+    /// Steps written out on the host ([`host_tail`]): EfficientNet-Lite0 at cut 0 on the CPU
+    /// in fp32.
     host_step: bool,
+    /// The float type of the steps through burn ([`crate::train::precision`]).
+    precision: TrainPrecision,
+    scale: LossScale,
 }
 
 impl PartialPhase {
@@ -231,7 +238,9 @@ impl PartialPhase {
             }
         }
 
-        let host_step = host_tail::lite0_head_only(&net, cut).is_some() && !opts.device.is_gpu();
+        let host_step = host_tail::lite0_head_only(&net, cut).is_some()
+            && !opts.device.is_gpu()
+            && opts.precision == TrainPrecision::Fp32;
         let mut model = net.with_tail_batch_norm(cut, TailBatchNorm::Batch);
         let mut optim = make_optimizer(h);
         if let Some((st, run_dir)) = resume {
@@ -265,6 +274,8 @@ impl PartialPhase {
             batch_size: h.batch_size,
             seed: h.seed,
             host_step,
+            precision: opts.precision,
+            scale: LossScale::new(opts.precision),
         };
         Ok((phase, data))
     }
@@ -436,10 +447,14 @@ impl Phase for PartialPhase {
         let stream = self.cache.batches(entries, b);
         let ([c, hh, ww], cut, task, size) = (self.shape, self.cut, ctx.task(), ctx.size);
         let ad = ctx.ad.clone();
+        let dtype = self.precision.dtype();
         let mut forward = |model: &Net, batch: Result<ActivationBatch<Target>>| {
             let batch = batch?;
             let x = Tensor::<4>::from_data(TensorData::new(batch.data, [batch.n, c, hh, ww]), &ad);
-            let out = model.forward_from(cut, x);
+            // fp16/bf16: a copy of the model computes, the loss is f32.
+            let out = compute_copy(model, dtype)
+                .forward_from(cut, x.cast(dtype))
+                .cast(FloatDType::F32);
             let (loss, score) = batch_loss(task, out, &batch.items, size, &ad)?;
             Ok((loss, score, batch.n))
         };
@@ -486,6 +501,7 @@ impl Phase for PartialPhase {
                 count,
                 &mut forward,
                 &mut apply,
+                &mut self.scale,
             )?
         };
         for _ in 0..count {
