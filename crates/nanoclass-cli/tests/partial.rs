@@ -4,35 +4,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::{bin, eval_json, ok, shared_data};
-
-/// The first `n` training and `v` held-out images of every clocks class.
-fn clocks_subset(root: &Path, n: usize, v: usize) -> PathBuf {
-    let src = shared_data().join("clocks");
-    let data = root.join("clocks");
-    for (split, count) in [("train", n), ("val", v)] {
-        let mut classes: Vec<PathBuf> = std::fs::read_dir(src.join(split))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        classes.sort();
-        for class in classes {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&class)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            files.sort();
-            let dir = data.join(split).join(class.file_name().unwrap());
-            std::fs::create_dir_all(&dir).unwrap();
-            for f in files.iter().take(count) {
-                std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
-            }
-        }
-    }
-    data
-}
+use common::{bin, clocks_subset, eval_json, ok};
 
 /// Best held-out top-1 in the run's metrics.jsonl, and the phases it ran.
 fn best_top1(run: &Path) -> (f64, Vec<String>) {

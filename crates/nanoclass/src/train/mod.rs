@@ -249,9 +249,9 @@ fn train_run(opts: &TrainOptions, on_event: &mut dyn FnMut(Event)) -> Result<Tra
              optimizer, {0} forward and backward, BatchNorm and loss in f32{1})",
             opts.precision,
             if opts.precision == TrainPrecision::Fp16 {
-                ", loss scale from 65536"
+                format!(", loss scale from {}", precision::INITIAL_SCALE)
             } else {
-                ""
+                String::new()
             }
         )));
         if !opts.device.is_gpu() {
